@@ -1,0 +1,292 @@
+// The public API's implementation: model resolution (file or directory, safetensors or ONNX),
+// the ViT build, and sessions over the CPU backend.
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "engine/backend.h"
+#include "engine/executor.h"
+#include "loaders/image.h"
+#include "loaders/npy.h"
+#include "loaders/onnx_vit.h"
+#include "loaders/safetensors.h"
+#include "loaders/vit_names.h"
+#include "models/vit/vit.h"
+#include "shiftadd/shiftadd.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace shiftadd {
+
+struct Model::Impl {
+  WeightStore weights;  // keeps mmaps alive; the graph borrows from it
+  VitConfig config;
+  Graph graph;
+  ModelInfo info;
+};
+
+namespace {
+
+std::optional<json> read_json(const fs::path& p) {
+  if (!fs::exists(p)) return std::nullopt;
+  std::ifstream in(p);
+  if (!in) throw Error(p.string() + ": cannot open");
+  try {
+    return json::parse(in);
+  } catch (const json::exception& e) {
+    throw Error(p.string() + ": invalid JSON: " + e.what());
+  }
+}
+
+// Where the bundled models live: $SHIFTADD_DATA_DIR, then beside this library's install
+// (<prefix>/share/shiftadd/models, wherever the prefix was moved), then the configured install
+// prefix, then the source tree.
+std::string data_dir() {
+  if (const char* env = std::getenv("SHIFTADD_DATA_DIR"); env && *env) return env;
+  std::vector<fs::path> candidates;
+  Dl_info dl;
+  if (dladdr(reinterpret_cast<void*>(&default_model_path), &dl) && dl.dli_fname)
+    candidates.push_back(fs::path(dl.dli_fname).parent_path().parent_path() / "share/shiftadd/models");
+  candidates.emplace_back(SHIFTADD_INSTALL_DATA_DIR);
+  candidates.emplace_back(SHIFTADD_DATA_DIR);
+  for (const fs::path& d : candidates)
+    if (fs::exists(d / "fashion_vit")) return d.string();
+  return SHIFTADD_DATA_DIR;
+}
+
+std::vector<std::string> imagenet_labels() {
+  std::vector<std::string> labels;
+  std::ifstream in(fs::path(data_dir()) / "imagenet" / "classes.txt");
+  for (std::string line; std::getline(in, line);) labels.push_back(line);
+  return labels;
+}
+
+bool has_extension(const fs::path& p, const char* ext) {
+  std::string e = p.extension().string();
+  std::transform(e.begin(), e.end(), e.begin(), ::tolower);
+  return e == ext;
+}
+
+// Files making up one model.
+struct ModelFiles {
+  fs::path weights;  // .safetensors or .onnx
+  bool onnx = false;
+  fs::path config, preprocessor;  // may not exist
+};
+
+ModelFiles resolve_model(const std::string& path) {
+  const fs::path p(path);
+  std::error_code ec;
+  if (!fs::exists(p, ec)) throw Error("model '" + path + "': no such file or directory");
+  ModelFiles m;
+  if (fs::is_directory(p)) {
+    for (const char* name : {"model.safetensors", "model.onnx"})
+      if (fs::exists(p / name)) {
+        m.weights = p / name;
+        break;
+      }
+    if (m.weights.empty()) {
+      std::vector<fs::path> found;
+      for (const auto& e : fs::directory_iterator(p))
+        if (has_extension(e.path(), ".safetensors") || has_extension(e.path(), ".onnx")) found.push_back(e.path());
+      if (found.size() == 1) m.weights = found[0];
+      else if (fs::exists(p / "pytorch_model.bin"))
+        throw Error("model '" + path + "': only pytorch_model.bin found; PyTorch pickles are not "
+                    "loaded (unsafe): save the weights as model.safetensors");
+      else
+        throw Error("model '" + path + "': directory has " + std::to_string(found.size()) +
+                    " .safetensors/.onnx files; expected model.safetensors or model.onnx");
+    }
+  } else {
+    m.weights = p;
+  }
+  m.onnx = has_extension(m.weights, ".onnx");
+  if (!m.onnx && !has_extension(m.weights, ".safetensors"))
+    throw Error("model '" + m.weights.string() + "': unknown format (expected a .safetensors or "
+                ".onnx file, or a model directory)");
+  m.config = m.weights.parent_path() / "config.json";
+  m.preprocessor = m.weights.parent_path() / "preprocessor_config.json";
+  return m;
+}
+
+ModelInfo describe(const ModelFiles& files, const WeightStore& stored, const std::string& naming,
+                   const VitConfig& c, const Graph& g) {
+  ModelInfo info;
+  info.path = files.weights.string();
+  info.format = files.onnx ? "onnx" : "safetensors";
+  info.naming = naming;
+  info.architecture = c.distilled ? "deit-distilled" : "vit";
+  info.image_size = c.image_size;
+  info.patch_size = c.patch_size;
+  info.in_chans = c.in_chans;
+  info.dim = c.dim;
+  info.depth = c.depth;
+  info.heads = c.heads;
+  info.mlp_hidden = c.mlp_hidden;
+  info.num_classes = c.num_classes;
+  info.tokens = c.tokens();
+  info.layer_norm_eps = c.eps;
+  info.labels = c.labels;
+  for (const auto& [name, t] : stored.tensors) {
+    ++info.stored_dtypes[std::string(dtype_name(t.dtype()))];
+    info.params += t.numel();
+  }
+  for (const Node& n : g.nodes()) {
+    if (n.op == OpKind::Input) continue;
+    LayerInfo l;
+    l.name = n.name;
+    l.op = op_traits(n.op).name;
+    l.kind = op_traits(n.op).kind;
+    l.out_shape = g.sample_shape(n.output);
+    for (const Tensor& w : n.weights) l.params += w.numel();
+    info.layers.push_back(std::move(l));
+  }
+  return info;
+}
+
+}  // namespace
+
+Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Model::~Model() = default;
+
+std::shared_ptr<const Model> Model::load(const std::string& path) {
+  const ModelFiles files = resolve_model(path);
+  auto impl = std::make_unique<Impl>();
+  std::optional<json> config = read_json(files.config);
+  const std::optional<json> pre = read_json(files.preprocessor);
+  WeightStore stored;
+  std::string naming;
+  if (files.onnx) {
+    OnnxVitInfo oi;
+    stored = load_onnx_vit(files.weights.string(), &oi);
+    naming = "onnx-graph";
+    if (!config) config = json::object();
+    // What the graph says wins over a config beside it.
+    (*config)["num_heads"] = oi.heads;
+    (*config)["layer_norm_eps"] = oi.eps;
+    impl->weights = stored;
+  } else {
+    stored = load_safetensors(files.weights.string());
+    naming = vit_naming_name(detect_vit_naming(stored));
+    impl->weights = canonicalize_vit_names(stored);
+  }
+  impl->config = infer_vit_config(impl->weights, config ? &*config : nullptr, pre ? &*pre : nullptr);
+  if (impl->config.labels.empty() && impl->config.num_classes == 1000) impl->config.labels = imagenet_labels();
+  impl->graph = build_vit(impl->config, impl->weights);
+  check_supported(impl->graph, *make_cpu_backend(1));
+  impl->info = describe(files, stored, naming, impl->config, impl->graph);
+  spdlog::debug("loaded {} ({} {}, dim {}, depth {}, heads {} from {})", files.weights.string(),
+                impl->info.format, naming, impl->config.dim, impl->config.depth, impl->config.heads,
+                impl->config.heads_source);
+  return std::shared_ptr<const Model>(new Model(std::move(impl)));
+}
+
+const ModelInfo& Model::info() const { return impl_->info; }
+
+std::vector<float> Model::preprocess_image(const std::string& image_path) const {
+  const PreprocessConfig& p = impl_->config.preprocess;
+  std::vector<float> out(static_cast<size_t>(p.channels) * p.size * p.size);
+  preprocess_image(load_image(image_path), p, out.data());
+  return out;
+}
+
+struct Session::Impl {
+  std::shared_ptr<const Model> model;
+  std::unique_ptr<Backend> backend;
+  Executor executor;
+  Impl(std::shared_ptr<const Model> m, int threads)
+      : model(std::move(m)), backend(make_cpu_backend(threads)), executor(model->impl().graph, *backend) {}
+};
+
+Session::Session(std::shared_ptr<const Model> model, SessionOptions options) {
+  if (!model) throw Error("Session: model is null");
+  impl_ = std::make_unique<Impl>(std::move(model), options.threads);
+}
+Session::~Session() = default;
+Session::Session(Session&&) noexcept = default;
+Session& Session::operator=(Session&&) noexcept = default;
+
+const Model& Session::model() const { return *impl_->model; }
+
+void Session::prepare(int64_t batch) { impl_->executor.prepare(batch); }
+
+void Session::run(const float* input, int64_t batch, float* logits) {
+  if (batch <= 0) throw Error("batch size must be positive, got " + std::to_string(batch));
+  impl_->executor.run(batch, input, logits);
+}
+
+std::vector<float> Session::run(const std::vector<float>& input, int64_t batch) {
+  const ModelInfo& mi = impl_->model->info();
+  const int64_t per = mi.in_chans * mi.image_size * mi.image_size;
+  if (batch <= 0 || static_cast<int64_t>(input.size()) != batch * per)
+    throw Error("input has " + std::to_string(input.size()) + " values; expected batch x " +
+                std::to_string(mi.in_chans) + " x " + std::to_string(mi.image_size) + " x " +
+                std::to_string(mi.image_size) + " = " + std::to_string(std::max<int64_t>(batch, 0) * per));
+  std::vector<float> logits(static_cast<size_t>(batch * mi.num_classes));
+  run(input.data(), batch, logits.data());
+  return logits;
+}
+
+std::vector<Prediction> Session::classify(const std::string& image_path, int k) {
+  const std::vector<float> pixels = impl_->model->preprocess_image(image_path);
+  const std::vector<float> logits = run(pixels, 1);
+  return top_k(logits.data(), static_cast<int64_t>(logits.size()), impl_->model->info().labels, k);
+}
+
+void Session::set_profiling(bool on) { impl_->executor.set_profiling(on); }
+std::vector<double> Session::layer_ms() const {
+  const auto& all = impl_->executor.node_ms();
+  std::vector<double> out;
+  const auto& nodes = impl_->model->impl().graph.nodes();
+  for (size_t i = 0; i < nodes.size() && i < all.size(); ++i)
+    if (nodes[i].op != OpKind::Input) out.push_back(all[i]);
+  return out;
+}
+
+std::vector<Prediction> top_k(const float* logits, int64_t classes,
+                              const std::vector<std::string>& labels, int k) {
+  const float mx = *std::max_element(logits, logits + classes);
+  std::vector<double> p(classes);
+  double sum = 0;
+  for (int64_t i = 0; i < classes; ++i) sum += p[i] = std::exp(static_cast<double>(logits[i] - mx));
+  std::vector<int> idx(classes);
+  for (int64_t i = 0; i < classes; ++i) idx[i] = static_cast<int>(i);
+  k = static_cast<int>(std::clamp<int64_t>(k, 1, classes));
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int a, int b) { return p[a] > p[b]; });
+  std::vector<Prediction> out;
+  for (int i = 0; i < k; ++i) {
+    const int c = idx[i];
+    const bool named = c < static_cast<int>(labels.size()) && !labels[c].empty();
+    out.push_back({c, named ? labels[c] : "class_" + std::to_string(c), static_cast<float>(p[c] / sum)});
+  }
+  return out;
+}
+
+Array load_npy_f32(const std::string& path) {
+  const Tensor t = load_npy(path);
+  if (t.dtype() != DType::F32)
+    throw Error(path + ": expected a float32 array ('<f4'), found " + std::string(dtype_name(t.dtype())));
+  Array a;
+  a.shape = t.shape();
+  a.data.assign(t.data<float>(), t.data<float>() + t.numel());
+  return a;
+}
+
+void save_npy_f32(const std::string& path, const Array& a) {
+  if (shape_numel(a.shape) != static_cast<int64_t>(a.data.size()))
+    throw Error(path + ": array shape " + shape_str(a.shape) + " does not match its " +
+                std::to_string(a.data.size()) + " values");
+  save_npy(path, Tensor::borrow(const_cast<float*>(a.data.data()), DType::F32, a.shape, nullptr));
+}
+
+std::string default_model_path() { return (fs::path(data_dir()) / "fashion_vit").string(); }
+std::string version() { return "0.1.0"; }
+
+}  // namespace shiftadd

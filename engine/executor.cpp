@@ -1,0 +1,131 @@
+#include "engine/executor.h"
+
+#include <algorithm>
+#include <cstring>
+#include <iterator>
+#include <map>
+
+#include "shiftadd/error.h"
+
+namespace shiftadd {
+
+void check_supported(const Graph& g, const Backend& backend) {
+  for (const Node& n : g.nodes()) {
+    std::string why;
+    if (!backend.supports_op(g, n, &why))
+      throw Error("node '" + n.name + "' (op " + op_traits(n.op).name + ", output " +
+                  shape_str(g.sample_shape(n.output)) + " per sample) is not supported by the " +
+                  backend.name() + " backend" + (why.empty() ? "" : ": " + why));
+  }
+}
+
+namespace {
+// First-fit allocator over arena offsets with coalescing of freed blocks.
+class OffsetAllocator {
+ public:
+  int64_t alloc(int64_t n) {
+    n = (n + 15) / 16 * 16;  // keep every buffer 64-byte aligned
+    for (auto it = free_.begin(); it != free_.end(); ++it) {
+      if (it->second >= n) {
+        const int64_t off = it->first, left = it->second - n;
+        free_.erase(it);
+        if (left) free_[off + n] = left;
+        size_[off] = n;
+        return off;
+      }
+    }
+    const int64_t off = top_;
+    top_ += n;
+    size_[off] = n;
+    return off;
+  }
+  void release(int64_t off) {
+    int64_t n = size_.at(off);
+    size_.erase(off);
+    auto next = free_.find(off + n);
+    if (next != free_.end()) {
+      n += next->second;
+      free_.erase(next);
+    }
+    auto it = free_.emplace(off, n).first;
+    if (it != free_.begin()) {
+      auto prev = std::prev(it);
+      if (prev->first + prev->second == off) {
+        prev->second += it->second;
+        free_.erase(it);
+      }
+    }
+  }
+  int64_t top() const { return top_; }
+
+ private:
+  std::map<int64_t, int64_t> free_, size_;
+  int64_t top_ = 0;
+};
+}  // namespace
+
+Plan make_plan(const Graph& g, int64_t batch) {
+  if (batch <= 0) throw Error("batch size must be positive, got " + std::to_string(batch));
+  const auto& nodes = g.nodes();
+  const size_t nv = g.values().size();
+  std::vector<int> last_use(nv, -1);
+  for (size_t i = 0; i < nodes.size(); ++i)
+    for (int v : nodes[i].inputs) last_use[v] = static_cast<int>(i);
+  if (g.output_value() >= 0) last_use[g.output_value()] = static_cast<int>(nodes.size());
+
+  Plan p;
+  p.batch = batch;
+  p.offset.assign(nv, -1);
+  OffsetAllocator arena;
+  std::vector<bool> released(nv, false);
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    const Node& n = nodes[i];
+    if (n.op != OpKind::Input)
+      p.offset[n.output] = arena.alloc(batch * shape_numel(g.sample_shape(n.output)));
+    // Inputs die after the output is allocated, so no kernel reads and writes one buffer.
+    for (int v : n.inputs)
+      if (last_use[v] == static_cast<int>(i) && p.offset[v] >= 0 && !released[v]) {
+        arena.release(p.offset[v]);
+        released[v] = true;
+      }
+  }
+  p.arena_floats = arena.top();
+  return p;
+}
+
+void Executor::prepare(int64_t batch) {
+  if (plan_.batch == batch) return;
+  Plan p = make_plan(g_, batch);
+  for (const Node& n : g_.nodes()) backend_.reserve(g_, n, batch);
+  arena_.assign(static_cast<size_t>(p.arena_floats), 0.0f);
+  plan_ = std::move(p);
+  node_ms_.assign(g_.nodes().size(), 0.0);
+}
+
+void Executor::run(int64_t batch, const float* input, float* output) {
+  prepare(batch);
+  float* base = arena_.data();
+  auto ptr = [&](int v) -> float* {
+    return v == g_.input_value() ? const_cast<float*>(input) : base + plan_.offset[v];
+  };
+  const auto& nodes = g_.nodes();
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    const Node& n = nodes[i];
+    if (n.op == OpKind::Input) continue;
+    NodeBuffers b;
+    b.batch = batch;
+    for (size_t k = 0; k < n.inputs.size() && k < 2; ++k) b.in[k] = ptr(n.inputs[k]);
+    b.out = ptr(n.output);
+    if (profiling_) {
+      const auto t0 = std::chrono::steady_clock::now();
+      backend_.run(g_, n, b);
+      node_ms_[i] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    } else {
+      backend_.run(g_, n, b);
+    }
+  }
+  const int out = g_.output_value();
+  std::memcpy(output, ptr(out), sizeof(float) * batch * shape_numel(g_.sample_shape(out)));
+}
+
+}  // namespace shiftadd

@@ -1,0 +1,51 @@
+#pragma once
+// Planning and execution. A Plan fixes every activation's offset in one arena for a given
+// batch size (liveness-based reuse); the Executor allocates that arena once per batch size and
+// then runs the graph with no allocation at all.
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/graph.h"
+
+namespace shiftadd {
+
+struct Plan {
+  int64_t batch = 0;
+  std::vector<int64_t> offset;  // per value, in floats into the arena; -1 for the graph input
+  int64_t arena_floats = 0;
+};
+
+// Throws Error naming node, op and shape when the backend cannot run some node.
+void check_supported(const Graph& g, const Backend& backend);
+Plan make_plan(const Graph& g, int64_t batch);
+
+class Executor {
+ public:
+  Executor(const Graph& g, Backend& backend) : g_(g), backend_(backend) {}
+
+  // Plans for this batch size and reserves memory; a no-op when already planned for it.
+  void prepare(int64_t batch);
+  // input: [batch, sample_shape(input)...]; output receives the graph output.
+  void run(int64_t batch, const float* input, float* output);
+
+  int64_t planned_batch() const { return plan_.batch; }
+  size_t arena_bytes() const { return arena_.size() * sizeof(float); }
+
+  // Per-node wall time of the last run, collected only while profiling is on (a branch per
+  // node otherwise).
+  void set_profiling(bool on) { profiling_ = on; }
+  const std::vector<double>& node_ms() const { return node_ms_; }
+
+ private:
+  const Graph& g_;
+  Backend& backend_;
+  Plan plan_;
+  std::vector<float> arena_;
+  bool profiling_ = false;
+  std::vector<double> node_ms_;
+};
+
+}  // namespace shiftadd

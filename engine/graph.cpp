@@ -1,0 +1,175 @@
+#include "engine/graph.h"
+
+#include "shiftadd/error.h"
+
+namespace shiftadd {
+
+static const OpTraits kOpTraits[] = {
+    {"input", "input"},         {"conv2d", "conv"},
+    {"embed_tokens", "embed"},  {"layernorm", "norm"},
+    {"linear", "dense linear"}, {"attention", "softmax attention"},
+    {"add", "elementwise"},     {"take_tokens", "select"},
+};
+static_assert(sizeof(kOpTraits) / sizeof(kOpTraits[0]) == static_cast<size_t>(OpKind::Count));
+
+const OpTraits& op_traits(OpKind op) { return kOpTraits[static_cast<size_t>(op)]; }
+
+// Shape errors name the node being built, both shapes and what was expected.
+[[noreturn]] static void shape_error(const std::string& node, const std::string& what) {
+  throw Error("graph: node '" + node + "': " + what);
+}
+
+static void expect_f32(const std::string& node, const char* what, const Tensor& t) {
+  if (t.dtype() != DType::F32 || !t.is_contiguous())
+    shape_error(node, std::string(what) + " must be a contiguous float32 tensor, got " +
+                          std::string(dtype_name(t.dtype())));
+}
+
+int Graph::add_node(Node n, Shape out_shape) {
+  n.output = static_cast<int>(values_.size());
+  values_.push_back({std::move(out_shape), static_cast<int>(nodes_.size())});
+  nodes_.push_back(std::move(n));
+  return nodes_.back().output;
+}
+
+int Graph::input(Shape sample_shape) {
+  Node n;
+  n.op = OpKind::Input;
+  n.name = "input";
+  input_ = add_node(std::move(n), std::move(sample_shape));
+  return input_;
+}
+
+int Graph::conv2d(int x, Tensor w, Tensor b, int64_t stride, int64_t pad, std::string name) {
+  const Shape& s = sample_shape(x);  // [Cin, H, W]
+  expect_f32(name, "weight", w);
+  if (s.size() != 3 || w.ndim() != 4 || w.dim(1) != s[0])
+    shape_error(name, "conv2d expects input [C, H, W] and weight [Cout, C, kh, kw]; got input " +
+                          shape_str(s) + " and weight " + shape_str(w.shape()));
+  if (b.defined() && b.numel() > 0 && b.numel() != w.dim(0))
+    shape_error(name, "bias has " + std::to_string(b.numel()) + " elements, expected " +
+                          std::to_string(w.dim(0)));
+  const int64_t oh = (s[1] + 2 * pad - w.dim(2)) / stride + 1;
+  const int64_t ow = (s[2] + 2 * pad - w.dim(3)) / stride + 1;
+  if (oh <= 0 || ow <= 0)
+    shape_error(name, "input " + shape_str(s) + " is smaller than the kernel " + shape_str(w.shape()));
+  const int64_t cout = w.dim(0);
+  Node n;
+  n.op = OpKind::Conv2d;
+  n.name = std::move(name);
+  n.inputs = {x};
+  n.weights = {std::move(w), std::move(b)};
+  n.p.stride = stride;
+  n.p.pad = pad;
+  return add_node(std::move(n), {oh * ow, cout});
+}
+
+int Graph::embed_tokens(int patches, Tensor prefix, Tensor pos, std::string name) {
+  const Shape& s = sample_shape(patches);  // [Np, C]
+  if (s.size() != 2) shape_error(name, "expects patch tokens [N, C], got " + shape_str(s));
+  const int64_t P = prefix.defined() ? prefix.numel() / s[1] : 0;
+  if (prefix.defined() && prefix.numel() != P * s[1])
+    shape_error(name, "prefix tokens " + shape_str(prefix.shape()) + " do not match dim " +
+                          std::to_string(s[1]));
+  if (pos.defined() && pos.numel() != (P + s[0]) * s[1])
+    shape_error(name, "position embedding " + shape_str(pos.shape()) + " does not match " +
+                          std::to_string(P + s[0]) + " tokens of dim " + std::to_string(s[1]) +
+                          " (is the image size right?)");
+  Node n;
+  n.op = OpKind::EmbedTokens;
+  n.name = std::move(name);
+  n.inputs = {patches};
+  n.weights = {std::move(prefix), std::move(pos)};
+  return add_node(std::move(n), {P + s[0], s[1]});
+}
+
+int Graph::layernorm(int x, Tensor gamma, Tensor beta, float eps, std::string name) {
+  const Shape& s = sample_shape(x);
+  if (gamma.numel() != s.back() || beta.numel() != s.back())
+    shape_error(name, "LayerNorm weight " + shape_str(gamma.shape()) + " / bias " +
+                          shape_str(beta.shape()) + " do not match input " + shape_str(s));
+  expect_f32(name, "weight", gamma);
+  expect_f32(name, "bias", beta);
+  Node n;
+  n.op = OpKind::LayerNorm;
+  n.name = std::move(name);
+  n.inputs = {x};
+  n.weights = {std::move(gamma), std::move(beta)};
+  n.p.eps = eps;
+  return add_node(std::move(n), s);
+}
+
+int Graph::linear(int x, Tensor w, Tensor b, std::string name, bool gelu, int residual) {
+  Shape s = sample_shape(x);
+  expect_f32(name, "weight", w);
+  if (w.ndim() != 2 || w.dim(1) != s.back())
+    shape_error(name, "linear weight " + shape_str(w.shape()) + " does not fit input " +
+                          shape_str(s) + " (expected [out, " + std::to_string(s.back()) + "])");
+  if (b.defined() && b.numel() != w.dim(0))
+    shape_error(name, "bias " + shape_str(b.shape()) + " does not match weight " +
+                          shape_str(w.shape()));
+  s.back() = w.dim(0);
+  Node n;
+  n.op = OpKind::Linear;
+  n.name = std::move(name);
+  n.inputs = {x};
+  if (residual >= 0) {
+    if (sample_shape(residual) != s)
+      shape_error(n.name, "residual " + shape_str(sample_shape(residual)) +
+                              " does not match output " + shape_str(s));
+    n.inputs.push_back(residual);
+  }
+  n.weights = {std::move(w), std::move(b)};
+  n.p.gelu = gelu;
+  return add_node(std::move(n), s);
+}
+
+int Graph::attention(int qkv, int64_t heads, float scale, std::string name) {
+  const Shape& s = sample_shape(qkv);  // [N, 3C]
+  if (s.size() != 2 || s[1] % 3 != 0 || heads <= 0 || (s[1] / 3) % heads != 0)
+    shape_error(name, "attention expects packed q|k|v [N, 3C] with C divisible by heads=" +
+                          std::to_string(heads) + ", got " + shape_str(s));
+  Node n;
+  n.op = OpKind::Attention;
+  n.name = std::move(name);
+  n.inputs = {qkv};
+  n.p.heads = heads;
+  n.p.scale = scale;
+  return add_node(std::move(n), {s[0], s[1] / 3});
+}
+
+int Graph::add(int a, int b, float alpha, std::string name) {
+  if (sample_shape(a) != sample_shape(b))
+    shape_error(name, "add of mismatched shapes " + shape_str(sample_shape(a)) + " and " +
+                          shape_str(sample_shape(b)));
+  Node n;
+  n.op = OpKind::Add;
+  n.name = std::move(name);
+  n.inputs = {a, b};
+  n.p.alpha = alpha;
+  return add_node(std::move(n), sample_shape(a));
+}
+
+int Graph::take_tokens(int x, int64_t first, int64_t count, std::string name) {
+  Shape s = sample_shape(x);
+  if (s.size() != 2 || first < 0 || count <= 0 || first + count > s[0])
+    shape_error(name, "cannot take tokens [" + std::to_string(first) + ", " +
+                          std::to_string(first + count) + ") of " + shape_str(s));
+  Node n;
+  n.op = OpKind::TakeTokens;
+  n.name = std::move(name);
+  n.inputs = {x};
+  n.p.first = first;
+  n.p.count = count;
+  s[0] = count;
+  return add_node(std::move(n), s);
+}
+
+int64_t Graph::weight_params() const {
+  int64_t total = 0;
+  for (const Node& n : nodes_)
+    for (const Tensor& w : n.weights) total += w.numel();
+  return total;
+}
+
+}  // namespace shiftadd

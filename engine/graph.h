@@ -1,0 +1,82 @@
+#pragma once
+// The graph IR: one op enum, one builder method per op, shape rules checked as the graph is
+// built. Every value is a float32 activation of shape [batch, sample_shape...]; the batch size
+// is only fixed when a plan is made, so one Graph serves every batch size.
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace shiftadd {
+
+enum class OpKind : uint8_t {
+  Input,        // the image batch [B, C, H, W]
+  Conv2d,       // conv (groups 1) with bias, output token-major [B, OH*OW, Cout]
+  EmbedTokens,  // prepend cls/dist tokens and add the position embedding
+  LayerNorm,    // over the last dim
+  Linear,       // x W^T + b, optional fused GELU, optional fused residual add (input 1)
+  Attention,    // multi-head softmax attention from a packed q|k|v [N, 3C] -> [N, C]
+  Add,          // alpha * (a + b)
+  TakeTokens,   // x[:, first:first+count, :]
+  Count
+};
+
+// One row per op: its name and its kind as shown to users (inspect, profiler).
+struct OpTraits {
+  const char* name;
+  const char* kind;
+};
+const OpTraits& op_traits(OpKind op);
+
+struct OpParams {
+  float eps = 0.0f;          // LayerNorm
+  bool gelu = false;         // Linear
+  int64_t heads = 0;         // Attention
+  float scale = 1.0f;        // Attention
+  int64_t stride = 1, pad = 0;  // Conv2d
+  int64_t first = 0, count = 0; // TakeTokens
+  float alpha = 1.0f;        // Add
+};
+
+struct Node {
+  OpKind op = OpKind::Input;
+  std::string name;             // e.g. "blocks.3.mlp.fc1"
+  std::vector<int> inputs;      // value ids
+  int output = -1;              // value id
+  std::vector<Tensor> weights;  // op-specific order (Linear: W [out,in], b [out])
+  OpParams p;
+};
+
+struct ValueInfo {
+  Shape sample_shape;  // shape without the leading batch dim
+  int producer = -1;   // node index
+};
+
+class Graph {
+ public:
+  int input(Shape sample_shape);
+  int conv2d(int x, Tensor w, Tensor b, int64_t stride, int64_t pad, std::string name);
+  int embed_tokens(int patches, Tensor prefix, Tensor pos, std::string name);
+  int layernorm(int x, Tensor gamma, Tensor beta, float eps, std::string name);
+  int linear(int x, Tensor w, Tensor b, std::string name, bool gelu = false, int residual = -1);
+  int attention(int qkv, int64_t heads, float scale, std::string name);
+  int add(int a, int b, float alpha, std::string name);
+  int take_tokens(int x, int64_t first, int64_t count, std::string name);
+  void set_output(int v) { output_ = v; }
+
+  const std::vector<Node>& nodes() const { return nodes_; }
+  const std::vector<ValueInfo>& values() const { return values_; }
+  const Shape& sample_shape(int v) const { return values_.at(v).sample_shape; }
+  int input_value() const { return input_; }
+  int output_value() const { return output_; }
+  int64_t weight_params() const;  // total weight elements
+
+ private:
+  int add_node(Node n, Shape out_shape);
+  int input_ = -1, output_ = -1;
+  std::vector<Node> nodes_;
+  std::vector<ValueInfo> values_;
+};
+
+}  // namespace shiftadd

@@ -1,0 +1,127 @@
+#pragma once
+// Kernel signatures. Kernels see only pointers, sizes and strides: they know nothing of files,
+// names, tensors or models. Every op has a plain reference in `ref::` (the oracle, obviously
+// correct, single-threaded) and an optimized version in `cpu::` with the same meaning; the
+// kernel harness (tests/test_kernels.cpp) checks one against the other.
+#include <cstddef>
+#include <cstdint>
+
+namespace shiftadd {
+class ThreadPool;
+
+namespace kernels {
+
+// Fused epilogue applied to C = alpha * A op(B):
+//   C += bias[n]; if gelu: C = gelu(C); if residual: C += residual[m, n].
+// `residual` may alias C (then C += result is computed in place; ldr must equal ldc) but must
+// not otherwise overlap it.
+struct Epilogue {
+  const float* bias = nullptr;
+  bool gelu = false;
+  const float* residual = nullptr;
+  int64_t ldr = 0;  // row stride of residual
+};
+
+// GEMM: C[M,N] = alpha * A[M,K] * op(B) (+ epilogue), row-major with row strides lda/ldb/ldc.
+// b_is_nk: B is stored [N,K] (PyTorch Linear weight layout, i.e. C = A B^T);
+// otherwise B is stored [K,N].
+struct GemmArgs {
+  int64_t M = 0, N = 0, K = 0;
+  const float* A = nullptr;
+  int64_t lda = 0;
+  const float* B = nullptr;
+  int64_t ldb = 0;
+  bool b_is_nk = true;
+  float* C = nullptr;
+  int64_t ldc = 0;
+  float alpha = 1.0f;
+  Epilogue epi;
+};
+
+// LayerNorm over the last dim of `rows` rows of `cols`: y = (x - mean) / sqrt(var + eps) * g + b.
+struct LayerNormArgs {
+  int64_t rows = 0, cols = 0;
+  const float* x = nullptr;
+  int64_t ldx = 0;
+  const float* gamma = nullptr;
+  const float* beta = nullptr;
+  float eps = 1e-6f;
+  float* y = nullptr;
+  int64_t ldy = 0;
+};
+
+// Multi-head softmax attention, one (batch, head) at a time:
+//   out[b, n, h*d + c] = sum_j softmax_j(scale * q_n . k_j) v[j, c]
+// q rows: q + b*q_bstride + n*q_ld + h*d (likewise k and v over Nkv tokens);
+// out rows: out + b*o_bstride + n*o_ld + h*d.
+struct AttentionArgs {
+  int64_t B = 0, H = 0, Nq = 0, Nkv = 0, d = 0;
+  const float* q = nullptr;
+  int64_t q_ld = 0, q_bstride = 0;
+  const float* k = nullptr;
+  int64_t k_ld = 0, k_bstride = 0;
+  const float* v = nullptr;
+  int64_t v_ld = 0, v_bstride = 0;
+  float* out = nullptr;
+  int64_t o_ld = 0, o_bstride = 0;
+  float scale = 1.0f;
+};
+
+// 2-D convolution (groups = 1), NCHW input, weight [Cout, Cin, kh, kw], optional bias,
+// output written token-major: out[b, oy*OW + ox, co] (what a ViT/PVT patch embedding wants).
+struct Conv2dArgs {
+  int64_t B = 0, Cin = 0, H = 0, W = 0, Cout = 0, kh = 0, kw = 0;
+  int64_t stride = 1, pad = 0;
+  const float* x = nullptr;
+  const float* w = nullptr;
+  const float* bias = nullptr;
+  float* out = nullptr;
+  int64_t OH() const { return (H + 2 * pad - kh) / stride + 1; }
+  int64_t OW() const { return (W + 2 * pad - kw) / stride + 1; }
+};
+
+// Token embedding for ViT: out[b, 0..P) = prefix tokens (cls, dist: [P, C]),
+// out[b, P + i] = patches[b, i]; then out[b, t] += pos[t] (pos may be null).
+struct EmbedTokensArgs {
+  int64_t B = 0, Np = 0, P = 0, C = 0;
+  const float* patches = nullptr;  // [B, Np, C]
+  const float* prefix = nullptr;   // [P, C]
+  const float* pos = nullptr;      // [P + Np, C]
+  float* out = nullptr;            // [B, P + Np, C]
+};
+
+namespace ref {
+void gemm(const GemmArgs& a);
+void layernorm(const LayerNormArgs& a);
+void gelu(int64_t n, const float* x, float* y);  // exact erf GELU
+void attention(const AttentionArgs& a);
+void conv2d(const Conv2dArgs& a);
+void embed_tokens(const EmbedTokensArgs& a);
+// y = alpha * (a + b), elementwise over n
+void add(int64_t n, const float* a, const float* b, float alpha, float* y);
+}  // namespace ref
+
+namespace cpu {
+// Which SIMD path the CPU kernels use on this machine: "avx512", "avx2" or "scalar".
+const char* simd_name();
+// Restricts the SIMD path to `name` ("avx512", "avx2", "scalar") so tests and benchmarks can
+// exercise every path on one machine; returns false (changing nothing) if the CPU lacks it.
+// Not thread-safe with respect to kernels running concurrently.
+bool set_simd(const char* name);
+// Per-thread scratch (bytes) the cpu kernels need for these sizes; reserve it on the pool
+// before calling them.
+size_t gemm_scratch_bytes();
+size_t attention_scratch_bytes(const AttentionArgs& a);
+size_t conv2d_scratch_bytes(const Conv2dArgs& a);
+
+void gemm(const GemmArgs& a, ThreadPool& pool);
+void layernorm(const LayerNormArgs& a, ThreadPool& pool);
+void gelu(int64_t n, const float* x, float* y, ThreadPool& pool);
+void attention(const AttentionArgs& a, ThreadPool& pool);
+void conv2d(const Conv2dArgs& a, ThreadPool& pool);
+void embed_tokens(const EmbedTokensArgs& a, ThreadPool& pool);
+void add(int64_t n, const float* a, const float* b, float alpha, float* y, ThreadPool& pool);
+}  // namespace cpu
+
+}  // namespace kernels
+}  // namespace shiftadd

@@ -1,0 +1,231 @@
+#include "models/vit/vit.h"
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "loaders/safetensors.h"
+#include "shiftadd/error.h"
+
+namespace shiftadd {
+
+namespace {
+
+using json = nlohmann::json;
+
+const Tensor& expect(const WeightStore& w, const std::string& name, int ndim) {
+  const Tensor& t = w.at(name);
+  if (t.ndim() != ndim)
+    throw Error(w.source + ": tensor '" + name + "' has shape " + shape_str(t.shape()) +
+                ", expected " + std::to_string(ndim) + " dimensions");
+  return t;
+}
+
+void expect_shape(const WeightStore& w, const std::string& name, const Shape& want) {
+  const Tensor& t = w.at(name);
+  if (t.shape() != want)
+    throw Error(w.source + ": tensor '" + name + "' has shape " + shape_str(t.shape()) +
+                ", expected " + shape_str(want));
+}
+
+// Looks a key up at the top level of a config, then in timm's nested dicts.
+const json* find_key(const json* cfg, const char* key) {
+  if (!cfg || !cfg->is_object()) return nullptr;
+  if (cfg->contains(key)) return &(*cfg)[key];
+  for (const char* nest : {"model_args", "pretrained_cfg"})
+    if (cfg->contains(nest) && (*cfg)[nest].is_object() && (*cfg)[nest].contains(key))
+      return &(*cfg)[nest][key];
+  return nullptr;
+}
+
+int64_t config_int(const json* cfg, std::initializer_list<const char*> keys, int64_t fallback) {
+  for (const char* k : keys)
+    if (const json* v = find_key(cfg, k); v && v->is_number_integer()) return v->get<int64_t>();
+  return fallback;
+}
+
+std::vector<std::string> config_labels(const json* cfg, int64_t classes) {
+  std::vector<std::string> labels;
+  if (const json* names = find_key(cfg, "label_names"); names && names->is_array()) {
+    for (const auto& n : *names) labels.push_back(n.is_string() ? n.get<std::string>() : n.dump());
+  } else if (const json* m = find_key(cfg, "id2label"); m && m->is_object()) {
+    labels.assign(classes, "");
+    for (const auto& [k, v] : m->items()) {
+      int64_t id = -1;
+      try {
+        id = std::stoll(k);
+      } catch (...) {
+      }
+      if (id >= 0 && id < classes) labels[id] = v.is_string() ? v.get<std::string>() : v.dump();
+    }
+  }
+  if (!labels.empty() && static_cast<int64_t>(labels.size()) != classes) labels.clear();
+  return labels;
+}
+
+std::vector<float> float_list(const json& v, size_t channels) {
+  std::vector<float> out;
+  if (v.is_number()) out.assign(channels, v.get<float>());
+  if (v.is_array())
+    for (const auto& x : v) out.push_back(x.get<float>());
+  if (out.size() == 1 && channels > 1) out.assign(channels, out[0]);
+  return out;
+}
+
+// Preprocessing: timm pretrained_cfg, then HF preprocessor_config.json, else DeiT defaults.
+PreprocessConfig infer_preprocess(const VitConfig& c, const json* cfg, const json* pre) {
+  PreprocessConfig p;
+  p.channels = static_cast<int>(c.in_chans);
+  p.size = static_cast<int>(c.image_size);
+  p.crop_pct = 0.875f;
+  const size_t ch = static_cast<size_t>(c.in_chans);
+  if (p.mean.size() != ch) p.mean.assign(ch, p.mean[0]);
+  if (p.std.size() != ch) p.std.assign(ch, p.std[0]);
+  const json* pc = cfg && cfg->is_object() && cfg->contains("pretrained_cfg") ? &(*cfg)["pretrained_cfg"] : nullptr;
+  if (pc && pc->is_object()) {
+    if (pc->contains("crop_pct") && (*pc)["crop_pct"].is_number()) p.crop_pct = (*pc)["crop_pct"].get<float>();
+    if (pc->contains("interpolation") && (*pc)["interpolation"].is_string())
+      p.interpolation = (*pc)["interpolation"].get<std::string>();
+    if (pc->contains("mean")) p.mean = float_list((*pc)["mean"], ch);
+    if (pc->contains("std")) p.std = float_list((*pc)["std"], ch);
+  }
+  if (pre && pre->is_object()) {
+    const json& j = *pre;
+    if (j.contains("image_mean")) p.mean = float_list(j["image_mean"], ch);
+    if (j.contains("image_std")) p.std = float_list(j["image_std"], ch);
+    if (j.contains("resample") && j["resample"].is_number_integer()) {
+      const int r = j["resample"].get<int>();  // PIL codes
+      p.interpolation = r == 0 ? "nearest" : r == 2 ? "bilinear" : "bicubic";
+    }
+    const bool crop = j.value("do_center_crop", false);
+    p.resize_exact = !crop;  // ViTImageProcessor resizes straight to size x size
+    if (crop) {
+      int64_t resize = c.image_size;
+      if (j.contains("size")) {
+        const json& s = j["size"];
+        if (s.is_number_integer()) resize = s.get<int64_t>();
+        else if (s.is_object()) resize = s.value("shortest_edge", s.value("height", resize));
+      }
+      p.crop_pct = static_cast<float>(c.image_size) / static_cast<float>(resize);
+    }
+  }
+  if (p.mean.size() != ch || p.std.size() != ch)
+    throw Error("preprocessing config: mean/std must have " + std::to_string(ch) + " entries");
+  return p;
+}
+
+}  // namespace
+
+VitConfig infer_vit_config(const WeightStore& w, const json* cfg, const json* pre) {
+  VitConfig c;
+  const Tensor& pw = expect(w, "patch_embed.proj.weight", 4);
+  c.dim = pw.dim(0);
+  c.in_chans = pw.dim(1);
+  c.patch_size = pw.dim(2);
+  if (pw.dim(3) != c.patch_size)
+    throw Error(w.source + ": 'patch_embed.proj.weight' " + shape_str(pw.shape()) +
+                " has a non-square kernel; only square patches are supported");
+  c.distilled = w.has("dist_token");
+  c.prefix_tokens = c.distilled ? 2 : 1;
+  const Tensor& pos = expect(w, "pos_embed", 3);
+  const int64_t patches = pos.dim(1) - c.prefix_tokens;
+  const int64_t grid = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(patches))));
+  if (patches <= 0 || grid * grid != patches || pos.dim(2) != c.dim)
+    throw Error(w.source + ": 'pos_embed' " + shape_str(pos.shape()) + " is not [1, " +
+                std::to_string(c.prefix_tokens) + " + g*g, " + std::to_string(c.dim) +
+                "] for a square grid of patches");
+  c.image_size = grid * c.patch_size;
+  const int64_t cfg_size = config_int(cfg, {"image_size", "img_size"}, c.image_size);
+  if (cfg_size != c.image_size)
+    throw Error(w.source + ": config image size " + std::to_string(cfg_size) +
+                " disagrees with 'pos_embed' " + shape_str(pos.shape()) + " (image size " +
+                std::to_string(c.image_size) + ")");
+
+  while (w.has("blocks." + std::to_string(c.depth) + ".norm1.weight")) ++c.depth;
+  if (c.depth == 0) throw Error(w.source + ": no transformer blocks ('blocks.0.norm1.weight' missing)");
+  c.mlp_hidden = expect(w, "blocks.0.mlp.fc1.weight", 2).dim(0);
+  c.num_classes = expect(w, "head.weight", 2).dim(0);
+
+  c.heads = config_int(cfg, {"num_heads", "num_attention_heads"}, 0);
+  c.heads_source = "config";
+  if (c.heads == 0) {
+    c.heads = c.dim % 64 == 0 ? c.dim / 64 : 0;
+    c.heads_source = "head dim 64 convention";
+    if (c.heads == 0)
+      throw Error(w.source + ": cannot tell the number of attention heads: dim " +
+                  std::to_string(c.dim) + " is not a multiple of 64; put a config.json with "
+                  "\"num_heads\" (timm) or \"num_attention_heads\" (Hugging Face) beside the model");
+  }
+  if (c.dim % c.heads != 0)
+    throw Error(w.source + ": dim " + std::to_string(c.dim) + " is not divisible by " +
+                std::to_string(c.heads) + " heads");
+  if (const json* eps = find_key(cfg, "layer_norm_eps"); eps && eps->is_number()) c.eps = eps->get<float>();
+  c.labels = config_labels(cfg, c.num_classes);
+  c.preprocess = infer_preprocess(c, cfg, pre);
+  return c;
+}
+
+Graph build_vit(const VitConfig& c, const WeightStore& w) {
+  std::set<std::string> used;
+  auto W = [&](const std::string& name, const Shape& shape) -> Tensor {
+    expect_shape(w, name, shape);
+    used.insert(name);
+    return to_f32(w.at(name));
+  };
+  const int64_t C = c.dim, F = c.mlp_hidden;
+
+  Graph g;
+  int x = g.input({c.in_chans, c.image_size, c.image_size});
+  x = g.conv2d(x, W("patch_embed.proj.weight", {C, c.in_chans, c.patch_size, c.patch_size}),
+               W("patch_embed.proj.bias", {C}), c.patch_size, 0, "patch_embed.proj");
+
+  // cls (and dist) tokens become one [P, C] prefix.
+  Tensor prefix = W("cls_token", {1, 1, C});
+  if (c.distilled) {
+    Tensor both = Tensor::empty(DType::F32, {2, C});
+    std::copy_n(prefix.data<float>(), C, both.data<float>());
+    std::copy_n(W("dist_token", {1, 1, C}).data<float>(), C, both.data<float>() + C);
+    prefix = both;
+  }
+  x = g.embed_tokens(x, prefix, W("pos_embed", {1, c.tokens(), C}), "embed");
+
+  const float scale = 1.0f / std::sqrt(static_cast<float>(C / c.heads));
+  for (int64_t i = 0; i < c.depth; ++i) {
+    const std::string b = "blocks." + std::to_string(i) + ".";
+    const std::string qkv_b = b + "attn.qkv.bias";
+    // timm models built with qkv_bias=False have no qkv bias.
+    Tensor qkv_bias = w.has(qkv_b) ? W(qkv_b, {3 * C}) : Tensor();
+    int h = g.layernorm(x, W(b + "norm1.weight", {C}), W(b + "norm1.bias", {C}), c.eps, b + "norm1");
+    h = g.linear(h, W(b + "attn.qkv.weight", {3 * C, C}), qkv_bias, b + "attn.qkv");
+    h = g.attention(h, c.heads, scale, b + "attn");
+    x = g.linear(h, W(b + "attn.proj.weight", {C, C}), W(b + "attn.proj.bias", {C}), b + "attn.proj",
+                 false, x);
+    h = g.layernorm(x, W(b + "norm2.weight", {C}), W(b + "norm2.bias", {C}), c.eps, b + "norm2");
+    h = g.linear(h, W(b + "mlp.fc1.weight", {F, C}), W(b + "mlp.fc1.bias", {F}), b + "mlp.fc1", true);
+    x = g.linear(h, W(b + "mlp.fc2.weight", {C, F}), W(b + "mlp.fc2.bias", {C}), b + "mlp.fc2",
+                 false, x);
+  }
+  // Only the prefix tokens reach the head, and LayerNorm is per token: normalise just those.
+  x = g.take_tokens(x, 0, c.prefix_tokens, "prefix_tokens");
+  x = g.layernorm(x, W("norm.weight", {C}), W("norm.bias", {C}), c.eps, "norm");
+  const int64_t K = c.num_classes;
+  if (c.distilled) {
+    const int cls = g.take_tokens(x, 0, 1, "cls");
+    const int dist = g.take_tokens(x, 1, 1, "dist");
+    const int a = g.linear(cls, W("head.weight", {K, C}), W("head.bias", {K}), "head");
+    const int d = g.linear(dist, W("head_dist.weight", {K, C}), W("head_dist.bias", {K}), "head_dist");
+    x = g.add(a, d, 0.5f, "head_mean");
+  } else {
+    x = g.linear(x, W("head.weight", {K, C}), W("head.bias", {K}), "head");
+  }
+  g.set_output(x);
+
+  for (const auto& [name, t] : w.tensors)
+    if (!used.count(name))
+      throw Error(w.source + ": unexpected tensor '" + name + "' " + shape_str(t.shape()) +
+                  " for a ViT/DeiT with depth " + std::to_string(c.depth) +
+                  (c.distilled ? " (distilled)" : ""));
+  return g;
+}
+
+}  // namespace shiftadd

@@ -1,0 +1,149 @@
+// The `shiftadd` command line, run as a user would: success paths and error paths.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sys/wait.h>
+
+#include "shiftadd/shiftadd.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Result {
+  int code = -1;
+  std::string out;  // stdout and stderr together
+};
+
+Result shiftadd_cli(const std::string& args) {
+  const std::string cmd = std::string(SHIFTADD_CLI) + " " + args + " 2>&1";
+  Result r;
+  FILE* p = popen(cmd.c_str(), "r");
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+  const int status = pclose(p);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+const std::string kModel = fs::path(SHIFTADD_SOURCE_DIR) / "models/fashion_vit";
+const std::string kSamples = fs::path(SHIFTADD_SOURCE_DIR) / "models/fashion_vit/samples";
+
+std::string first_sample() {
+  for (const auto& e : fs::directory_iterator(kSamples))
+    if (e.path().extension() == ".png") return e.path().string();
+  return "";
+}
+
+fs::path temp_dir() {
+  fs::path d = fs::temp_directory_path() / ("shiftadd_cli_" + std::to_string(::getpid()));
+  fs::create_directories(d);
+  return d;
+}
+
+TEST(Cli, HelpForEverySubcommand) {
+  for (const char* sub : {"", "classify", "run", "bench", "inspect"}) {
+    const Result r = shiftadd_cli(std::string(sub) + " --help");
+    EXPECT_EQ(r.code, 0) << sub;
+    EXPECT_NE(r.out.find("Usage"), std::string::npos) << r.out;
+  }
+}
+
+TEST(Cli, ClassifyWithTheBundledModel) {
+  const Result r = shiftadd_cli("classify " + first_sample() + " --top 3");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("%"), std::string::npos) << r.out;
+}
+
+TEST(Cli, ClassifyJsonWithExplicitModel) {
+  const Result r = shiftadd_cli("classify " + kModel + " " + first_sample() + " --json --top 2");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["top"].size(), 2u);
+  EXPECT_GT(j["top"][0]["probability"].get<double>(), 0.0);
+}
+
+TEST(Cli, ClassifyUnreadableImageFails) {
+  const fs::path bad = temp_dir() / "not_an_image.png";
+  std::ofstream(bad) << "this is not a png";
+  const Result r = shiftadd_cli("classify " + bad.string());
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("not_an_image.png"), std::string::npos) << r.out;
+}
+
+TEST(Cli, RunWritesLogitsAndRefusesToOverwrite) {
+  const fs::path dir = temp_dir();
+  const auto model = shiftadd::Model::load(kModel);
+  const auto& mi = model->info();
+  shiftadd::Array x;
+  x.shape = {2, mi.in_chans, mi.image_size, mi.image_size};
+  x.data.resize(static_cast<size_t>(2 * mi.in_chans * mi.image_size * mi.image_size));
+  for (size_t i = 0; i < x.data.size(); ++i) x.data[i] = static_cast<float>((i * 7919) % 101) / 50.0f - 1.0f;
+  shiftadd::save_npy_f32((dir / "x.npy").string(), x);
+  fs::remove(dir / "y.npy");
+  Result r = shiftadd_cli("run " + kModel + " --input " + (dir / "x.npy").string() + " --output " +
+                          (dir / "y.npy").string() + " --threads 2");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const shiftadd::Array y = shiftadd::load_npy_f32((dir / "y.npy").string());
+  EXPECT_EQ(y.shape, (std::vector<int64_t>{2, mi.num_classes}));
+  shiftadd::Session s(model, {1});
+  const auto want = s.run(x.data, 2);
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(y.data[i], want[i], 1e-4f);
+
+  r = shiftadd_cli("run " + kModel + " --input " + (dir / "x.npy").string() + " --output " + (dir / "y.npy").string());
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("--force"), std::string::npos) << r.out;
+}
+
+TEST(Cli, RunRejectsWrongShapeAndMissingInput) {
+  const fs::path dir = temp_dir();
+  shiftadd::Array x;
+  x.shape = {1, 3, 5, 5};
+  x.data.assign(75, 0.5f);
+  shiftadd::save_npy_f32((dir / "wrong.npy").string(), x);
+  Result r = shiftadd_cli("run " + kModel + " --input " + (dir / "wrong.npy").string() + " --output " +
+                          (dir / "out.npy").string() + " --force");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("does not match the model"), std::string::npos) << r.out;
+  r = shiftadd_cli("run " + kModel + " --input " + (dir / "missing.npy").string() + " --output " +
+                   (dir / "out.npy").string());
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("missing.npy"), std::string::npos) << r.out;
+}
+
+TEST(Cli, BenchJson) {
+  const Result r = shiftadd_cli("bench " + kModel + " --runs 3 --warmup 1 --batch 2 --threads 1 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_GT(j["median_ms"].get<double>(), 0.0);
+  EXPECT_LE(j["min_ms"].get<double>(), j["median_ms"].get<double>());
+}
+
+TEST(Cli, InspectTableAndJson) {
+  Result r = shiftadd_cli("inspect " + kModel);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("blocks.0.attn.qkv"), std::string::npos) << r.out;
+  r = shiftadd_cli("inspect " + kModel + " --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["num_classes"].get<int>(), 10);
+  EXPECT_GT(j["params"].get<int64_t>(), 0);
+  EXPECT_FALSE(j["layers"].empty());
+}
+
+TEST(Cli, BadModelAndBadFlags) {
+  Result r = shiftadd_cli("inspect /no/such/model.safetensors");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("/no/such/model.safetensors"), std::string::npos) << r.out;
+  r = shiftadd_cli("bench " + kModel + " --batch 0");
+  EXPECT_NE(r.code, 0);
+  r = shiftadd_cli("frobnicate");
+  EXPECT_NE(r.code, 0);
+}
+
+}  // namespace

@@ -1,0 +1,169 @@
+// Planner and executor: memory plan validity, no allocation per run, supports-op check at load,
+// and the optimized CPU backend against the reference backend on a whole random ViT graph.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <new>
+#include <random>
+
+#include "engine/backend.h"
+#include "engine/executor.h"
+#include "engine/graph.h"
+#include "shiftadd/error.h"
+
+// Counts heap allocations made by this process while `g_counting` is set.
+static std::atomic<bool> g_counting{false};
+static std::atomic<long> g_allocs{0};
+void* operator new(size_t n) {
+  if (g_counting) ++g_allocs;
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, size_t) noexcept { std::free(p); }
+
+namespace shiftadd {
+namespace {
+
+Tensor random_tensor(Shape s, std::mt19937& rng, float scale, float offset = 0.0f) {
+  Tensor t = Tensor::empty(DType::F32, std::move(s));
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = offset + scale * u(rng);
+  return t;
+}
+
+// A two-block ViT with random weights, built straight from the op builders.
+Graph tiny_vit(std::mt19937& rng, int64_t C = 48, int64_t heads = 3, int64_t img = 32, int64_t p = 8) {
+  Graph g;
+  const int64_t F = 2 * C, T = 1 + (img / p) * (img / p);
+  const float ws = 1.0f / std::sqrt(static_cast<float>(C));
+  int x = g.input({3, img, img});
+  x = g.conv2d(x, random_tensor({C, 3, p, p}, rng, 0.1f), random_tensor({C}, rng, 0.1f), p, 0, "patch");
+  x = g.embed_tokens(x, random_tensor({1, C}, rng, 0.5f), random_tensor({T, C}, rng, 0.2f), "embed");
+  for (int b = 0; b < 2; ++b) {
+    const std::string n = "blocks." + std::to_string(b) + ".";
+    int h = g.layernorm(x, random_tensor({C}, rng, 0.1f, 1.0f), random_tensor({C}, rng, 0.1f), 1e-6f, n + "norm1");
+    h = g.linear(h, random_tensor({3 * C, C}, rng, ws), random_tensor({3 * C}, rng, 0.1f), n + "qkv");
+    h = g.attention(h, heads, 1.0f / std::sqrt(static_cast<float>(C / heads)), n + "attn");
+    x = g.linear(h, random_tensor({C, C}, rng, ws), random_tensor({C}, rng, 0.1f), n + "proj", false, x);
+    h = g.layernorm(x, random_tensor({C}, rng, 0.1f, 1.0f), random_tensor({C}, rng, 0.1f), 1e-6f, n + "norm2");
+    h = g.linear(h, random_tensor({F, C}, rng, ws), random_tensor({F}, rng, 0.1f), n + "fc1", true);
+    x = g.linear(h, random_tensor({C, F}, rng, 1.0f / std::sqrt(static_cast<float>(F))), random_tensor({C}, rng, 0.1f), n + "fc2", false, x);
+  }
+  x = g.take_tokens(x, 0, 1, "cls");
+  const int a = g.linear(x, random_tensor({5, C}, rng, ws), random_tensor({5}, rng, 0.1f), "head");
+  const int b = g.linear(x, random_tensor({5, C}, rng, ws), random_tensor({5}, rng, 0.1f), "head2");
+  g.set_output(g.add(a, b, 0.5f, "mean"));
+  return g;
+}
+
+TEST(Planner, LiveValuesNeverOverlapAndMemoryIsReused) {
+  std::mt19937 rng(1);
+  const Graph g = tiny_vit(rng);
+  const Plan p = make_plan(g, 3);
+  const auto& nodes = g.nodes();
+  std::vector<int> last(g.values().size(), -1);
+  for (size_t i = 0; i < nodes.size(); ++i)
+    for (int v : nodes[i].inputs) last[v] = static_cast<int>(i);
+  last[g.output_value()] = static_cast<int>(nodes.size());
+  int64_t total = 0;
+  for (size_t v = 0; v < g.values().size(); ++v) {
+    if (static_cast<int>(v) == g.input_value()) continue;
+    total += 3 * shape_numel(g.sample_shape(v));
+    for (size_t u = v + 1; u < g.values().size(); ++u) {
+      if (static_cast<int>(u) == g.input_value()) continue;
+      const int vb = g.values()[v].producer, ve = last[v], ub = g.values()[u].producer, ue = last[u];
+      if (ve < ub || ue < vb) continue;  // lifetimes disjoint
+      const int64_t vs = p.offset[v], vn = 3 * shape_numel(g.sample_shape(v));
+      const int64_t us = p.offset[u], un = 3 * shape_numel(g.sample_shape(u));
+      EXPECT_TRUE(vs + vn <= us || us + un <= vs) << "values " << v << " and " << u << " overlap";
+    }
+  }
+  EXPECT_LT(p.arena_floats, total) << "no buffer was reused";
+}
+
+TEST(Executor, CpuMatchesReferenceAndAllocatesNothingPerRun) {
+  std::mt19937 rng(2);
+  const Graph g = tiny_vit(rng);
+  for (int64_t batch : {1, 3}) {
+    std::vector<float> x(static_cast<size_t>(batch * 3 * 32 * 32));
+    std::normal_distribution<float> nd;
+    for (float& v : x) v = nd(rng);
+    std::vector<float> want(batch * 5), got(batch * 5, NAN);
+    auto refb = make_ref_backend();
+    Executor ref(g, *refb);
+    ref.run(batch, x.data(), want.data());
+    auto cpub = make_cpu_backend(2);
+    Executor cpu(g, *cpub);
+    cpu.prepare(batch);
+    g_allocs = 0;
+    g_counting = true;
+    for (int r = 0; r < 3; ++r) cpu.run(batch, x.data(), got.data());
+    g_counting = false;
+    EXPECT_EQ(g_allocs.load(), 0) << "heap allocations during planned runs";
+    double diff = 0, mx = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+      diff = std::max(diff, static_cast<double>(std::abs(got[i] - want[i])));
+      mx = std::max(mx, static_cast<double>(std::abs(want[i])));
+    }
+    EXPECT_LE(diff / mx, 1e-5) << "batch " << batch;
+  }
+}
+
+TEST(Executor, ProfilingRecordsEveryNode) {
+  std::mt19937 rng(3);
+  const Graph g = tiny_vit(rng);
+  auto be = make_cpu_backend(1);
+  Executor ex(g, *be);
+  std::vector<float> x(3 * 32 * 32, 0.25f), y(5);
+  ex.set_profiling(true);
+  ex.run(1, x.data(), y.data());
+  double total = 0;
+  for (double ms : ex.node_ms()) total += ms;
+  EXPECT_GT(total, 0.0);
+}
+
+// A backend that lacks attention: the check names node, op and shape before anything runs.
+class NoAttention final : public Backend {
+ public:
+  const char* name() const override { return "test"; }
+  bool supports_op(const Graph&, const Node& n, std::string* why) const override {
+    if (n.op != OpKind::Attention) return true;
+    *why = "attention not implemented";
+    return false;
+  }
+  void reserve(const Graph&, const Node&, int64_t) override {}
+  void run(const Graph&, const Node&, const NodeBuffers&) override {}
+};
+
+TEST(Executor, UnsupportedOpFailsAtLoadNamingNodeOpAndShape) {
+  std::mt19937 rng(4);
+  const Graph g = tiny_vit(rng);
+  NoAttention be;
+  try {
+    check_supported(g, be);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("blocks.0.attn"), std::string::npos) << m;
+    EXPECT_NE(m.find("attention"), std::string::npos) << m;
+    EXPECT_NE(m.find("[17, 48]"), std::string::npos) << m;
+  }
+}
+
+TEST(Graph, ShapeMismatchNamesTheNode) {
+  Graph g;
+  const int x = g.input({3, 16, 16});
+  std::mt19937 rng(5);
+  try {
+    g.conv2d(x, random_tensor({8, 1, 4, 4}, rng, 1.0f), random_tensor({8}, rng, 1.0f), 4, 0, "bad_conv");
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bad_conv"), std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace shiftadd

@@ -1,0 +1,128 @@
+// Whole-model goldens: every load path (timm safetensors, HF directory, ONNX) against logits
+// computed by an independent PyTorch implementation (tests/fixtures/gen_goldens.py).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "shiftadd/shiftadd.h"
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+const fs::path kGoldens = fs::path(SHIFTADD_SOURCE_DIR) / "tests/fixtures/goldens";
+
+json manifest() {
+  std::ifstream in(kGoldens / "manifest.json");
+  return json::parse(in);
+}
+
+// max |a - b| / max |b|: the relative error used for every golden comparison.
+double rel_error(const std::vector<float>& a, const std::vector<float>& b) {
+  double diff = 0, ref = 0;
+  for (size_t i = 0; i < b.size(); ++i) {
+    diff = std::max(diff, std::abs(static_cast<double>(a[i]) - b[i]));
+    ref = std::max(ref, std::abs(static_cast<double>(b[i])));
+  }
+  return diff / std::max(ref, 1e-12);
+}
+
+class Golden : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(Golden, MatchesPyTorch) {
+  const fs::path dir = kGoldens / GetParam();
+  std::ifstream in(dir / "case.json");
+  const json c = json::parse(in);
+  const auto model = shiftadd::Model::load((dir / c["model"].get<std::string>()).string());
+  const auto& info = model->info();
+  EXPECT_EQ(info.dim, c["dim"].get<int64_t>());
+  EXPECT_EQ(info.depth, c["depth"].get<int64_t>());
+  EXPECT_EQ(info.heads, c["heads"].get<int64_t>());
+  EXPECT_EQ(info.num_classes, c["classes"].get<int64_t>());
+  EXPECT_EQ(info.image_size, c["image_size"].get<int64_t>());
+  EXPECT_EQ(info.in_chans, c["in_chans"].get<int64_t>());
+
+  const shiftadd::Array x = shiftadd::load_npy_f32((dir / "input.npy").string());
+  const shiftadd::Array want = shiftadd::load_npy_f32((dir / "logits.npy").string());
+  for (int threads : {1, 2}) {
+    shiftadd::Session s(model, {threads});
+    const std::vector<float> got = s.run(x.data, x.shape[0]);
+    ASSERT_EQ(got.size(), want.data.size());
+    const double err = rel_error(got, want.data);
+    RecordProperty("rel_error", std::to_string(err));
+    EXPECT_LE(err, 1e-4) << GetParam() << " with " << threads << " threads";
+  }
+}
+
+std::vector<std::string> golden_cases() {
+  std::vector<std::string> names;
+  for (const auto& c : manifest()["cases"]) names.push_back(c.is_string() ? c.get<std::string>() : c["name"].get<std::string>());
+  return names;
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, Golden, ::testing::ValuesIn(golden_cases()),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           for (char& ch : n)
+                             if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+                           return n;
+                         });
+
+// One Model shared by sessions on several threads gives the same answers as one thread.
+TEST(Api, ModelIsSharedAcrossThreads) {
+  const auto model = shiftadd::Model::load(shiftadd::default_model_path());
+  const auto& mi = model->info();
+  std::vector<float> x(static_cast<size_t>(2 * mi.in_chans * mi.image_size * mi.image_size));
+  for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.37f * static_cast<float>(i));
+  shiftadd::Session ref(model, {1});
+  const std::vector<float> want = ref.run(x, 2);
+  std::vector<std::vector<float>> got(4);
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 4; ++t)
+    ts.emplace_back([&, t] {
+      shiftadd::Session s(model, {1 + t % 2});
+      for (int r = 0; r < 3; ++r) got[t] = s.run(x, 2);
+    });
+  for (auto& t : ts) t.join();
+  for (const auto& g : got) EXPECT_LE(rel_error(g, want), 1e-5);
+}
+
+TEST(Api, BadInputSizeIsAnError) {
+  const auto model = shiftadd::Model::load(shiftadd::default_model_path());
+  shiftadd::Session s(model, {1});
+  EXPECT_THROW(s.run(std::vector<float>(7, 0.5f), 1), shiftadd::Error);
+  EXPECT_THROW(s.run(std::vector<float>(7, 0.5f), 0), shiftadd::Error);
+}
+
+TEST(Api, MissingModelNamesThePath) {
+  try {
+    shiftadd::Model::load("/nonexistent/model.safetensors");
+    FAIL() << "no error";
+  } catch (const shiftadd::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("/nonexistent/model.safetensors"), std::string::npos);
+  }
+}
+
+TEST(Api, ClassifiesTheBundledSamples) {
+  const fs::path samples = fs::path(shiftadd::default_model_path()) / "samples";
+  std::ifstream in(samples / "expected.json");
+  const json expected = json::parse(in);
+  const auto model = shiftadd::Model::load(shiftadd::default_model_path());
+  shiftadd::Session s(model, {2});
+  int n = 0;
+  for (const auto& [file, e] : expected.items()) {
+    const auto top = s.classify((samples / file).string(), 3);
+    ASSERT_EQ(top.size(), 3u);
+    const std::string want = e.contains("predicted") ? e["predicted"].get<std::string>() : e["label"].get<std::string>();
+    EXPECT_EQ(top[0].label, want) << file;
+    ++n;
+  }
+  EXPECT_GE(n, 5);
+}
+
+}  // namespace

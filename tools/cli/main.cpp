@@ -1,0 +1,57 @@
+// shiftadd: classify images, run, benchmark and inspect ViT models.
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+#include <iostream>
+
+#include "cli.h"
+#include "shiftadd/shiftadd.h"
+
+namespace shiftadd::cli {
+
+void add_threads_option(CLI::App& app, RunOptions& o) {
+  app.add_option("-t,--threads", o.threads, "Worker threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+}
+
+bool looks_like_model(const std::string& arg) {
+  namespace fs = std::filesystem;
+  const fs::path p(arg);
+  const std::string ext = p.extension().string();
+  return ext == ".safetensors" || ext == ".onnx" || (fs::is_directory(p));
+}
+
+}  // namespace shiftadd::cli
+
+int main(int argc, char** argv) {
+  CLI::App app{"shiftadd " + shiftadd::version() +
+               ": inference engine for (multiplication-reduced) Vision Transformers"};
+  app.require_subcommand(1);
+  int verbose = 0;
+  app.add_flag("-v,--verbose", verbose, "More logging (-v info, -vv debug)");
+  shiftadd::cli::register_classify(app);
+  shiftadd::cli::register_run(app);
+  shiftadd::cli::register_bench(app);
+  shiftadd::cli::register_inspect(app);
+
+  auto logger = spdlog::stderr_color_mt("shiftadd");
+  spdlog::set_default_logger(logger);
+  spdlog::set_level(spdlog::level::warn);
+  app.parse_complete_callback([&] {
+    spdlog::set_level(verbose >= 2 ? spdlog::level::debug
+                      : verbose == 1 ? spdlog::level::info
+                                     : spdlog::level::warn);
+  });
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const shiftadd::Error& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 2;
+  }
+  return 0;
+}

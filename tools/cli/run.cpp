@@ -1,0 +1,46 @@
+// shiftadd run MODEL --input X.npy --output Y.npy : logits for preprocessed pixels.
+#include <filesystem>
+
+#include "cli.h"
+#include "shiftadd/shiftadd.h"
+
+namespace shiftadd::cli {
+
+void register_run(CLI::App& app) {
+  struct Opts {
+    RunOptions run;
+    std::string model, input, output;
+    bool force = false;
+  };
+  auto o = std::make_shared<Opts>();
+  CLI::App* sub = app.add_subcommand(
+      "run", "Run a model on preprocessed pixels: X.npy float32 (B,C,H,W) -> Y.npy float32 (B,classes)");
+  sub->add_option("model", o->model, "Model file or directory")->required();
+  sub->add_option("-i,--input", o->input, "Input .npy, float32 (B, C, H, W), C order")->required();
+  sub->add_option("-o,--output", o->output, "Output .npy for the float32 (B, classes) logits")->required();
+  sub->add_flag("-f,--force", o->force, "Overwrite OUTPUT if it exists");
+  add_threads_option(*sub, o->run);
+  sub->callback([o] {
+    if (!o->force && std::filesystem::exists(o->output))
+      throw Error(o->output + ": already exists; pass --force to overwrite it");
+    auto m = Model::load(o->model);
+    const ModelInfo& mi = m->info();
+    Array x = load_npy_f32(o->input);
+    const std::vector<int64_t> want{mi.in_chans, mi.image_size, mi.image_size};
+    if (x.shape.size() != 4 || std::vector<int64_t>(x.shape.begin() + 1, x.shape.end()) != want ||
+        x.shape[0] < 1) {
+      std::string got;
+      for (size_t i = 0; i < x.shape.size(); ++i) got += (i ? ", " : "") + std::to_string(x.shape[i]);
+      throw Error(o->input + ": input shape (" + got + ") does not match the model: expected (B, " +
+                  std::to_string(mi.in_chans) + ", " + std::to_string(mi.image_size) + ", " +
+                  std::to_string(mi.image_size) + ")");
+    }
+    Session session(m, {o->run.threads});
+    Array y;
+    y.shape = {x.shape[0], mi.num_classes};
+    y.data = session.run(x.data, x.shape[0]);
+    save_npy_f32(o->output, y);
+  });
+}
+
+}  // namespace shiftadd::cli

@@ -1,12 +1,23 @@
 #include "kernels/cpu/thread_pool.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cstdlib>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define SHIFTADD_PAUSE() _mm_pause()
+#else
+#define SHIFTADD_PAUSE() ((void)0)
+#endif
 
 #include "shiftadd/error.h"
 
 namespace shiftadd {
+
+// How long an idle thread spins before it sleeps on the condition variable. A forward pass
+// hands out work every few microseconds; waking a sleeping thread costs tens of microseconds,
+// as long as a small GEMM, so threads spin through the gaps between kernels.
+static constexpr int kSpinIterations = 1 << 15;
 
 static void free_float(float* p) { std::free(p); }
 
@@ -29,18 +40,18 @@ ThreadPool::~ThreadPool() {
 void ThreadPool::worker(int tid) {
   uint64_t seen = 0;
   for (;;) {
-    const FunctionRef<void(int)>* job;
-    {
+    for (int i = 0; i < kSpinIterations && generation_.load(std::memory_order_acquire) == seen; ++i)
+      SHIFTADD_PAUSE();
+    if (generation_.load(std::memory_order_acquire) == seen) {
       std::unique_lock<std::mutex> lk(mu_);
-      cv_start_.wait(lk, [&] { return stop_ || generation_ != seen; });
+      cv_start_.wait(lk, [&] { return stop_ || generation_.load(std::memory_order_acquire) != seen; });
       if (stop_) return;
-      seen = generation_;
-      job = job_;
     }
-    (*job)(tid);
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      if (--pending_ == 0) cv_done_.notify_one();
+    seen = generation_.load(std::memory_order_acquire);
+    (*job_)(tid);
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      std::lock_guard<std::mutex> lk(mu_);  // pairs with the waiter's predicate check
+      cv_done_.notify_one();
     }
   }
 }
@@ -50,16 +61,21 @@ void ThreadPool::run_job(FunctionRef<void(int)> job) {
     job(0);
     return;
   }
+  job_ = &job;
+  pending_.store(n_ - 1, std::memory_order_relaxed);
   {
+    // Publishing under the mutex means a worker that is about to sleep cannot miss it.
     std::lock_guard<std::mutex> lk(mu_);
-    job_ = &job;
-    pending_ = n_ - 1;
-    ++generation_;
+    generation_.fetch_add(1, std::memory_order_release);
   }
   cv_start_.notify_all();
   job(0);
-  std::unique_lock<std::mutex> lk(mu_);
-  cv_done_.wait(lk, [&] { return pending_ == 0; });
+  for (int i = 0; i < kSpinIterations && pending_.load(std::memory_order_acquire) != 0; ++i)
+    SHIFTADD_PAUSE();
+  if (pending_.load(std::memory_order_acquire) != 0) {
+    std::unique_lock<std::mutex> lk(mu_);
+    cv_done_.wait(lk, [&] { return pending_.load(std::memory_order_acquire) == 0; });
+  }
 }
 
 void ThreadPool::parallel_for_ref(int64_t n, FunctionRef<void(int, int64_t, int64_t)> fn) {

@@ -1,6 +1,7 @@
 #pragma once
 // A fixed pool of worker threads (the caller's thread is worker 0) with per-thread scratch
 // memory sized once at planning time, so kernels allocate nothing per run.
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -61,9 +62,9 @@ class ThreadPool {
   std::vector<std::thread> threads_;
   std::mutex mu_;
   std::condition_variable cv_start_, cv_done_;
-  const FunctionRef<void(int)>* job_ = nullptr;
-  uint64_t generation_ = 0;
-  int pending_ = 0;
+  const FunctionRef<void(int)>* job_ = nullptr;  // published by generation_
+  std::atomic<uint64_t> generation_{0};          // bumped once per job
+  std::atomic<int> pending_{0};                  // workers still running the job
   bool stop_ = false;
   size_t scratch_bytes_ = 0;
   std::vector<std::unique_ptr<float, void (*)(float*)>> scratch_;

@@ -1,0 +1,166 @@
+#pragma once
+// Internal to the CPU kernels: run-time SIMD selection, the vector math (exp, erf, GELU) they
+// share, and the single-threaded GEMM that attention and conv2d call inside their own tasks.
+// The build assumes no ISA beyond baseline x86-64 (or none at all elsewhere): AVX2 / AVX-512
+// code is compiled per function with target attributes and chosen at run time.
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/kernels.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define SHIFTADD_X86 1
+// GCC 12 warns that _mm512_undefined_ps() is (maybe) used uninitialized wherever
+// _mm512_min_ps and friends inline (GCC bug 105593, fixed in 13).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+#define SHIFTADD_AVX2 __attribute__((target("avx2,fma")))
+#define SHIFTADD_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma")))
+#else
+#define SHIFTADD_X86 0
+#endif
+
+namespace shiftadd::kernels::cpu {
+
+enum class Isa { Scalar, Avx2, Avx512 };
+
+// The path in use: the best this CPU supports unless set_simd() restricted it.
+Isa isa();
+
+// Scalar exact-erf GELU (std::erf), used by the scalar path and for vector tails.
+inline float gelu_scalar(float x) { return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f)); }
+
+#if SHIFTADD_X86
+
+// erf(x) = x P(x^2) / Q(x^2) on [-4, 4] (|erf| rounds to 1 beyond). A rational fit (as used by
+// Eigen and XLA) with max abs error ~4e-7 over the real line, ~1e-7 typically.
+#define SHIFTADD_ERF_COEFFS                                                  \
+  constexpr float p13 = -2.72614225801306e-10f, p11 = 2.77068142495902e-08f, \
+                  p9 = -2.10102402082508e-06f, p7 = -5.69250639462346e-05f,  \
+                  p5 = -7.34990630326855e-04f, p3 = -2.95459980854025e-03f,  \
+                  p1 = -1.60960333262415e-02f;                               \
+  constexpr float q8 = -1.45660718464996e-05f, q6 = -2.13374055278905e-04f,  \
+                  q4 = -1.68282697438203e-03f, q2 = -7.37332916720468e-03f,  \
+                  q0 = -1.42647390514189e-02f
+
+SHIFTADD_AVX512 inline __m512 erf512(__m512 x) {
+  SHIFTADD_ERF_COEFFS;
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-4.0f)), _mm512_set1_ps(4.0f));
+  const __m512 x2 = _mm512_mul_ps(x, x);
+  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(p13), x2, _mm512_set1_ps(p11));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(p9));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(p7));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(p5));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(p3));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(p1));
+  __m512 q = _mm512_fmadd_ps(_mm512_set1_ps(q8), x2, _mm512_set1_ps(q6));
+  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(q4));
+  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(q2));
+  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(q0));
+  return _mm512_div_ps(_mm512_mul_ps(x, p), q);
+}
+
+SHIFTADD_AVX512 inline __m512 gelu512(__m512 x) {
+  const __m512 e = erf512(_mm512_mul_ps(x, _mm512_set1_ps(0.70710678118654752f)));
+  return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x),
+                       _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+}
+
+// exp(x) for x <= 0 (softmax): Cephes range reduction + degree-6 polynomial, ~1 ulp.
+// Inputs below -87.3 are clamped (result ~1e-38 instead of a denormal or 0).
+SHIFTADD_AVX512 inline __m512 exp512(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.9875691500e-4f), r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+// Lane mask for the first n lanes (all 16 when n >= 16, none when n <= 0).
+SHIFTADD_AVX512 inline __mmask16 mask16(int64_t n) {
+  return n >= 16 ? 0xFFFF : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1);
+}
+
+SHIFTADD_AVX512 inline float hsum512(__m512 v) { return _mm512_reduce_add_ps(v); }
+SHIFTADD_AVX512 inline float hmax512(__m512 v) { return _mm512_reduce_max_ps(v); }
+
+SHIFTADD_AVX2 inline __m256 erf256(__m256 x) {
+  SHIFTADD_ERF_COEFFS;
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-4.0f)), _mm256_set1_ps(4.0f));
+  const __m256 x2 = _mm256_mul_ps(x, x);
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(p13), x2, _mm256_set1_ps(p11));
+  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(p9));
+  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(p7));
+  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(p5));
+  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(p3));
+  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(p1));
+  __m256 q = _mm256_fmadd_ps(_mm256_set1_ps(q8), x2, _mm256_set1_ps(q6));
+  q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(q4));
+  q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(q2));
+  q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(q0));
+  return _mm256_div_ps(_mm256_mul_ps(x, p), q);
+}
+
+SHIFTADD_AVX2 inline __m256 gelu256(__m256 x) {
+  const __m256 e = erf256(_mm256_mul_ps(x, _mm256_set1_ps(0.70710678118654752f)));
+  return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), x),
+                       _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+}
+
+SHIFTADD_AVX2 inline __m256 exp256(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(1.9875691500e-4f), r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  // 2^n through the exponent field; n is in [-126, 128) after the clamp (x <= 0 in softmax).
+  const __m256i e =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+SHIFTADD_AVX2 inline float hsum256(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+SHIFTADD_AVX2 inline float hmax256(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Lane mask for the first n (0..8) lanes, for _mm256_maskload_ps/_mm256_maskstore_ps.
+SHIFTADD_AVX2 inline __m256i mask256(int64_t n) {
+  alignas(32) static const int32_t table[16] = {-1, -1, -1, -1, -1, -1, -1, -1,
+                                                0,  0,  0,  0,  0,  0,  0,  0};
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(table + 8 - n));
+}
+
+#undef SHIFTADD_ERF_COEFFS
+#endif  // SHIFTADD_X86
+
+// Single-threaded GEMM on one thread's scratch (gemm_scratch_bytes() of it), for kernels
+// that run GEMMs inside their own parallel tasks (attention, conv2d).
+void gemm_serial(const GemmArgs& a, float* scratch);
+
+}  // namespace shiftadd::kernels::cpu

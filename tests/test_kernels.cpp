@@ -1,0 +1,428 @@
+// Kernel harness: every kernel of a backend under test against the ref:: oracle, over a table
+// of shapes, for several thread counts.
+//
+// - Inputs are random in +-[0.05, 1] (never zero, so a skipped term always shows).
+// - Outputs, including the padding of strided outputs, are poisoned with NaN first, so an
+//   element the kernel failed to write fails the comparison, and so does a write outside the
+//   logical output (the padding must still be NaN afterwards). The exception is the GEMM
+//   epilogue with residual == C, where C holds the residual on entry.
+// - Error = max |out - ref| / max |ref| over the output. Bounds (all far above what correct
+//   float kernels produce, far below what any indexing bug produces):
+//     GEMM / conv2d (K = reduction length):  2e-6 * sqrt(K) + 2e-6
+//     attention, layernorm:                  1e-5
+//     gelu, add, embed_tokens:               2e-6 (gelu: relative to max(max |ref|, 1))
+//
+// Adding an op = adding its cases to case_table() (and a pointer to Backend). Adding a backend
+// (e.g. CUDA) = adding a row to backends().
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <limits>
+#include <ostream>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "kernels/cpu/thread_pool.h"
+#include "kernels/kernels.h"
+
+namespace shiftadd::kernels {
+namespace {
+
+// ----- backends under test -------------------------------------------------------------------
+
+struct Backend {
+  std::string name;
+  bool (*activate)();  // selects the backend; false if this machine cannot run it
+  size_t (*gemm_scratch)();
+  size_t (*attention_scratch)(const AttentionArgs&);
+  size_t (*conv2d_scratch)(const Conv2dArgs&);
+  void (*gemm)(const GemmArgs&, ThreadPool&);
+  void (*layernorm)(const LayerNormArgs&, ThreadPool&);
+  void (*gelu)(int64_t, const float*, float*, ThreadPool&);
+  void (*attention)(const AttentionArgs&, ThreadPool&);
+  void (*conv2d)(const Conv2dArgs&, ThreadPool&);
+  void (*embed_tokens)(const EmbedTokensArgs&, ThreadPool&);
+  void (*add)(int64_t, const float*, const float*, float, float*, ThreadPool&);
+};
+
+// gtest prints test parameters on failure; a backend prints as its name.
+void PrintTo(const Backend& b, std::ostream* os) { *os << b.name; }
+
+template <const char* Simd>
+Backend cpu_backend(std::string name) {
+  return {std::move(name),
+          [] { return cpu::set_simd(Simd); },
+          cpu::gemm_scratch_bytes,
+          cpu::attention_scratch_bytes,
+          cpu::conv2d_scratch_bytes,
+          cpu::gemm,
+          cpu::layernorm,
+          cpu::gelu,
+          cpu::attention,
+          cpu::conv2d,
+          cpu::embed_tokens,
+          cpu::add};
+}
+
+constexpr char kAvx512[] = "avx512", kAvx2[] = "avx2", kScalar[] = "scalar";
+
+std::vector<Backend> backends() {
+  return {cpu_backend<kAvx512>("cpu_avx512"), cpu_backend<kAvx2>("cpu_avx2"),
+          cpu_backend<kScalar>("cpu_scalar")};
+}
+
+// ----- buffers and comparison ----------------------------------------------------------------
+
+using Rng = std::mt19937;
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+std::vector<float> random_vec(Rng& rng, int64_t n, float scale = 1.0f) {
+  std::uniform_real_distribution<float> mag(0.05f, 1.0f);
+  std::bernoulli_distribution neg(0.5);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = scale * (neg(rng) ? -mag(rng) : mag(rng));
+  return v;
+}
+
+std::vector<float> poisoned(int64_t n) { return std::vector<float>(static_cast<size_t>(n), kNaN); }
+
+// Max |out - ref| / max(max |ref|, floor) over a rows x cols matrix with row stride ld;
+// infinity if any element in it is NaN, or if anything in the padding between rows (or after
+// the last row, up to the buffer's end) is no longer NaN.
+double rel_error(const std::vector<float>& out, const std::vector<float>& ref, int64_t rows,
+                 int64_t cols, int64_t ld, double floor = 1e-30) {
+  double max_diff = 0.0, max_ref = 0.0;
+  for (int64_t i = 0; i < static_cast<int64_t>(out.size()); ++i) {
+    const int64_t r = i / ld, c = i % ld;
+    if (r >= rows || c >= cols) {
+      if (!std::isnan(out[i])) return INFINITY;
+      continue;
+    }
+    if (std::isnan(out[i])) return INFINITY;
+    max_diff = std::max(max_diff, std::fabs(static_cast<double>(out[i]) - ref[i]));
+    max_ref = std::max(max_ref, std::fabs(static_cast<double>(ref[i])));
+  }
+  return max_diff / std::max(max_ref, floor);
+}
+
+double gemm_tolerance(int64_t K) { return 2e-6 * std::sqrt(static_cast<double>(K)) + 2e-6; }
+
+// ----- the case table ------------------------------------------------------------------------
+
+struct CaseResult {
+  double error, tolerance;
+};
+
+struct OpCase {
+  std::string op, shape;
+  std::function<CaseResult(const Backend&, ThreadPool&, Rng&)> run;
+};
+
+enum class Residual { None, Separate, InPlace };
+
+struct GemmShape {
+  int64_t M, N, K;
+  bool b_is_nk;
+  int64_t pad = 0;  // added to lda, ldb, ldc (and ldr + 1)
+  float alpha = 1.0f;
+  bool bias = false, gelu = false;
+  Residual residual = Residual::None;
+};
+
+OpCase gemm_case(GemmShape s) {
+  char shape[160];
+  std::snprintf(shape, sizeof shape, "M=%lld N=%lld K=%lld %s pad=%lld alpha=%g%s%s%s",
+                (long long)s.M, (long long)s.N, (long long)s.K, s.b_is_nk ? "B[N,K]" : "B[K,N]",
+                (long long)s.pad, s.alpha, s.bias ? " +bias" : "", s.gelu ? " gelu" : "",
+                s.residual == Residual::Separate  ? " +residual"
+                : s.residual == Residual::InPlace ? " +=C"
+                                                  : "");
+  return {"gemm", shape, [s](const Backend& be, ThreadPool& pool, Rng& rng) {
+            const int64_t lda = s.K + s.pad, ldb = (s.b_is_nk ? s.K : s.N) + s.pad;
+            const int64_t ldc = s.N + s.pad, ldr = s.N + s.pad + 1;
+            const std::vector<float> A = random_vec(rng, s.M * lda);
+            const std::vector<float> B = random_vec(rng, (s.b_is_nk ? s.N : s.K) * ldb);
+            const std::vector<float> bias = random_vec(rng, s.N);
+            const std::vector<float> res = random_vec(rng, s.M * ldr);
+            std::vector<float> C = poisoned(s.M * ldc);
+            if (s.residual == Residual::InPlace)
+              for (int64_t m = 0; m < s.M; ++m)
+                std::copy_n(res.begin() + m * ldr, s.N, C.begin() + m * ldc);
+            std::vector<float> C_ref = C;
+
+            GemmArgs g;
+            g.M = s.M, g.N = s.N, g.K = s.K;
+            g.A = A.data(), g.lda = lda;
+            g.B = B.data(), g.ldb = ldb, g.b_is_nk = s.b_is_nk;
+            g.ldc = ldc;
+            g.alpha = s.alpha;
+            g.epi.bias = s.bias ? bias.data() : nullptr;
+            g.epi.gelu = s.gelu;
+            GemmArgs g_ref = g;
+            g.C = C.data(), g_ref.C = C_ref.data();
+            if (s.residual == Residual::Separate) {
+              g.epi.residual = g_ref.epi.residual = res.data();
+              g.epi.ldr = g_ref.epi.ldr = ldr;
+            } else if (s.residual == Residual::InPlace) {
+              g.epi.residual = g.C, g_ref.epi.residual = g_ref.C;
+              g.epi.ldr = g_ref.epi.ldr = ldc;
+            }
+            ref::gemm(g_ref);
+            pool.reserve_scratch(be.gemm_scratch());
+            be.gemm(g, pool);
+            return CaseResult{rel_error(C, C_ref, s.M, s.N, ldc), gemm_tolerance(s.K)};
+          }};
+}
+
+OpCase layernorm_case(int64_t rows, int64_t cols, int64_t pad) {
+  return {"layernorm",
+          "rows=" + std::to_string(rows) + " cols=" + std::to_string(cols) +
+              " pad=" + std::to_string(pad),
+          [=](const Backend& be, ThreadPool& pool, Rng& rng) {
+            LayerNormArgs a;
+            a.rows = rows, a.cols = cols, a.ldx = cols + pad, a.ldy = cols + 2 * pad;
+            // An offset keeps the mean away from zero, as in real activations.
+            std::vector<float> x = random_vec(rng, rows * a.ldx);
+            for (float& v : x) v += 0.5f;
+            const std::vector<float> g = random_vec(rng, cols), b = random_vec(rng, cols);
+            std::vector<float> y = poisoned(rows * a.ldy), y_ref = y;
+            a.x = x.data(), a.gamma = g.data(), a.beta = b.data(), a.eps = 1e-6f;
+            LayerNormArgs a_ref = a;
+            a.y = y.data(), a_ref.y = y_ref.data();
+            ref::layernorm(a_ref);
+            be.layernorm(a, pool);
+            return CaseResult{rel_error(y, y_ref, rows, cols, a.ldy), 1e-5};
+          }};
+}
+
+OpCase gelu_case(int64_t n, float scale) {
+  return {"gelu", "n=" + std::to_string(n) + " range=+-" + std::to_string(scale),
+          [=](const Backend& be, ThreadPool& pool, Rng& rng) {
+            const std::vector<float> x = random_vec(rng, n, scale);
+            std::vector<float> y = poisoned(n), y_ref = y;
+            ref::gelu(n, x.data(), y_ref.data());
+            be.gelu(n, x.data(), y.data(), pool);
+            // GELU's tail for x << 0 is ~0, where only an absolute error is meaningful.
+            return CaseResult{rel_error(y, y_ref, 1, n, n, 1.0), 2e-6};
+          }};
+}
+
+OpCase add_case(int64_t n, float alpha) {
+  return {"add", "n=" + std::to_string(n) + " alpha=" + std::to_string(alpha),
+          [=](const Backend& be, ThreadPool& pool, Rng& rng) {
+            const std::vector<float> a = random_vec(rng, n), b = random_vec(rng, n);
+            std::vector<float> y = poisoned(n), y_ref = y;
+            ref::add(n, a.data(), b.data(), alpha, y_ref.data());
+            be.add(n, a.data(), b.data(), alpha, y.data(), pool);
+            return CaseResult{rel_error(y, y_ref, 1, n, n), 2e-6};
+          }};
+}
+
+OpCase embed_case(int64_t B, int64_t Np, int64_t P, int64_t C, bool pos) {
+  char shape[96];
+  std::snprintf(shape, sizeof shape, "B=%lld Np=%lld P=%lld C=%lld%s", (long long)B, (long long)Np,
+                (long long)P, (long long)C, pos ? " +pos" : "");
+  return {"embed_tokens", shape, [=](const Backend& be, ThreadPool& pool, Rng& rng) {
+            const std::vector<float> patches = random_vec(rng, B * Np * C);
+            const std::vector<float> prefix = random_vec(rng, P * C);
+            const std::vector<float> posv = random_vec(rng, (P + Np) * C);
+            std::vector<float> out = poisoned(B * (P + Np) * C), out_ref = out;
+            EmbedTokensArgs a;
+            a.B = B, a.Np = Np, a.P = P, a.C = C;
+            a.patches = patches.data(), a.prefix = prefix.data(),
+            a.pos = pos ? posv.data() : nullptr;
+            EmbedTokensArgs a_ref = a;
+            a.out = out.data(), a_ref.out = out_ref.data();
+            ref::embed_tokens(a_ref);
+            be.embed_tokens(a, pool);
+            return CaseResult{rel_error(out, out_ref, B * (P + Np), C, C), 2e-6};
+          }};
+}
+
+// Nq == Nkv: q, k, v interleaved in one [B, N, 3*H*d] buffer as a fused QKV projection leaves
+// them; otherwise q and a [B, Nkv, 2*H*d] kv buffer (PVT's spatial-reduction attention).
+OpCase attention_case(int64_t B, int64_t H, int64_t Nq, int64_t Nkv, int64_t d, float scale) {
+  char shape[128];
+  std::snprintf(shape, sizeof shape, "B=%lld H=%lld Nq=%lld Nkv=%lld d=%lld scale=%g", (long long)B,
+                (long long)H, (long long)Nq, (long long)Nkv, (long long)d, scale);
+  return {"attention", shape, [=](const Backend& be, ThreadPool& pool, Rng& rng) {
+            const int64_t C = H * d, pad = 3;
+            AttentionArgs a;
+            a.B = B, a.H = H, a.Nq = Nq, a.Nkv = Nkv, a.d = d, a.scale = scale;
+            std::vector<float> q, kv;
+            if (Nq == Nkv) {
+              q = random_vec(rng, B * Nq * (3 * C + pad));
+              a.q = q.data(), a.q_ld = 3 * C + pad, a.q_bstride = Nq * a.q_ld;
+              a.k = a.q + C, a.v = a.q + 2 * C;
+              a.k_ld = a.v_ld = a.q_ld, a.k_bstride = a.v_bstride = a.q_bstride;
+            } else {
+              q = random_vec(rng, B * Nq * C);
+              kv = random_vec(rng, B * Nkv * (2 * C + pad));
+              a.q = q.data(), a.q_ld = C, a.q_bstride = Nq * C;
+              a.k = kv.data(), a.v = kv.data() + C;
+              a.k_ld = a.v_ld = 2 * C + pad, a.k_bstride = a.v_bstride = Nkv * a.k_ld;
+            }
+            a.o_ld = C + pad, a.o_bstride = Nq * a.o_ld;
+            std::vector<float> out = poisoned(B * a.o_bstride), out_ref = out;
+            AttentionArgs a_ref = a;
+            a.out = out.data(), a_ref.out = out_ref.data();
+            ref::attention(a_ref);
+            pool.reserve_scratch(be.attention_scratch(a));
+            be.attention(a, pool);
+            return CaseResult{rel_error(out, out_ref, B * Nq, C, a.o_ld), 1e-5};
+          }};
+}
+
+OpCase conv_case(int64_t B, int64_t Cin, int64_t H, int64_t W, int64_t Cout, int64_t k,
+                 int64_t stride, int64_t pad, bool bias) {
+  char shape[160];
+  std::snprintf(shape, sizeof shape, "B=%lld Cin=%lld %lldx%lld Cout=%lld k=%lld s=%lld p=%lld%s",
+                (long long)B, (long long)Cin, (long long)H, (long long)W, (long long)Cout,
+                (long long)k, (long long)stride, (long long)pad, bias ? " +bias" : "");
+  return {
+      "conv2d", shape, [=](const Backend& be, ThreadPool& pool, Rng& rng) {
+        Conv2dArgs a;
+        a.B = B, a.Cin = Cin, a.H = H, a.W = W, a.Cout = Cout, a.kh = a.kw = k;
+        a.stride = stride, a.pad = pad;
+        const std::vector<float> x = random_vec(rng, B * Cin * H * W);
+        const std::vector<float> w = random_vec(rng, Cout * Cin * k * k);
+        const std::vector<float> b = random_vec(rng, Cout);
+        const int64_t rows = B * a.OH() * a.OW();
+        std::vector<float> out = poisoned(rows * Cout), out_ref = out;
+        a.x = x.data(), a.w = w.data(), a.bias = bias ? b.data() : nullptr;
+        Conv2dArgs a_ref = a;
+        a.out = out.data(), a_ref.out = out_ref.data();
+        ref::conv2d(a_ref);
+        pool.reserve_scratch(be.conv2d_scratch(a));
+        be.conv2d(a, pool);
+        return CaseResult{rel_error(out, out_ref, rows, Cout, Cout), gemm_tolerance(Cin * k * k)};
+      }};
+}
+
+std::vector<OpCase> case_table() {
+  std::vector<OpCase> t;
+  // GEMM edges: every small M x N x K mix of 1, 7 and non-multiples of the vector widths,
+  // cycling through layouts, strides, alpha and epilogues.
+  int i = 0;
+  for (int64_t M : {1, 2, 7, 15, 29})
+    for (int64_t N : {1, 7, 16, 17, 33, 47})
+      for (int64_t K : {1, 7, 16, 65}) {
+        GemmShape s{M, N, K, i % 2 == 0};
+        s.pad = i % 3 == 0 ? 0 : 5;
+        s.alpha = i % 4 == 0 ? 0.75f : 1.0f;
+        s.bias = i % 5 != 0, s.gelu = i % 3 == 1;
+        s.residual = static_cast<Residual>(i % 3);
+        t.push_back(gemm_case(s));
+        ++i;
+      }
+  // Every epilogue combination, with one K block and with several (K > 256), N > one NC block.
+  for (int64_t K : {40, 530})
+    for (bool nk : {true, false})
+      for (bool bias : {false, true})
+        for (bool gelu : {false, true})
+          for (Residual r : {Residual::None, Residual::Separate, Residual::InPlace}) {
+            GemmShape s{70, 530, K, nk, 3, 1.0f, bias, gelu, r};
+            t.push_back(gemm_case(s));
+          }
+  // DeiT-Tiny's linears, with the epilogues the model uses (qkv, proj += x, fc1 gelu, fc2 += x).
+  for (bool nk : {true, false}) {
+    t.push_back(gemm_case({197, 576, 192, nk, 0, 1.0f, true, false, Residual::None}));
+    t.push_back(gemm_case({197, 192, 192, nk, 0, 1.0f, true, false, Residual::InPlace}));
+    t.push_back(gemm_case({197, 768, 192, nk, 0, 1.0f, true, true, Residual::None}));
+    t.push_back(gemm_case({197, 192, 768, nk, 0, 1.0f, true, false, Residual::InPlace}));
+  }
+  t.push_back(gemm_case({3136, 64, 64, true, 0, 1.0f, true, true, Residual::Separate}));
+  t.push_back(gemm_case({3136, 7, 300, true, 9, 0.5f, true, false, Residual::None}));
+  t.push_back(gemm_case({1, 1000, 192, true, 0, 1.0f, true, false, Residual::None}));
+  t.push_back(gemm_case({7, 1100, 100, false, 1, 1.0f, false, false, Residual::None}));
+
+  for (int64_t rows : {1, 7, 197, 3136})
+    for (int64_t cols : {1, 7, 17, 192, 768})
+      if (rows * cols <= 3136 * 192) t.push_back(layernorm_case(rows, cols, cols % 2 ? 3 : 0));
+
+  for (int64_t n : {1, 7, 16, 17, 1000, 197 * 768}) {
+    t.push_back(gelu_case(n, 1.0f));
+    t.push_back(gelu_case(n, 6.0f));
+  }
+  for (int64_t n : {1, 7, 17, 1000, 197 * 192}) t.push_back(add_case(n, n % 2 ? 1.0f : 0.5f));
+
+  for (bool pos : {false, true}) {
+    t.push_back(embed_case(1, 196, 1, 192, pos));
+    t.push_back(embed_case(2, 7, 2, 7, pos));
+    t.push_back(embed_case(3, 1, 1, 1, pos));
+  }
+
+  t.push_back(attention_case(1, 3, 197, 197, 64, 0.125f));
+  t.push_back(attention_case(2, 2, 7, 7, 8, 4.0f));  // large scale: softmax must subtract max
+  t.push_back(attention_case(1, 1, 1, 1, 1, 1.0f));
+  t.push_back(attention_case(2, 2, 70, 49, 32, 0.2f));
+  t.push_back(attention_case(1, 1, 3136, 49, 64, 0.125f));
+  t.push_back(attention_case(1, 5, 130, 300, 17, 0.3f));
+
+  t.push_back(conv_case(1, 3, 224, 224, 192, 16, 16, 0, true));  // ViT patch embedding
+  t.push_back(conv_case(1, 3, 224, 224, 64, 7, 4, 3, true));     // PVTv2 stage-1 stem
+  t.push_back(conv_case(1, 64, 56, 56, 128, 3, 2, 1, true));     // PVTv2 stage-2 stem
+  t.push_back(conv_case(2, 3, 11, 13, 5, 3, 2, 1, false));
+  t.push_back(conv_case(1, 2, 7, 7, 3, 7, 4, 3, true));
+  t.push_back(conv_case(2, 1, 5, 5, 1, 1, 1, 0, true));
+  t.push_back(conv_case(1, 4, 33, 31, 17, 4, 4, 0, true));  // kernel == stride, ragged edge
+  return t;
+}
+
+// ----- the test ------------------------------------------------------------------------------
+
+const std::vector<OpCase>& cases() {
+  static const std::vector<OpCase> table = case_table();
+  return table;
+}
+
+using Param = std::tuple<Backend, int, std::string>;  // backend, threads, op
+
+class KernelTest : public ::testing::TestWithParam<Param> {};
+
+TEST_P(KernelTest, MatchesReference) {
+  const auto& [backend, threads, op] = GetParam();
+  // Backends select a CPU SIMD path process-wide; put back the default for the tests after us.
+  struct RestoreSimd {
+    std::string name = cpu::simd_name();
+    ~RestoreSimd() { cpu::set_simd(name.c_str()); }
+  } restore;
+  if (!backend.activate()) GTEST_SKIP() << backend.name << " is not supported here";
+  ThreadPool pool(threads);
+  double worst = 0.0, worst_ratio = 0.0;
+  std::string worst_shape;
+  int n = 0;
+  for (size_t i = 0; i < cases().size(); ++i) {
+    const OpCase& c = cases()[i];
+    if (c.op != op) continue;
+    Rng rng(static_cast<unsigned>(1000 + i));
+    const CaseResult r = c.run(backend, pool, rng);
+    EXPECT_LE(r.error, r.tolerance) << op << " " << c.shape;
+    const double ratio = r.error / r.tolerance;
+    if (ratio >= worst_ratio) worst = r.error, worst_ratio = ratio, worst_shape = c.shape;
+    ++n;
+  }
+  ASSERT_GT(n, 0) << "no cases for " << op;
+  RecordProperty("max_rel_error", std::to_string(worst));
+  std::printf("[ %-10s %d thr %-12s ] %3d cases, max rel error %.2e (%.0f%% of bound, at %s)\n",
+              backend.name.c_str(), threads, op.c_str(), n, worst, 100 * worst_ratio,
+              worst_shape.c_str());
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Kernels, KernelTest,
+    ::testing::Combine(::testing::ValuesIn(backends()), ::testing::Values(1, 2, 3),
+                       ::testing::Values("gemm", "layernorm", "gelu", "add", "embed_tokens",
+                                         "attention", "conv2d")),
+    [](const ::testing::TestParamInfo<Param>& info) {
+      return std::get<0>(info.param).name + "_" + std::to_string(std::get<1>(info.param)) +
+             "threads_" + std::get<2>(info.param);
+    });
+
+}  // namespace
+}  // namespace shiftadd::kernels

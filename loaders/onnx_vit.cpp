@@ -1,0 +1,1422 @@
+#include "loaders/onnx_vit.h"
+
+// CMake's onnx_proto target defines these; direct compiler invocations may not.
+#ifndef ONNX_ML
+#define ONNX_ML 1
+#endif
+#ifndef ONNX_NAMESPACE
+#define ONNX_NAMESPACE onnx
+#endif
+#include <onnx/onnx_pb.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <iterator>
+#include <map>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <vector>
+
+#include "shiftadd/error.h"
+
+namespace shiftadd {
+namespace {
+
+constexpr int kMinOpset = 13;
+constexpr int kMaxOpset = 20;  // Gelu arrived in opset 20
+
+// Everything a torch.onnx.export of a ViT/DeiT contains; an op outside this set means the graph
+// computes something the recognizer would silently drop.
+// Each maps to the fewest inputs the op has, so that the recognizer can index them safely.
+const std::map<std::string, int>& supported_ops() {
+  static const std::map<std::string, int> ops = {
+      {"Conv", 2}, {"Reshape", 2}, {"Flatten", 1}, {"Transpose", 1}, {"Concat", 1}, {"Expand", 2},
+      {"Tile", 2}, {"Shape", 1}, {"Gather", 2}, {"Unsqueeze", 1}, {"Squeeze", 1}, {"Slice", 3},
+      {"Split", 1}, {"Add", 2}, {"Sub", 2}, {"Mul", 2}, {"Div", 2}, {"Pow", 2}, {"Sqrt", 1},
+      {"Erf", 1}, {"Gelu", 1}, {"ReduceMean", 1}, {"LayerNormalization", 2}, {"MatMul", 2},
+      {"Gemm", 2}, {"Softmax", 1}, {"Constant", 0}, {"ConstantOfShape", 1}, {"Cast", 1},
+      {"Where", 3}, {"Equal", 2}, {"Identity", 1}, {"Range", 3}};
+  return ops;
+}
+
+// Ops that compute on activations: each must end up in a recognized structure.
+const std::set<std::string>& compute_ops() {
+  static const std::set<std::string> ops = {
+      "Conv", "MatMul", "Gemm", "Softmax", "LayerNormalization", "Erf", "Gelu", "ReduceMean", "Pow"};
+  return ops;
+}
+
+std::string number(double v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+
+// A constant tensor decoded to float or int64 values.
+struct Const {
+  Shape dims;
+  bool is_float = false;
+  std::vector<float> f;
+  std::vector<int64_t> i;
+  int64_t numel() const { return shape_numel(dims); }
+  double scalar() const { return is_float ? f.at(0) : static_cast<double>(i.at(0)); }
+  std::vector<int64_t> ints() const {
+    if (!is_float) return i;
+    std::vector<int64_t> out;
+    for (float v : f) out.push_back(static_cast<int64_t>(v));
+    return out;
+  }
+};
+
+template <typename T>
+std::vector<T> read_raw(const std::string& raw) {
+  std::vector<T> v(raw.size() / sizeof(T));
+  if (!v.empty()) std::memcpy(v.data(), raw.data(), v.size() * sizeof(T));
+  return v;
+}
+
+Const decode_tensor(const onnx::TensorProto& t, const std::string& file) {
+  const std::string what = file + ": tensor '" + t.name() + "'";
+  if (t.data_location() == onnx::TensorProto::EXTERNAL)
+    throw Error(what +
+                " stores its data in an external file, which is not supported; save the "
+                "model with its weights inside the .onnx file (onnx.save(..., "
+                "save_as_external_data=False))");
+  Const c;
+  c.dims.assign(t.dims().begin(), t.dims().end());
+  int64_t n = 1;
+  for (int64_t d : c.dims) {
+    if (d < 0 || (d > 0 && n > (int64_t{1} << 40) / d))
+      throw Error(what + " has an invalid shape " + shape_str(c.dims));
+    n *= d;
+  }
+  const bool raw = t.has_raw_data();
+  auto check_count = [&](size_t count, const char* field) {
+    if (static_cast<int64_t>(count) != n)
+      throw Error(what + " of shape " + shape_str(c.dims) + " holds " + std::to_string(count) +
+                  " values in " + field + ", expected " + std::to_string(n));
+  };
+  auto check_raw = [&](size_t elem_size) {
+    if (t.raw_data().size() != static_cast<size_t>(n) * elem_size)
+      throw Error(what + " of shape " + shape_str(c.dims) + " has " + std::to_string(t.raw_data().size()) +
+                  " bytes of raw_data, expected " + std::to_string(n * elem_size));
+  };
+  auto widen16 = [&](float (*convert)(uint16_t)) {
+    std::vector<uint16_t> bits;
+    if (raw) {
+      check_raw(2);
+      bits = read_raw<uint16_t>(t.raw_data());
+    } else {  // 16-bit values travel in int32_data
+      check_count(t.int32_data_size(), "int32_data");
+      for (int32_t v : t.int32_data()) bits.push_back(static_cast<uint16_t>(v));
+    }
+    c.is_float = true;
+    for (uint16_t b : bits) c.f.push_back(convert(b));
+  };
+  switch (t.data_type()) {
+    case onnx::TensorProto::FLOAT:
+      c.is_float = true;
+      if (raw) {
+        check_raw(4);
+        c.f = read_raw<float>(t.raw_data());
+      } else {
+        check_count(t.float_data_size(), "float_data");
+        c.f.assign(t.float_data().begin(), t.float_data().end());
+      }
+      break;
+    case onnx::TensorProto::FLOAT16:
+      widen16(f16_to_f32);
+      break;
+    case onnx::TensorProto::BFLOAT16:
+      widen16(bf16_to_f32);
+      break;
+    case onnx::TensorProto::DOUBLE: {
+      c.is_float = true;
+      std::vector<double> d;
+      if (raw) {
+        check_raw(8);
+        d = read_raw<double>(t.raw_data());
+      } else {
+        check_count(t.double_data_size(), "double_data");
+        d.assign(t.double_data().begin(), t.double_data().end());
+      }
+      for (double v : d) c.f.push_back(static_cast<float>(v));
+      break;
+    }
+    case onnx::TensorProto::INT64:
+      if (raw) {
+        check_raw(8);
+        c.i = read_raw<int64_t>(t.raw_data());
+      } else {
+        check_count(t.int64_data_size(), "int64_data");
+        c.i.assign(t.int64_data().begin(), t.int64_data().end());
+      }
+      break;
+    case onnx::TensorProto::INT32: {
+      std::vector<int32_t> v;
+      if (raw) {
+        check_raw(4);
+        v = read_raw<int32_t>(t.raw_data());
+      } else {
+        check_count(t.int32_data_size(), "int32_data");
+        v.assign(t.int32_data().begin(), t.int32_data().end());
+      }
+      c.i.assign(v.begin(), v.end());
+      break;
+    }
+    default:
+      throw Error(what + " has data type " +
+                  onnx::TensorProto::DataType_Name(static_cast<onnx::TensorProto::DataType>(t.data_type())) +
+                  ", which the ViT loader does not read");
+  }
+  return c;
+}
+
+const onnx::AttributeProto* find_attr(const onnx::NodeProto& n, const std::string& name) {
+  for (const auto& a : n.attribute())
+    if (a.name() == name) return &a;
+  return nullptr;
+}
+int64_t attr_int(const onnx::NodeProto& n, const std::string& name, int64_t fallback) {
+  const auto* a = find_attr(n, name);
+  return a ? a->i() : fallback;
+}
+float attr_float(const onnx::NodeProto& n, const std::string& name, float fallback) {
+  const auto* a = find_attr(n, name);
+  return a ? a->f() : fallback;
+}
+std::optional<std::vector<int64_t>> attr_ints(const onnx::NodeProto& n, const std::string& name) {
+  const auto* a = find_attr(n, name);
+  if (!a) return std::nullopt;
+  return std::vector<int64_t>(a->ints().begin(), a->ints().end());
+}
+
+// The graph with producer/consumer indexes and constant folding of the few ops that wrap weights.
+class Graph {
+ public:
+  Graph(const onnx::ModelProto& model, std::string file, int opset)
+      : g_(model.graph()), file_(std::move(file)), opset_(opset) {
+    for (const auto& init : g_.initializer()) initializers_[init.name()] = &init;
+    for (int i = 0; i < g_.node_size(); ++i) {
+      for (const auto& out : g_.node(i).output())
+        if (!out.empty() && !producer_.emplace(out, i).second)
+          fail(i, "output '" + out + "' is also produced by " + describe(producer_[out]));
+      for (const auto& in : g_.node(i).input())
+        if (!in.empty()) consumers_[in].push_back(i);
+    }
+    // ONNX requires topological order; checking it here makes every backward walk terminate.
+    for (int i = 0; i < g_.node_size(); ++i)
+      for (const auto& in : g_.node(i).input())
+        if (producer(in) >= i)
+          fail(i, "reads '" + in + "' before it is produced (graph not topologically sorted)");
+  }
+
+  const std::string& file() const { return file_; }
+  int opset() const { return opset_; }
+  int size() const { return g_.node_size(); }
+  const onnx::NodeProto& node(int i) const { return g_.node(i); }
+  const onnx::GraphProto& proto() const { return g_; }
+  bool is_initializer(const std::string& t) const { return initializers_.count(t) != 0; }
+
+  int producer(const std::string& t) const {
+    auto it = producer_.find(t);
+    return it == producer_.end() ? -1 : it->second;
+  }
+  const std::string& op(int i) const { return g_.node(i).op_type(); }
+
+  // Consumers of t that read its values (Shape nodes only read its shape), each node once.
+  std::vector<int> consumers(const std::string& t) const {
+    std::vector<int> out;
+    auto it = consumers_.find(t);
+    if (it == consumers_.end()) return out;
+    for (int c : it->second)
+      if (op(c) != "Shape" && (out.empty() || out.back() != c)) out.push_back(c);
+    return out;
+  }
+
+  std::string describe(int i) const {
+    const auto& n = g_.node(i);
+    std::string name = n.name().empty() ? "#" + std::to_string(i) : n.name();
+    return "node '" + name + "' (" + n.op_type() + ")";
+  }
+  [[noreturn]] void fail(int i, const std::string& what) const {
+    throw Error(file_ + ": " + describe(i) + ": " + what);
+  }
+  [[noreturn]] void fail(const std::string& what) const { throw Error(file_ + ": " + what); }
+
+  // The value of t when it is a constant (initializer, Constant node, or Identity/Cast/2-D
+  // Transpose of one); null otherwise.
+  const Const* constant(const std::string& t) {
+    auto cached = const_cache_.find(t);
+    if (cached != const_cache_.end()) return cached->second ? &*cached->second : nullptr;
+    std::optional<Const> value = fold(t);
+    auto& slot = const_cache_[t] = std::move(value);
+    return slot ? &*slot : nullptr;
+  }
+
+  // True when t is computed from shapes and constants only (e.g. the 1/sqrt(d) factor that
+  // torch 2.x derives from Shape(q) for scaled_dot_product_attention).
+  bool shape_derived(const std::string& t) {
+    if (constant(t)) return true;
+    auto cached = shape_derived_.find(t);
+    if (cached != shape_derived_.end()) return cached->second;
+    static const std::set<std::string> arithmetic = {
+        "Gather", "Slice", "Cast", "Sqrt", "Div", "Mul", "Add", "Sub", "Unsqueeze", "Squeeze",
+        "Concat", "Reshape", "Identity", "ConstantOfShape", "Equal", "Where", "Range"};
+    bool result = false;
+    int p = producer(t);
+    if (p >= 0 && op(p) == "Shape") {
+      result = true;
+    } else if (p >= 0 && arithmetic.count(op(p))) {
+      result = true;
+      for (const auto& in : node(p).input())
+        if (!in.empty() && !shape_derived(in)) result = false;
+    }
+    return shape_derived_[t] = result;
+  }
+
+  // A constant that must be there (weights); names the node and input otherwise.
+  const Const& require_const(int node_index, int input, const std::string& what) {
+    const auto& n = node(node_index);
+    if (input >= n.input_size() || n.input(input).empty()) fail(node_index, "missing " + what);
+    const Const* c = constant(n.input(input));
+    if (!c) fail(node_index, what + " '" + n.input(input) + "' is computed, expected a constant");
+    return *c;
+  }
+
+ private:
+  std::optional<Const> fold(const std::string& t) {
+    auto init = initializers_.find(t);
+    if (init != initializers_.end()) return decode_tensor(*init->second, file_);
+    int p = producer(t);
+    if (p < 0) return std::nullopt;
+    const auto& n = node(p);
+    if (n.op_type() == "Constant") return constant_node(p);
+    if (n.op_type() == "Identity") {
+      const Const* c = constant(n.input(0));
+      return c ? std::optional<Const>(*c) : std::nullopt;
+    }
+    if (n.op_type() == "Cast") {
+      const Const* c = constant(n.input(0));
+      if (!c) return std::nullopt;
+      Const out = *c;
+      int64_t to = attr_int(n, "to", 0);
+      bool to_float = to == onnx::TensorProto::FLOAT || to == onnx::TensorProto::FLOAT16 ||
+                      to == onnx::TensorProto::BFLOAT16 || to == onnx::TensorProto::DOUBLE;
+      if (to_float && !out.is_float) {
+        out.f.assign(out.i.begin(), out.i.end());
+        out.i.clear();
+        out.is_float = true;
+      } else if (!to_float && out.is_float) {
+        out.i = out.ints();
+        out.f.clear();
+        out.is_float = false;
+      }
+      return out;
+    }
+    if (n.op_type() == "Transpose") {  // torch without constant folding: MatMul(x, Transpose(W))
+      const Const* c = constant(n.input(0));
+      if (!c || c->dims.size() != 2 || !c->is_float) return std::nullopt;
+      auto perm = attr_ints(n, "perm");
+      if (perm && *perm != std::vector<int64_t>{1, 0}) return std::nullopt;
+      Const out;
+      out.is_float = true;
+      out.dims = {c->dims[1], c->dims[0]};
+      out.f.resize(c->f.size());
+      for (int64_t r = 0; r < c->dims[0]; ++r)
+        for (int64_t k = 0; k < c->dims[1]; ++k) out.f[k * c->dims[0] + r] = c->f[r * c->dims[1] + k];
+      return out;
+    }
+    return std::nullopt;
+  }
+
+  Const constant_node(int p) {
+    const auto& n = node(p);
+    if (n.attribute_size() != 1) fail(p, "expected exactly one value attribute");
+    const auto& a = n.attribute(0);
+    Const c;
+    if (a.name() == "value") return decode_tensor(a.t(), file_);
+    if (a.name() == "value_float") {
+      c.is_float = true;
+      c.f = {a.f()};
+    } else if (a.name() == "value_floats") {
+      c.is_float = true;
+      c.f.assign(a.floats().begin(), a.floats().end());
+      c.dims = {static_cast<int64_t>(c.f.size())};
+    } else if (a.name() == "value_int") {
+      c.i = {a.i()};
+    } else if (a.name() == "value_ints") {
+      c.i.assign(a.ints().begin(), a.ints().end());
+      c.dims = {static_cast<int64_t>(c.i.size())};
+    } else {
+      fail(p, "constant attribute '" + a.name() + "' is not supported");
+    }
+    return c;
+  }
+
+  const onnx::GraphProto& g_;
+  std::string file_;
+  int opset_;
+  std::map<std::string, const onnx::TensorProto*> initializers_;
+  std::map<std::string, int> producer_;
+  std::map<std::string, std::vector<int>> consumers_;
+  std::map<std::string, std::optional<Const>> const_cache_;
+  std::map<std::string, bool> shape_derived_;
+};
+
+// A fully connected layer: MatMul by a constant (+ Add of a 1-D constant), or Gemm.
+struct Linear {
+  int node = -1;
+  int bias_node = -1;
+  std::string input, output;
+  int64_t out = 0, in = 0;
+  std::vector<float> weight;  // [out, in]
+  std::vector<float> bias;    // [out], zeros when the layer has none
+};
+
+struct LayerNorm {
+  std::vector<int> nodes;        // all nodes of the LayerNorm
+  std::vector<int> entry_nodes;  // those reading the input
+  std::string output;
+  std::vector<float> weight, bias;
+  float eps = 0;
+};
+
+// Axis bookkeeping for the attention paths between a linear layer and the attention MatMuls:
+// the linear output is [batch, token, features]; a Reshape splits the features into factors
+// (timm (3, H, d), HF (H, d)); Split/Gather/Slice pick one index of a factor (q, k or v).
+enum class Role : uint8_t { Batch, Token, Features, Factor };
+struct Axis {
+  Role role;
+  int factor = -1;
+  int64_t size = 0;
+};
+
+struct Step {
+  int node;
+  int output_index;  // which output of the node the path continues from (Split)
+};
+
+struct AttentionPath {
+  std::vector<Axis> axes;
+  std::vector<int64_t> factor_sizes;
+  std::map<int, int64_t> selected;  // factor -> index picked by Split/Gather/Slice
+  double scale = 1.0;               // product of constant scale factors
+  int dynamic_scales = 0;           // Shape-derived scale factors (torch 2.x SDPA)
+};
+
+// Partially known 1-D int vector (a Reshape target): unknown entries come from Shape.
+using PartialInts = std::vector<std::optional<int64_t>>;
+
+class Recognizer {
+ public:
+  explicit Recognizer(Graph& g) : g_(g), claimed_(g.size(), false) {}
+
+  WeightStore run(OnnxVitInfo* info) {
+    check_ops();
+    find_linears();
+    std::string x = embeddings();
+    int depth = 0;
+    while (true) {
+      LayerNorm ln = layernorm_at(x, depth);
+      std::vector<int> others;
+      for (int c : g_.consumers(x))
+        if (std::find(ln.entry_nodes.begin(), ln.entry_nodes.end(), c) == ln.entry_nodes.end())
+          others.push_back(c);
+      if (others.empty()) {  // no residual branch: the final norm
+        put_layernorm("norm", ln);
+        classifier(ln.output);
+        break;
+      }
+      x = block(depth, x, ln, others);
+      ++depth;
+    }
+    if (depth == 0) g_.fail("no transformer blocks found before the final LayerNorm");
+    for (int i = 0; i < g_.size(); ++i)
+      if (!claimed_[i] && compute_ops().count(g_.op(i)))
+        g_.fail(i, "is not part of the recognized ViT structure (embedding, " + std::to_string(depth) +
+                       " blocks, final norm, head)");
+
+    info->heads = heads_;
+    info->eps = eps_;
+    info->image_size = image_size_;
+    info->in_chans = in_chans_;
+    WeightStore store;
+    store.source = g_.file();
+    for (auto& [name, value] : out_) {
+      Tensor t = Tensor::empty(DType::F32, value.first);
+      std::memcpy(t.raw(), value.second.data(), value.second.size() * sizeof(float));
+      store.tensors.emplace(name, std::move(t));
+    }
+    return store;
+  }
+
+ private:
+  // --- validation and discovery -------------------------------------------------------------
+  void check_ops() {
+    for (int i = 0; i < g_.size(); ++i) {
+      const auto& n = g_.node(i);
+      bool default_domain = n.domain().empty() || n.domain() == "ai.onnx";
+      if (!default_domain || !supported_ops().count(n.op_type())) {
+        std::string op = default_domain ? n.op_type() : n.domain() + "." + n.op_type();
+        std::string name = n.name().empty() ? "#" + std::to_string(i) : n.name();
+        g_.fail("unsupported ONNX op '" + op + "' at node '" + name + "' (opset " +
+                std::to_string(g_.opset()) +
+                "): the loader recognizes ViT/DeiT exports (Conv patch embedding, LayerNorm, "
+                "softmax attention, erf GELU MLP), not arbitrary ONNX graphs");
+      }
+      if (n.input_size() < supported_ops().at(n.op_type()) || n.output_size() < 1)
+        g_.fail(i, "has " + std::to_string(n.input_size()) + " inputs and " +
+                       std::to_string(n.output_size()) + " outputs; malformed node");
+    }
+  }
+
+  void find_linears() {
+    for (int i = 0; i < g_.size(); ++i) {
+      const auto& n = g_.node(i);
+      if (n.op_type() != "MatMul" && n.op_type() != "Gemm") continue;
+      if (g_.constant(n.input(0))) g_.fail(i, "constant first operand; expected activations");
+      const Const* w = g_.constant(n.input(1));
+      if (!w) continue;  // both operands computed: an attention MatMul
+      if (w->dims.size() != 2 || !w->is_float)
+        g_.fail(i, "weight '" + n.input(1) + "' has shape " + shape_str(w->dims) +
+                       ", expected a 2-D float matrix");
+      Linear l;
+      l.node = i;
+      l.input = n.input(0);
+      l.output = n.output(0);
+      bool w_is_out_in = false;  // MatMul weights are [in, out]
+      float alpha = 1, beta = 1;
+      if (n.op_type() == "Gemm") {
+        if (attr_int(n, "transA", 0) != 0) g_.fail(i, "transA=1 is not a linear layer on activations");
+        w_is_out_in = attr_int(n, "transB", 0) != 0;
+        alpha = attr_float(n, "alpha", 1.0f);
+        beta = attr_float(n, "beta", 1.0f);
+      }
+      l.out = w_is_out_in ? w->dims[0] : w->dims[1];
+      l.in = w_is_out_in ? w->dims[1] : w->dims[0];
+      l.weight.resize(w->f.size());
+      for (int64_t o = 0; o < l.out; ++o)
+        for (int64_t k = 0; k < l.in; ++k)
+          l.weight[o * l.in + k] = alpha * (w_is_out_in ? w->f[o * l.in + k] : w->f[k * l.out + o]);
+      l.bias.assign(l.out, 0.0f);
+      if (n.op_type() == "Gemm" && n.input_size() > 2 && !n.input(2).empty()) {
+        const Const& b = g_.require_const(i, 2, "bias");
+        if (b.numel() != l.out || !b.is_float)
+          g_.fail(i, "bias has shape " + shape_str(b.dims) + ", expected [" + std::to_string(l.out) + "]");
+        for (int64_t o = 0; o < l.out; ++o) l.bias[o] = beta * b.f[o];
+      } else if (n.op_type() == "MatMul") {
+        auto cons = g_.consumers(l.output);
+        if (cons.size() == 1 && g_.op(cons[0]) == "Add") {
+          const auto& add = g_.node(cons[0]);
+          const std::string& other = add.input(0) == l.output ? add.input(1) : add.input(0);
+          const Const* b = g_.constant(other);
+          if (b && b->is_float && b->dims.size() == 1 && b->dims[0] == l.out) {
+            l.bias = b->f;
+            l.bias_node = cons[0];
+            l.output = add.output(0);
+          }
+        }
+      }
+      by_output_[l.output] = static_cast<int>(linears_.size());
+      linears_.push_back(std::move(l));
+    }
+  }
+
+  const Linear* linear_at(const std::string& output) const {
+    auto it = by_output_.find(output);
+    return it == by_output_.end() ? nullptr : &linears_[it->second];
+  }
+
+  // The one linear layer reading t; `what` names the role for the error message.
+  const Linear& sole_linear_reading(const std::string& t, int context_node, const std::string& what) {
+    auto cons = g_.consumers(t);
+    for (const auto& l : linears_)
+      if (l.input == t && cons.size() == 1 && cons[0] == l.node) return claim(l);
+    g_.fail(
+        cons.size() == 1 ? cons[0] : context_node,
+        "expected " + what + " (a MatMul by a constant weight or a Gemm) as the only reader of '" + t + "'");
+  }
+
+  const Linear& claim(const Linear& l) {
+    claimed_[l.node] = true;
+    if (l.bias_node >= 0) claimed_[l.bias_node] = true;
+    return l;
+  }
+
+  // --- embeddings ---------------------------------------------------------------------------
+  std::string embeddings() {
+    std::vector<const onnx::ValueInfoProto*> inputs;
+    for (const auto& in : g_.proto().input())
+      if (!g_.is_initializer(in.name())) inputs.push_back(&in);
+    if (inputs.size() != 1)
+      g_.fail("expected exactly one graph input (the image batch), found " + std::to_string(inputs.size()));
+    const auto& input = *inputs[0];
+    const auto& shape = input.type().tensor_type().shape();
+    if (shape.dim_size() != 4)
+      g_.fail("graph input '" + input.name() + "' has rank " + std::to_string(shape.dim_size()) +
+              ", expected an NCHW image batch");
+    auto static_dim = [&](int i) -> int64_t {
+      return shape.dim(i).has_dim_value() ? shape.dim(i).dim_value() : 0;
+    };
+
+    auto cons = g_.consumers(input.name());
+    if (cons.size() != 1 || g_.op(cons[0]) != "Conv")
+      g_.fail("graph input '" + input.name() + "' must feed exactly one Conv (the patch embedding)");
+    int conv = cons[0];
+    claimed_[conv] = true;
+    const auto& cn = g_.node(conv);
+    const Const& w = g_.require_const(conv, 1, "patch embedding weight");
+    if (w.dims.size() != 4 || w.dims[2] != w.dims[3] || !w.is_float)
+      g_.fail(conv, "weight shape " + shape_str(w.dims) + ", expected [C, in_chans, p, p]");
+    const int64_t dim = w.dims[0], patch = w.dims[2];
+    in_chans_ = w.dims[1];
+    if (static_dim(1) && static_dim(1) != in_chans_)
+      g_.fail(conv, "weight expects " + std::to_string(in_chans_) + " input channels, graph input has " +
+                        std::to_string(static_dim(1)));
+    auto ints_or = [&](const char* name, std::vector<int64_t> fallback) {
+      return attr_ints(cn, name).value_or(fallback);
+    };
+    if (ints_or("strides", {1, 1}) != std::vector<int64_t>{patch, patch} ||
+        ints_or("pads", {0, 0, 0, 0}) != std::vector<int64_t>{0, 0, 0, 0} ||
+        ints_or("dilations", {1, 1}) != std::vector<int64_t>{1, 1} || attr_int(cn, "group", 1) != 1)
+      g_.fail(conv, "expected a patch embedding: stride == kernel == " + std::to_string(patch) +
+                        ", no padding, no dilation, one group");
+    std::vector<float> conv_bias(dim, 0.0f);
+    if (cn.input_size() > 2 && !cn.input(2).empty()) {
+      const Const& b = g_.require_const(conv, 2, "patch embedding bias");
+      if (b.numel() != dim || !b.is_float)
+        g_.fail(conv, "bias shape " + shape_str(b.dims) + ", expected [" + std::to_string(dim) + "]");
+      conv_bias = b.f;
+    }
+    put("patch_embed.proj.weight", w.dims, w.f);
+    put("patch_embed.proj.bias", {dim}, conv_bias);
+
+    // Conv [B,C,h,w] -> Reshape [B,C,hw] -> Transpose [B,hw,C] -> Concat with the class tokens.
+    std::string t = cn.output(0);
+    int reshape = sole_consumer(t, conv, "Reshape", "flatten of the patch grid");
+    t = g_.node(reshape).output(0);
+    int transpose = sole_consumer(t, reshape, "Transpose", "patch tokens transposed to [B, N, C]");
+    if (attr_ints(g_.node(transpose), "perm") != std::vector<int64_t>{0, 2, 1})
+      g_.fail(transpose, "expected perm [0, 2, 1]");
+    t = g_.node(transpose).output(0);
+    int concat = sole_consumer(t, transpose, "Concat", "class token(s) prepended to the patch tokens");
+    const auto& cc = g_.node(concat);
+    int64_t axis = attr_int(cc, "axis", 0);
+    if (axis != 1 && axis != -2) g_.fail(concat, "expected concatenation along the token axis 1");
+    if (cc.input(cc.input_size() - 1) != t)
+      g_.fail(concat, "expected the class token(s) before the patch tokens");
+    ntok_ = cc.input_size() - 1;
+    if (ntok_ < 1 || ntok_ > 2)
+      g_.fail(concat, "expected 1 (cls) or 2 (cls, dist) prefix tokens, found " + std::to_string(ntok_));
+    for (int k = 0; k < ntok_; ++k) {
+      const Const* tok = token_constant(cc.input(k));
+      if (!tok || tok->dims != Shape{1, 1, dim} || !tok->is_float)
+        g_.fail(concat, "input '" + cc.input(k) + "' should be a [1, 1, " + std::to_string(dim) +
+                            "] token (possibly Expand-ed to the batch)");
+      put(k == 0 ? "cls_token" : "dist_token", tok->dims, tok->f);
+    }
+
+    auto pos_cons = g_.consumers(cc.output(0));
+    if (pos_cons.size() != 1 || g_.op(pos_cons[0]) != "Add")
+      g_.fail(concat, "expected the position embedding Add as the only reader of the tokens");
+    int pos_add = pos_cons[0];
+    claimed_[pos_add] = true;
+    const auto& pa = g_.node(pos_add);
+    const Const* pos = g_.constant(pa.input(0) == cc.output(0) ? pa.input(1) : pa.input(0));
+    if (!pos || pos->dims.size() != 3 || pos->dims[0] != 1 || pos->dims[2] != dim || !pos->is_float)
+      g_.fail(pos_add, "expected a constant [1, T, " + std::to_string(dim) + "] position embedding");
+    put("pos_embed", pos->dims, pos->f);
+
+    const int64_t npatch = pos->dims[1] - ntok_;
+    const int64_t grid =
+        static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(std::max<int64_t>(npatch, 0)))));
+    if (npatch <= 0 || grid * grid != npatch)
+      g_.fail(pos_add, "position embedding has " + std::to_string(pos->dims[1]) + " tokens: not " +
+                           std::to_string(ntok_) + " prefix token(s) plus a square patch grid");
+    image_size_ = grid * patch;
+    if ((static_dim(2) && static_dim(2) != image_size_) || (static_dim(3) && static_dim(3) != image_size_))
+      g_.fail("graph input '" + input.name() + "' is " + std::to_string(static_dim(2)) + "x" +
+              std::to_string(static_dim(3)) + " but the position embedding fits " +
+              std::to_string(image_size_) + "x" + std::to_string(image_size_) + " images");
+    dim_ = dim;
+    return pa.output(0);
+  }
+
+  int sole_consumer(const std::string& t, int context, const std::string& op, const std::string& what) {
+    auto cons = g_.consumers(t);
+    if (cons.size() != 1 || g_.op(cons[0]) != op)
+      g_.fail(cons.size() == 1 ? cons[0] : context, "expected " + op + " (" + what + ")");
+    return cons[0];
+  }
+
+  // cls/dist token: a constant, possibly broadcast to the batch with Expand or Tile.
+  const Const* token_constant(std::string t) {
+    while (true) {
+      if (const Const* c = g_.constant(t)) return c;
+      int p = g_.producer(t);
+      if (p < 0) return nullptr;
+      const std::string& op = g_.op(p);
+      if (op != "Expand" && op != "Tile" && op != "Cast" && op != "Identity") return nullptr;
+      t = g_.node(p).input(0);
+    }
+  }
+
+  // --- LayerNorm ----------------------------------------------------------------------------
+  LayerNorm layernorm_at(const std::string& x, int index) {
+    for (int c : g_.consumers(x)) {
+      if (g_.op(c) == "LayerNormalization" && g_.node(c).input(0) == x) return fused_layernorm(c);
+      if (g_.op(c) == "ReduceMean" && g_.node(c).input(0) == x) return decomposed_layernorm(x, c);
+    }
+    g_.fail(
+        "expected a LayerNorm (LayerNormalization or ReduceMean/Sub/Pow/.../Add) on the token "
+        "stream '" +
+        x + "' before block " + std::to_string(index) + " or the final norm");
+  }
+
+  LayerNorm fused_layernorm(int n) {
+    const auto& node = g_.node(n);
+    int64_t axis = attr_int(node, "axis", -1);
+    if (axis != -1 && axis != 2) g_.fail(n, "expected normalization over the last axis");
+    for (int k = 1; k < node.output_size(); ++k)
+      if (!node.output(k).empty() && !g_.consumers(node.output(k)).empty())
+        g_.fail(n, "mean/inv_std_dev outputs are used; expected a plain LayerNorm");
+    LayerNorm ln;
+    ln.nodes = ln.entry_nodes = {n};
+    ln.output = node.output(0);
+    ln.weight = norm_param(n, 1, "scale");
+    ln.bias = node.input_size() > 2 && !node.input(2).empty() ? norm_param(n, 2, "bias")
+                                                              : std::vector<float>(dim_, 0.0f);
+    ln.eps = attr_float(node, "epsilon", 1e-5f);
+    return finish_layernorm(ln);
+  }
+
+  std::vector<float> norm_param(int n, int input, const std::string& what) {
+    const Const& c = g_.require_const(n, input, "LayerNorm " + what);
+    if (c.numel() != dim_ || !c.is_float)
+      g_.fail(n, "LayerNorm " + what + " has shape " + shape_str(c.dims) + ", expected [" +
+                     std::to_string(dim_) + "]");
+    return c.f;
+  }
+
+  // torch < opset 17: ReduceMean -> Sub -> Pow(2) -> ReduceMean -> Add(eps) -> Sqrt -> Div ->
+  // Mul(weight) -> Add(bias).
+  LayerNorm decomposed_layernorm(const std::string& x, int mean1) {
+    LayerNorm ln;
+    auto reduce_last_axis = [&](int n) {
+      std::vector<int64_t> axes;
+      if (g_.opset() >= 18 && g_.node(n).input_size() > 1)
+        axes = g_.require_const(n, 1, "axes").ints();
+      else
+        axes = attr_ints(g_.node(n), "axes").value_or(std::vector<int64_t>{});
+      if ((axes != std::vector<int64_t>{-1} && axes != std::vector<int64_t>{2}) ||
+          attr_int(g_.node(n), "keepdims", 1) != 1)
+        g_.fail(n, "expected a mean over the last axis with keepdims (LayerNorm)");
+    };
+    reduce_last_axis(mean1);
+    const std::string& mean = g_.node(mean1).output(0);
+    int sub = next_in_pattern(mean, "Sub", mean1, "x - mean");
+    if (g_.node(sub).input(0) != x || g_.node(sub).input(1) != mean) g_.fail(sub, "expected x - mean");
+    const std::string& centered = g_.node(sub).output(0);
+    int pow = -1, div = -1;
+    for (int c : g_.consumers(centered)) {
+      if (g_.op(c) == "Pow")
+        pow = c;
+      else if (g_.op(c) == "Div")
+        div = c;
+      else
+        g_.fail(c, "unexpected reader of the centered LayerNorm input");
+    }
+    if (pow < 0 || div < 0) g_.fail(sub, "expected Pow (variance) and Div (normalization) after x - mean");
+    const Const* two = g_.constant(g_.node(pow).input(1));
+    if (!two || two->numel() != 1 || two->scalar() != 2.0) g_.fail(pow, "expected the square (exponent 2)");
+    int mean2 = next_in_pattern(g_.node(pow).output(0), "ReduceMean", pow, "variance");
+    reduce_last_axis(mean2);
+    int add_eps = next_in_pattern(g_.node(mean2).output(0), "Add", mean2, "variance + eps");
+    const Const* eps = other_constant(add_eps, g_.node(mean2).output(0));
+    if (!eps || eps->numel() != 1 || !eps->is_float) g_.fail(add_eps, "expected a constant epsilon");
+    int sqrt = next_in_pattern(g_.node(add_eps).output(0), "Sqrt", add_eps, "standard deviation");
+    if (g_.node(div).input(0) != centered || g_.node(div).input(1) != g_.node(sqrt).output(0))
+      g_.fail(div, "expected (x - mean) / sqrt(var + eps)");
+    int mul = next_in_pattern(g_.node(div).output(0), "Mul", div, "LayerNorm weight");
+    const Const* w = other_constant(mul, g_.node(div).output(0));
+    int add = next_in_pattern(g_.node(mul).output(0), "Add", mul, "LayerNorm bias");
+    const Const* b = other_constant(add, g_.node(mul).output(0));
+    for (auto [c, n] : {std::pair{w, mul}, std::pair{b, add}})
+      if (!c || c->numel() != dim_ || !c->is_float)
+        g_.fail(n, "expected a constant [" + std::to_string(dim_) + "] LayerNorm parameter");
+    ln.entry_nodes = {mean1, sub};
+    ln.nodes = {mean1, sub, pow, mean2, add_eps, sqrt, div, mul, add};
+    ln.output = g_.node(add).output(0);
+    ln.weight = w->f;
+    ln.bias = b->f;
+    ln.eps = eps->f[0];
+    return finish_layernorm(ln);
+  }
+
+  LayerNorm finish_layernorm(LayerNorm& ln) {
+    for (int n : ln.nodes) claimed_[n] = true;
+    if (!have_eps_) {
+      eps_ = ln.eps;
+      have_eps_ = true;
+    } else if (std::fabs(ln.eps - eps_) > 1e-6f * eps_) {
+      g_.fail(ln.nodes.back(),
+              "LayerNorm epsilon " + number(ln.eps) + " differs from the first LayerNorm's " + number(eps_));
+    }
+    return ln;
+  }
+
+  // The one reader of t, which must be `op`.
+  int next_in_pattern(const std::string& t, const std::string& op, int from, const std::string& what) {
+    auto cons = g_.consumers(t);
+    if (cons.size() != 1 || g_.op(cons[0]) != op)
+      g_.fail(cons.size() == 1 ? cons[0] : from, "expected " + op + " (" + what + ")");
+    return cons[0];
+  }
+
+  const Const* other_constant(int n, const std::string& operand) {
+    const auto& node = g_.node(n);
+    return g_.constant(node.input(0) == operand ? node.input(1) : node.input(0));
+  }
+
+  void put_layernorm(const std::string& prefix, const LayerNorm& ln) {
+    put(prefix + ".weight", {dim_}, ln.weight);
+    put(prefix + ".bias", {dim_}, ln.bias);
+  }
+
+  void put_linear(const std::string& prefix, const Linear& l) {
+    put(prefix + ".weight", {l.out, l.in}, l.weight);
+    put(prefix + ".bias", {l.out}, l.bias);
+  }
+
+  // --- transformer block --------------------------------------------------------------------
+  std::string block(int index, const std::string& x, const LayerNorm& norm1, const std::vector<int>& others) {
+    const std::string prefix = "blocks." + std::to_string(index) + ".";
+    int res1 = residual_add(others, x, "attention");
+    const auto& r1 = g_.node(res1);
+    const std::string& attn_out = r1.input(0) == x ? r1.input(1) : r1.input(0);
+    const Linear* proj = linear_at(attn_out);
+    if (!proj) g_.fail(res1, "expected the attention output projection added to the residual stream");
+    attention(prefix, norm1.output, claim(*proj));
+    put_layernorm(prefix + "norm1", norm1);
+
+    const std::string x1 = r1.output(0);
+    LayerNorm norm2 = layernorm_at(x1, index);
+    std::vector<int> others2;
+    for (int c : g_.consumers(x1))
+      if (std::find(norm2.entry_nodes.begin(), norm2.entry_nodes.end(), c) == norm2.entry_nodes.end())
+        others2.push_back(c);
+    int res2 = residual_add(others2, x1, "MLP");
+    const Linear& fc1 = sole_linear_reading(norm2.output, norm2.nodes.back(), "the MLP fc1");
+    std::string act = gelu(fc1.output, fc1.node);
+    const Linear& fc2 = sole_linear_reading(act, fc1.node, "the MLP fc2");
+    const auto& r2 = g_.node(res2);
+    if (!((r2.input(0) == x1 && r2.input(1) == fc2.output) ||
+          (r2.input(1) == x1 && r2.input(0) == fc2.output)))
+      g_.fail(res2, "expected the residual Add of the token stream and the MLP output");
+    if (fc1.in != dim_ || fc2.out != dim_ || fc2.in != fc1.out)
+      g_.fail(fc2.node, "MLP shapes fc1 [" + std::to_string(fc1.out) + ", " + std::to_string(fc1.in) +
+                            "], fc2 [" + std::to_string(fc2.out) + ", " + std::to_string(fc2.in) +
+                            "] do not chain");
+    put_layernorm(prefix + "norm2", norm2);
+    put_linear(prefix + "mlp.fc1", fc1);
+    put_linear(prefix + "mlp.fc2", fc2);
+    return r2.output(0);
+  }
+
+  int residual_add(const std::vector<int>& readers, const std::string& x, const std::string& branch) {
+    const std::string what =
+        "expected only the " + branch + " residual Add and the LayerNorm to read '" + x + "'";
+    if (readers.empty()) g_.fail(what);
+    if (readers.size() != 1 || g_.op(readers[0]) != "Add") g_.fail(readers[0], what);
+    claimed_[readers[0]] = true;
+    return readers[0];
+  }
+
+  // Exact GELU: a Gelu op (opset 20) or x * (1 + erf(x / sqrt2)) * 0.5 in either Mul order.
+  std::string gelu(const std::string& x, int fc1) {
+    auto cons = g_.consumers(x);
+    if (cons.size() == 1 && g_.op(cons[0]) == "Gelu") {
+      const auto* approx = find_attr(g_.node(cons[0]), "approximate");
+      if (approx && approx->s() != "none")
+        g_.fail(cons[0], "tanh-approximated GELU; expected the exact (erf) GELU");
+      claimed_[cons[0]] = true;
+      return g_.node(cons[0]).output(0);
+    }
+    const double inv_sqrt2 = 1.0 / std::sqrt(2.0);
+    int scale = -1, product = -1;
+    for (int c : cons) {
+      const auto& n = g_.node(c);
+      const Const* k = other_constant(c, x);
+      bool scaled =
+          k && k->numel() == 1 &&
+          ((n.op_type() == "Div" && n.input(0) == x && std::fabs(k->scalar() - std::sqrt(2.0)) < 1e-4) ||
+           (n.op_type() == "Mul" && std::fabs(k->scalar() - inv_sqrt2) < 1e-4));
+      if (scaled)
+        scale = c;
+      else if (n.op_type() == "Mul")
+        product = c;
+      else
+        g_.fail(c, "expected the exact GELU x * 0.5 * (1 + erf(x / sqrt(2))) after the MLP fc1");
+    }
+    if (scale < 0 || product < 0 || cons.size() != 2)
+      g_.fail(fc1, "expected the exact GELU x * 0.5 * (1 + erf(x / sqrt(2))) after the MLP fc1");
+    int erf = next_in_pattern(g_.node(scale).output(0), "Erf", scale, "erf of the exact GELU");
+    int one = next_in_pattern(g_.node(erf).output(0), "Add", erf, "1 + erf");
+    const Const* k1 = other_constant(one, g_.node(erf).output(0));
+    if (!k1 || k1->numel() != 1 || k1->scalar() != 1.0) g_.fail(one, "expected 1 + erf(x / sqrt(2))");
+    // Either (x * (1 + erf)) * 0.5 or (x * 0.5) * (1 + erf).
+    int mul = next_in_pattern(g_.node(one).output(0), "Mul", one, "GELU product");
+    int half = -1;
+    std::string out;
+    const std::string& x_side =
+        g_.node(mul).input(0) == g_.node(one).output(0) ? g_.node(mul).input(1) : g_.node(mul).input(0);
+    if (x_side == x && product == mul) {
+      half = next_in_pattern(g_.node(mul).output(0), "Mul", mul, "GELU * 0.5");
+      out = g_.node(half).output(0);
+      const Const* h = other_constant(half, g_.node(mul).output(0));
+      if (!h || h->numel() != 1 || h->scalar() != 0.5) g_.fail(half, "expected the GELU factor 0.5");
+    } else if (g_.producer(x_side) == product) {
+      half = product;
+      const Const* h = other_constant(product, x);
+      if (!h || h->numel() != 1 || h->scalar() != 0.5) g_.fail(product, "expected x * 0.5 of the GELU");
+      out = g_.node(mul).output(0);
+    } else {
+      g_.fail(mul, "expected x * (1 + erf(x / sqrt(2))) of the exact GELU");
+    }
+    for (int n : {scale, erf, one, mul, half}) claimed_[n] = true;
+    return out;
+  }
+
+  // --- attention ----------------------------------------------------------------------------
+  // Walks back from the projection through layout ops to softmax(q k^T * scale) v, then from
+  // q, k and v back to their linear layer(s), replaying the layout ops to learn which output
+  // rows of the linear(s) hold each head's q, k and v.
+  void attention(const std::string& prefix, const std::string& normed, const Linear& proj) {
+    std::vector<Step> out_path;
+    std::string t = trace_back(proj.input, proj.node, out_path,
+                               [&](const std::string& s) { return is_attention_matmul(s); });
+    int attn_v = g_.producer(t);
+    int softmax = g_.producer(skip_casts(g_.node(attn_v).input(0)));
+    if (softmax < 0 || g_.op(softmax) != "Softmax")
+      g_.fail(attn_v, "expected the attention probabilities (Softmax) as first operand");
+    int64_t sm_axis = attr_int(g_.node(softmax), "axis", -1);
+    if (sm_axis != -1 && sm_axis != 3) g_.fail(softmax, "expected softmax over the last axis");
+    std::vector<Step> score_path;
+    std::string s = trace_back(g_.node(softmax).input(0), softmax, score_path,
+                               [&](const std::string& v) { return is_attention_matmul(v); });
+    int attn_qk = g_.producer(s);
+    for (int n : {attn_v, softmax, attn_qk}) claimed_[n] = true;
+
+    auto path_to_linear = [&](const std::string& from, int at, std::vector<Step>& steps) -> const Linear& {
+      std::string src =
+          trace_back(from, at, steps, [&](const std::string& v) { return linear_at(v) != nullptr; });
+      const Linear& l = *linear_at(src);
+      if (l.input != normed)
+        g_.fail(l.node, "expected the q/k/v projection to read the block's first LayerNorm output");
+      return claim(l);
+    };
+    std::vector<Step> q_steps, k_steps, v_steps;
+    const Linear& lq = path_to_linear(g_.node(attn_qk).input(0), attn_qk, q_steps);
+    const Linear& lk = path_to_linear(g_.node(attn_qk).input(1), attn_qk, k_steps);
+    const Linear& lv = path_to_linear(g_.node(attn_v).input(1), attn_v, v_steps);
+    AttentionPath q = replay(lq, q_steps), k = replay(lk, k_steps), v = replay(lv, v_steps);
+    AttentionPath scores;  // between q k^T and the softmax only scale factors are allowed
+    for (const Step& st : score_path) {
+      const std::string& op = g_.op(st.node);
+      if (op != "Mul" && op != "Div" && op != "Cast" && op != "Identity")
+        g_.fail(st.node, "unexpected op between the attention scores and the softmax");
+      apply(scores, st);
+    }
+
+    // q [B, head, N, d], k [B, head, d, N], v [B, head, N, d]
+    auto head_dim = [&](const AttentionPath& p, const Linear& l, bool transposed, const char* name) {
+      auto bad = [&]() {
+        g_.fail(l.node,
+                std::string("the ") + name + " path from this layer does not produce [batch, heads, " +
+                    (transposed ? "head_dim, tokens" : "tokens, head_dim") + "] for the attention MatMul");
+      };
+      if (p.axes.size() != 4 || p.axes[0].role != Role::Batch || p.axes[1].role != Role::Factor) bad();
+      const Axis& tok = p.axes[transposed ? 3 : 2];
+      const Axis& dim = p.axes[transposed ? 2 : 3];
+      if (tok.role != Role::Token || dim.role != Role::Factor) bad();
+      return std::pair{p.axes[1].factor, dim.factor};
+    };
+    auto [qh, qd] = head_dim(q, lq, false, "query");
+    auto [kh, kd] = head_dim(k, lk, true, "key");
+    auto [vh, vd] = head_dim(v, lv, false, "value");
+    const int64_t heads = q.factor_sizes[qh], d = q.factor_sizes[qd];
+    if (k.factor_sizes[kh] != heads || k.factor_sizes[kd] != d || v.factor_sizes[vh] != heads ||
+        v.factor_sizes[vd] != d)
+      g_.fail(attn_v, "query, key and value disagree on heads x head_dim");
+    for (const Linear* l : {&lq, &lk, &lv})
+      if (l->in != dim_) g_.fail(l->node, "q/k/v projection input size differs from the embedding dim");
+    if (heads * d != dim_)
+      g_.fail(attn_qk, std::to_string(heads) + " heads x " + std::to_string(d) + " != embedding dim " +
+                           std::to_string(dim_));
+    if (heads_ && heads_ != heads)
+      g_.fail(attn_qk, std::to_string(heads) + " heads, but earlier blocks have " + std::to_string(heads_));
+    heads_ = heads;
+
+    check_scale(q, k, v, scores, d, softmax);
+    check_output_path(out_path, heads, d, proj);
+
+    // Gather the q|k|v rows (heads-major) into timm's stacked layout.
+    std::vector<float> w(3 * dim_ * dim_), b(3 * dim_);
+    std::map<int, std::vector<int>> rows_used;  // linear node -> how often each row is taken
+    int64_t dst = 0;
+    using Part = std::tuple<const AttentionPath*, const Linear*, int, int>;
+    for (auto [p, l, fh, fd] : {Part{&q, &lq, qh, qd}, Part{&k, &lk, kh, kd}, Part{&v, &lv, vh, vd}}) {
+      auto& used = rows_used[l->node];
+      used.resize(l->out, 0);
+      for (int64_t row : source_rows(*p, fh, fd, *l)) {
+        ++used[row];
+        std::copy_n(&l->weight[row * dim_], dim_, &w[dst * dim_]);
+        b[dst++] = l->bias[row];
+      }
+    }
+    for (auto& [node, used] : rows_used)
+      if (std::any_of(used.begin(), used.end(), [](int n) { return n != 1; }))
+        g_.fail(node, "q, k and v do not each take a distinct part of this layer's outputs");
+    put(prefix + "attn.qkv.weight", {3 * dim_, dim_}, w);
+    put(prefix + "attn.qkv.bias", {3 * dim_}, b);
+    put_linear(prefix + "attn.proj", proj);
+  }
+
+  bool is_attention_matmul(const std::string& t) {
+    int p = g_.producer(t);
+    return p >= 0 && g_.op(p) == "MatMul" && !linear_at(t) && !g_.constant(g_.node(p).input(1));
+  }
+
+  std::string skip_casts(std::string t) {
+    for (int p = g_.producer(t); p >= 0 && (g_.op(p) == "Cast" || g_.op(p) == "Identity"); p = g_.producer(t))
+      t = g_.node(p).input(0);
+    return t;
+  }
+
+  // Follows producers from t through layout and scale ops until stop(t); records the ops in
+  // forward order.
+  std::string trace_back(std::string t, int context, std::vector<Step>& steps,
+                         const std::function<bool(const std::string&)>& stop) {
+    static const std::set<std::string> layout = {"Reshape", "Transpose", "Squeeze", "Split", "Gather",
+                                                 "Slice", "Cast", "Identity", "Mul", "Div"};
+    std::vector<Step> reversed;
+    while (!stop(t)) {
+      int p = g_.producer(t);
+      if (p < 0) g_.fail(context, "'" + t + "' is not computed from the attention's linear layers");
+      if (!layout.count(g_.op(p)))
+        g_.fail(p, "unexpected op between the attention MatMuls and their linear layers");
+      const auto& n = g_.node(p);
+      int out_index =
+          static_cast<int>(std::find(n.output().begin(), n.output().end(), t) - n.output().begin());
+      reversed.push_back({p, out_index});
+      t = data_operand(p);
+      context = p;
+    }
+    steps.insert(steps.end(), reversed.rbegin(), reversed.rend());
+    return t;
+  }
+
+  // The activation operand of a layout op or of a Mul/Div by a scale.
+  std::string data_operand(int p) {
+    const auto& n = g_.node(p);
+    if (n.op_type() != "Mul" && n.op_type() != "Div") return n.input(0);
+    bool scale0 = g_.shape_derived(n.input(0)), scale1 = g_.shape_derived(n.input(1));
+    if (n.op_type() == "Div" && !scale0 && scale1) return n.input(0);
+    if (n.op_type() == "Mul" && scale0 != scale1) return scale0 ? n.input(1) : n.input(0);
+    g_.fail(p, "expected a multiplication or division of attention activations by a scalar scale");
+  }
+
+  AttentionPath replay(const Linear& l, const std::vector<Step>& steps) {
+    AttentionPath p;
+    p.axes = {{Role::Batch}, {Role::Token}, {Role::Features, -1, l.out}};
+    for (const Step& s : steps) apply(p, s);
+    return p;
+  }
+
+  int normalize_axis(int64_t axis, size_t rank, int node) {
+    if (axis < 0) axis += static_cast<int64_t>(rank);
+    if (axis < 0 || axis >= static_cast<int64_t>(rank)) g_.fail(node, "axis out of range");
+    return static_cast<int>(axis);
+  }
+
+  // One layout/scale op applied to the axis bookkeeping.
+  void apply(AttentionPath& p, const Step& s) {
+    const auto& n = g_.node(s.node);
+    const std::string& op = n.op_type();
+    auto select = [&](int axis, int64_t index, bool keep_axis) {
+      Axis& a = p.axes[axis];
+      if (a.role != Role::Factor || p.selected.count(a.factor))
+        g_.fail(s.node, "selects along an axis that is not the q/k/v split of the projection");
+      if (index < 0) index += a.size;
+      if (index < 0 || index >= a.size) g_.fail(s.node, "index out of range");
+      p.selected[a.factor] = index;
+      if (keep_axis)
+        a.size = 1;
+      else
+        p.axes.erase(p.axes.begin() + axis);
+    };
+    if (op == "Cast" || op == "Identity") return;
+    if (op == "Mul" || op == "Div") {
+      const std::string& scale = n.input(0) == data_operand(s.node) ? n.input(1) : n.input(0);
+      const Const* c = g_.constant(scale);
+      if (c && c->numel() == 1)
+        p.scale *= op == "Mul" ? c->scalar() : 1.0 / c->scalar();
+      else if (!c)
+        ++p.dynamic_scales;
+      else
+        g_.fail(s.node, "expected a scalar attention scale");
+      return;
+    }
+    if (op == "Transpose") {
+      std::vector<int64_t> perm = attr_ints(n, "perm").value_or(std::vector<int64_t>{});
+      if (perm.empty())
+        for (size_t i = p.axes.size(); i-- > 0;) perm.push_back(static_cast<int64_t>(i));
+      if (perm.size() != p.axes.size()) g_.fail(s.node, "perm rank differs from the tensor rank");
+      std::vector<Axis> out;
+      for (int64_t i : perm) out.push_back(p.axes.at(normalize_axis(i, p.axes.size(), s.node)));
+      p.axes = out;
+      return;
+    }
+    if (op == "Reshape") return reshape(p, s.node);
+    if (op == "Split") {
+      int axis = normalize_axis(attr_int(n, "axis", 0), p.axes.size(), s.node);
+      if (n.input_size() > 1 && !n.input(1).empty()) {
+        auto sizes = g_.require_const(s.node, 1, "split sizes").ints();
+        if (std::any_of(sizes.begin(), sizes.end(), [](int64_t v) { return v != 1; }))
+          g_.fail(s.node, "expected a split into single slices (q, k, v)");
+      }
+      if (n.output_size() != p.axes[axis].size) g_.fail(s.node, "expected one output per slice");
+      return select(axis, s.output_index, true);
+    }
+    if (op == "Gather") {
+      int axis = normalize_axis(attr_int(n, "axis", 0), p.axes.size(), s.node);
+      const Const& idx = g_.require_const(s.node, 1, "index");
+      if (idx.numel() != 1) g_.fail(s.node, "expected a single index");
+      return select(axis, idx.ints()[0], !idx.dims.empty());
+    }
+    if (op == "Slice") {
+      auto starts = g_.require_const(s.node, 1, "starts").ints();
+      auto ends = g_.require_const(s.node, 2, "ends").ints();
+      std::vector<int64_t> axes = {0}, steps = {1};
+      if (n.input_size() > 3 && !n.input(3).empty()) axes = g_.require_const(s.node, 3, "axes").ints();
+      if (n.input_size() > 4 && !n.input(4).empty()) steps = g_.require_const(s.node, 4, "steps").ints();
+      if (starts.size() != 1 || ends.size() != 1 || axes.size() != 1 || steps != std::vector<int64_t>{1})
+        g_.fail(s.node, "expected a unit-step slice along one axis");
+      int axis = normalize_axis(axes[0], p.axes.size(), s.node);
+      int64_t size = p.axes[axis].size;
+      int64_t start = std::clamp(starts[0] < 0 ? starts[0] + size : starts[0], int64_t{0}, size);
+      int64_t end = std::clamp(ends[0] < 0 ? ends[0] + size : ends[0], int64_t{0}, size);
+      if (end - start != 1) g_.fail(s.node, "expected a slice of one q/k/v part");
+      return select(axis, start, true);
+    }
+    if (op == "Squeeze") {
+      std::vector<int64_t> axes;
+      if (n.input_size() > 1 && !n.input(1).empty())
+        axes = g_.require_const(s.node, 1, "axes").ints();
+      else
+        for (size_t i = 0; i < p.axes.size(); ++i)
+          if (p.axes[i].size == 1) axes.push_back(static_cast<int64_t>(i));
+      std::vector<int> drop;
+      for (int64_t a : axes) drop.push_back(normalize_axis(a, p.axes.size(), s.node));
+      std::sort(drop.rbegin(), drop.rend());
+      for (int a : drop) {
+        if (p.axes[a].role != Role::Factor || !p.selected.count(p.axes[a].factor) || p.axes[a].size != 1)
+          g_.fail(s.node, "squeezes an axis that is not a selected q/k/v slice");
+        p.axes.erase(p.axes.begin() + a);
+      }
+      return;
+    }
+    g_.fail(s.node, "unexpected op in the attention");
+  }
+
+  // Splits the linear's features into (…, H, d) factors, or merges (H, d) back into features.
+  void reshape(AttentionPath& p, int node) {
+    auto target = partial_ints(g_.node(node).input(1));
+    if (!target) g_.fail(node, "cannot read the target shape");
+    const size_t in_rank = p.axes.size(), out_rank = target->size();
+    if (p.axes.back().role == Role::Features && p.factor_sizes.empty() && out_rank > in_rank) {
+      const int64_t features = p.axes.back().size;
+      std::vector<int64_t> factors;
+      for (size_t i = in_rank - 1; i < out_rank; ++i) {
+        const auto& v = (*target)[i];
+        if (!v || *v <= 0) g_.fail(node, "expected constant sizes for the split of the projection features");
+        factors.push_back(*v);
+      }
+      int64_t product = 1;
+      for (int64_t f : factors) product *= f;
+      if (product != features)
+        g_.fail(node, "splits " + std::to_string(features) + " features into " + shape_str(factors));
+      p.axes.pop_back();
+      p.factor_sizes = factors;
+      for (size_t i = 0; i < factors.size(); ++i)
+        p.axes.push_back({Role::Factor, static_cast<int>(i), factors[i]});
+      return;
+    }
+    if (out_rank + 1 == in_rank && in_rank >= 2) {
+      const Axis& a = p.axes[in_rank - 2];
+      const Axis& b = p.axes[in_rank - 1];
+      if (a.role == Role::Factor && b.role == Role::Factor && a.factor == 0 && b.factor == 1) {
+        p.axes.resize(in_rank - 2);
+        p.axes.push_back({Role::Features, -1, a.size * b.size});
+        return;
+      }
+    }
+    g_.fail(node,
+            "expected either a split of the projection features into constant sizes or a merge "
+            "of [heads, head_dim] at the end of [batch, tokens, heads, head_dim]");
+  }
+
+  // Reshape targets are Concat-ed constants and Unsqueeze-d Shape gathers; only the constants'
+  // values are needed.
+  std::optional<PartialInts> partial_ints(const std::string& t) {
+    if (const Const* c = g_.constant(t)) {
+      if (c->dims.size() != 1) return std::nullopt;
+      PartialInts out;
+      for (int64_t v : c->ints()) out.push_back(v);
+      return out;
+    }
+    int p = g_.producer(t);
+    if (p < 0) return std::nullopt;
+    const auto& n = g_.node(p);
+    if (n.op_type() == "Cast" || n.op_type() == "Identity") return partial_ints(n.input(0));
+    if (n.op_type() == "Concat") {
+      PartialInts out;
+      for (const auto& in : n.input()) {
+        auto part = partial_ints(in);
+        if (!part) return std::nullopt;
+        out.insert(out.end(), part->begin(), part->end());
+      }
+      return out;
+    }
+    if (n.op_type() == "Unsqueeze" && is_shape_scalar(n.input(0))) return PartialInts{std::nullopt};
+    return std::nullopt;
+  }
+
+  // A scalar read off a shape: Gather(Shape(x), scalar index), possibly cast or combined.
+  bool is_shape_scalar(const std::string& t) {
+    if (const Const* c = g_.constant(t)) return c->dims.empty();
+    int p = g_.producer(t);
+    if (p < 0) return false;
+    const auto& n = g_.node(p);
+    if (n.op_type() == "Gather") {
+      const Const* idx = g_.constant(n.input(1));
+      return idx && idx->dims.empty() && g_.shape_derived(n.input(0));
+    }
+    if (n.op_type() == "Cast" || n.op_type() == "Identity") return is_shape_scalar(n.input(0));
+    if (n.op_type() == "Mul" || n.op_type() == "Div" || n.op_type() == "Add" || n.op_type() == "Sub")
+      return is_shape_scalar(n.input(0)) && is_shape_scalar(n.input(1));
+    return false;
+  }
+
+  // The attention scale must be d^-0.5: constant factors on q, k or the scores, or torch 2.x's
+  // SDPA form (each of q and k^T times sqrt(1/sqrt(d)) computed from Shape(q)).
+  void check_scale(const AttentionPath& q, const AttentionPath& k, const AttentionPath& v,
+                   const AttentionPath& scores, int64_t d, int softmax) {
+    if (v.scale != 1.0 || v.dynamic_scales) g_.fail(softmax, "the value path is scaled; expected plain v");
+    const double constant_scale = q.scale * k.scale * scores.scale;
+    const double expected = 1.0 / std::sqrt(static_cast<double>(d));
+    const int dynamic = q.dynamic_scales + k.dynamic_scales + scores.dynamic_scales;
+    if (dynamic == 0 && std::fabs(constant_scale - expected) <= 1e-4 * expected) return;
+    if (dynamic == 2 && q.dynamic_scales == 1 && k.dynamic_scales == 1 &&
+        std::fabs(constant_scale - 1.0) < 1e-6)
+      return;
+    std::ostringstream os;
+    os << "attention scale " << constant_scale;
+    if (dynamic) os << " times " << dynamic << " shape-derived factor(s)";
+    os << "; expected head_dim^-0.5 = " << expected;
+    g_.fail(softmax, os.str());
+  }
+
+  // probs @ v is [B, H, N, d]; it must reach the projection as [B, N, H*d], heads-major.
+  void check_output_path(const std::vector<Step>& steps, int64_t heads, int64_t d, const Linear& proj) {
+    AttentionPath p;
+    p.axes = {{Role::Batch}, {Role::Factor, 0, heads}, {Role::Token}, {Role::Factor, 1, d}};
+    p.factor_sizes = {heads, d};
+    for (const Step& s : steps) {
+      const std::string& op = g_.op(s.node);
+      if (op != "Transpose" && op != "Reshape" && op != "Cast" && op != "Identity")
+        g_.fail(s.node, "unexpected op between the attention and its output projection");
+      apply(p, s);
+    }
+    if (p.axes.size() != 3 || p.axes[0].role != Role::Batch || p.axes[1].role != Role::Token ||
+        p.axes[2].role != Role::Features || proj.in != dim_)
+      g_.fail(proj.node,
+              "the attention output does not reach the projection as [batch, tokens, heads*head_dim]");
+  }
+
+  // Output rows of the linear that hold q (or k, v) for head h, component j, in timm order h*d+j.
+  std::vector<int64_t> source_rows(const AttentionPath& p, int head_factor, int dim_factor, const Linear& l) {
+    const auto& sizes = p.factor_sizes;
+    std::vector<int64_t> stride(sizes.size(), 1);
+    for (size_t i = sizes.size() - 1; i-- > 0;) stride[i] = stride[i + 1] * sizes[i + 1];
+    int64_t base = 0;
+    for (size_t f = 0; f < sizes.size(); ++f) {
+      if (static_cast<int>(f) == head_factor || static_cast<int>(f) == dim_factor) continue;
+      auto it = p.selected.find(static_cast<int>(f));
+      if (it == p.selected.end())
+        g_.fail(l.node, "part of this layer's output is never split into q, k or v");
+      base += it->second * stride[f];
+    }
+    std::vector<int64_t> rows;
+    for (int64_t h = 0; h < sizes[head_factor]; ++h)
+      for (int64_t j = 0; j < sizes[dim_factor]; ++j)
+        rows.push_back(base + h * stride[head_factor] + j * stride[dim_factor]);
+    return rows;
+  }
+
+  // --- classifier ---------------------------------------------------------------------------
+  // head on token 0 (and head_dist on token 1 of distilled models, averaged with head).
+  void classifier(const std::string& y) {
+    std::map<int64_t, const Linear*> heads;
+    for (int c : g_.consumers(y)) {
+      int64_t token = token_index(c, y);
+      std::string t = g_.node(c).output(0);
+      claimed_[c] = true;
+      while (!linear_at_input(t)) {  // a Slice leaves [B, 1, C] to squeeze
+        auto cons = g_.consumers(t);
+        if (cons.size() != 1) g_.fail(c, "expected a classifier head on the selected token");
+        const std::string& op = g_.op(cons[0]);
+        if (op != "Squeeze" && op != "Reshape" && op != "Flatten" && op != "Identity")
+          g_.fail(cons[0], "expected a classifier head (Gemm/MatMul) on the selected token");
+        t = g_.node(cons[0]).output(0);
+      }
+      if (heads.count(token)) g_.fail(c, "token " + std::to_string(token) + " feeds two heads");
+      heads[token] = &claim(*linear_at_input(t));
+    }
+    if (static_cast<int>(heads.size()) != ntok_ || !heads.count(0) || (ntok_ == 2 && !heads.count(1)))
+      g_.fail("expected " +
+              std::string(ntok_ == 2 ? "heads on the class and distillation tokens (0 and 1)"
+                                     : "a head on the class token (0)") +
+              " after the final LayerNorm");
+    const Linear& head = *heads[0];
+    if (head.in != dim_) g_.fail(head.node, "head input size differs from the embedding dim");
+    put_linear("head", head);
+    std::string logits = head.output;
+    if (ntok_ == 2) {
+      const Linear& dist = *heads[1];
+      if (dist.in != dim_ || dist.out != head.out) g_.fail(dist.node, "head_dist shape differs from head");
+      put_linear("head_dist", dist);
+      int add = next_in_pattern(head.output, "Add", head.node, "head + head_dist");
+      const auto& a = g_.node(add);
+      if (!((a.input(0) == head.output && a.input(1) == dist.output) ||
+            (a.input(1) == head.output && a.input(0) == dist.output)))
+        g_.fail(add, "expected head + head_dist");
+      auto cons = g_.consumers(a.output(0));
+      const Const* k = cons.size() == 1 ? other_constant(cons[0], a.output(0)) : nullptr;
+      bool mean =
+          k && k->numel() == 1 &&
+          ((g_.op(cons[0]) == "Div" && g_.node(cons[0]).input(0) == a.output(0) && k->scalar() == 2.0) ||
+           (g_.op(cons[0]) == "Mul" && k->scalar() == 0.5));
+      if (!mean) g_.fail(add, "expected the mean of head and head_dist ((a + b) / 2)");
+      claimed_[add] = claimed_[cons[0]] = true;
+      logits = g_.node(cons[0]).output(0);
+    }
+    const auto& outs = g_.proto().output();
+    if (std::none_of(outs.begin(), outs.end(), [&](const auto& o) { return o.name() == logits; }) &&
+        !is_identity_to_output(logits))
+      g_.fail("the classifier output '" + logits + "' is not a graph output");
+  }
+
+  const Linear* linear_at_input(const std::string& t) {
+    auto cons = g_.consumers(t);
+    if (cons.size() != 1) return nullptr;
+    for (const auto& l : linears_)
+      if (l.node == cons[0] && l.input == t) return &l;
+    return nullptr;
+  }
+
+  bool is_identity_to_output(const std::string& t) {
+    auto cons = g_.consumers(t);
+    if (cons.size() != 1 || g_.op(cons[0]) != "Identity") return false;
+    const std::string& out = g_.node(cons[0]).output(0);
+    const auto& outs = g_.proto().output();
+    return std::any_of(outs.begin(), outs.end(), [&](const auto& o) { return o.name() == out; });
+  }
+
+  // Which token a Gather (x[:, i]) or Slice (x[:, i:i+1]) on the final norm output selects.
+  int64_t token_index(int c, const std::string& y) {
+    const auto& n = g_.node(c);
+    if (n.input(0) != y) g_.fail(c, "expected a token selection on the final norm output");
+    if (n.op_type() == "Gather") {
+      int64_t axis = attr_int(n, "axis", 0);
+      const Const* idx = g_.constant(n.input(1));
+      if ((axis == 1 || axis == -2) && idx && idx->numel() == 1 && idx->dims.empty() && idx->ints()[0] >= 0)
+        return idx->ints()[0];
+    } else if (n.op_type() == "Slice" && n.input_size() >= 4) {
+      const Const* s = g_.constant(n.input(1));
+      const Const* e = g_.constant(n.input(2));
+      const Const* a = g_.constant(n.input(3));
+      bool unit_step =
+          n.input_size() < 5 || n.input(4).empty() ||
+          (g_.constant(n.input(4)) && g_.constant(n.input(4))->ints() == std::vector<int64_t>{1});
+      if (s && e && a && s->numel() == 1 && e->numel() == 1 && a->numel() == 1 && unit_step &&
+          (a->ints()[0] == 1 || a->ints()[0] == -2) && s->ints()[0] >= 0 && e->ints()[0] == s->ints()[0] + 1)
+        return s->ints()[0];
+    }
+    g_.fail(c, "expected the classifier on the class token (x[:, 0]); other pooling is not supported");
+  }
+
+  void put(const std::string& name, Shape shape, std::vector<float> values) {
+    if (out_.count(name)) g_.fail("tensor '" + name + "' recognized twice");
+    if (shape_numel(shape) != static_cast<int64_t>(values.size()))
+      g_.fail("tensor '" + name + "' has " + std::to_string(values.size()) + " values for shape " +
+              shape_str(shape));
+    out_.emplace(name, std::pair{std::move(shape), std::move(values)});
+  }
+
+  Graph& g_;
+  std::vector<bool> claimed_;
+  std::vector<Linear> linears_;
+  std::map<std::string, int> by_output_;
+  std::map<std::string, std::pair<Shape, std::vector<float>>> out_;
+  int64_t dim_ = 0, heads_ = 0, image_size_ = 0, in_chans_ = 0;
+  int ntok_ = 0;
+  float eps_ = 0;
+  bool have_eps_ = false;
+};
+
+std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw Error(path + ": cannot open ONNX file");
+  std::string data((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  if (f.bad()) throw Error(path + ": read error");
+  if (data.empty()) throw Error(path + ": file is empty, expected an ONNX model");
+  return data;
+}
+
+}  // namespace
+
+WeightStore load_onnx_vit(const std::string& path, OnnxVitInfo* info) {
+  std::string data = read_file(path);
+  onnx::ModelProto model;
+  if (data.size() > static_cast<size_t>(INT32_MAX) ||
+      !model.ParseFromArray(data.data(), static_cast<int>(data.size())))
+    throw Error(path + ": not a valid ONNX model (protobuf parse failed: truncated or corrupt file)");
+  data.clear();
+  data.shrink_to_fit();
+  if (!model.has_graph() || model.graph().node_size() == 0 || model.ir_version() <= 0)
+    throw Error(path + ": not an ONNX model (no ir_version or empty graph)");
+
+  int opset = 0;
+  for (const auto& o : model.opset_import())
+    if (o.domain().empty() || o.domain() == "ai.onnx") opset = static_cast<int>(o.version());
+  if (opset < kMinOpset || opset > kMaxOpset)
+    throw Error(path + ": opset " + std::to_string(opset) + " is not supported (ViT exports with opset " +
+                std::to_string(kMinOpset) + ".." + std::to_string(kMaxOpset) + " are)");
+
+  Graph graph(model, path, opset);
+  OnnxVitInfo local;
+  OnnxVitInfo* out = info ? info : &local;
+  WeightStore store = Recognizer(graph).run(out);
+  out->opset = opset;
+  out->producer =
+      model.producer_name() + (model.producer_version().empty() ? "" : " " + model.producer_version());
+  return store;
+}
+
+}  // namespace shiftadd

@@ -193,7 +193,7 @@ const ModelInfo& Model::info() const { return impl_->info; }
 std::vector<float> Model::preprocess_image(const std::string& image_path) const {
   const PreprocessConfig& p = impl_->config.preprocess;
   std::vector<float> out(static_cast<size_t>(p.channels) * p.size * p.size);
-  preprocess_image(load_image(image_path), p, out.data());
+  shiftadd::preprocess_image(load_image(image_path), p, out.data());
   return out;
 }
 

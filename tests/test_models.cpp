@@ -61,7 +61,8 @@ TEST_P(Golden, MatchesPyTorch) {
 
 std::vector<std::string> golden_cases() {
   std::vector<std::string> names;
-  for (const auto& c : manifest()["cases"]) names.push_back(c.is_string() ? c.get<std::string>() : c["name"].get<std::string>());
+  const json m = manifest();
+  for (const auto& c : m["cases"]) names.push_back(c.is_string() ? c.get<std::string>() : c["name"].get<std::string>());
   return names;
 }
 

@@ -1,0 +1,1 @@
+"""Python helpers for the shiftadd engine (training / fixture generation)."""

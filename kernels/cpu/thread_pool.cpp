@@ -37,73 +37,77 @@ ThreadPool::~ThreadPool() {
   for (auto& th : threads_) th.join();
 }
 
-void ThreadPool::worker(int tid) {
-  uint64_t seen = 0;
-  for (;;) {
-    for (int i = 0; i < kSpinIterations && generation_.load(std::memory_order_acquire) == seen; ++i)
-      SHIFTADD_PAUSE();
-    if (generation_.load(std::memory_order_acquire) == seen) {
-      std::unique_lock<std::mutex> lk(mu_);
-      cv_start_.wait(lk, [&] { return stop_ || generation_.load(std::memory_order_acquire) != seen; });
-      if (stop_) return;
-    }
-    seen = generation_.load(std::memory_order_acquire);
-    (*job_)(tid);
-    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      std::lock_guard<std::mutex> lk(mu_);  // pairs with the waiter's predicate check
+static uint32_t generation_of(uint64_t claim) { return static_cast<uint32_t>(claim >> 32); }
+
+void ThreadPool::claim_chunks(uint32_t gen, int tid) {
+  uint64_t v = claim_.load(std::memory_order_acquire);
+  while (generation_of(v) == gen && (v & 0xffffffffu) != 0) {
+    if (!claim_.compare_exchange_weak(v, v - 1, std::memory_order_acq_rel)) continue;
+    (*job_)(tid, static_cast<int64_t>(v & 0xffffffffu) - 1);
+    const int64_t chunks = chunks_;  // read while the job is certainly still running
+    if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == chunks) {
+      std::lock_guard<std::mutex> lk(mu_);  // pairs with the caller's predicate check
       cv_done_.notify_one();
     }
+    v = claim_.load(std::memory_order_acquire);
   }
 }
 
-void ThreadPool::run_job(FunctionRef<void(int)> job) {
-  if (n_ == 1) {
-    job(0);
+void ThreadPool::worker(int tid) {
+  uint32_t seen = 0;
+  for (;;) {
+    auto fresh = [&] { return generation_of(claim_.load(std::memory_order_acquire)) != seen; };
+    for (int i = 0; i < kSpinIterations && !fresh(); ++i) {
+      SHIFTADD_PAUSE();
+      // Under oversubscription, let whoever holds the core we spin on make progress.
+      if ((i & 1023) == 1023) std::this_thread::yield();
+    }
+    if (!fresh()) {
+      std::unique_lock<std::mutex> lk(mu_);
+      cv_start_.wait(lk, [&] { return stop_ || fresh(); });
+      if (stop_) return;
+    }
+    seen = generation_of(claim_.load(std::memory_order_acquire));
+    claim_chunks(seen, tid);
+  }
+}
+
+void ThreadPool::run_job(int64_t chunks, FunctionRef<void(int, int64_t)> chunk) {
+  if (n_ == 1 || chunks == 1) {
+    for (int64_t c = 0; c < chunks; ++c) chunk(0, c);
     return;
   }
-  job_ = &job;
-  pending_.store(n_ - 1, std::memory_order_relaxed);
+  if (chunks >= (int64_t{1} << 32)) throw Error("thread pool: too many chunks in one job");
+  job_ = &chunk;
+  chunks_ = chunks;
+  done_.store(0, std::memory_order_relaxed);
+  const uint32_t gen = ++generation_;
   {
-    // Publishing under the mutex means a worker that is about to sleep cannot miss it.
+    // Publishing under the mutex means a worker about to sleep cannot miss the job.
     std::lock_guard<std::mutex> lk(mu_);
-    generation_.fetch_add(1, std::memory_order_release);
+    claim_.store(static_cast<uint64_t>(gen) << 32 | static_cast<uint64_t>(chunks),
+                 std::memory_order_release);
   }
   cv_start_.notify_all();
-  job(0);
-  for (int i = 0; i < kSpinIterations && pending_.load(std::memory_order_acquire) != 0; ++i)
-    SHIFTADD_PAUSE();
-  if (pending_.load(std::memory_order_acquire) != 0) {
+  claim_chunks(gen, 0);
+  auto finished = [&] { return done_.load(std::memory_order_acquire) == chunks; };
+  for (int i = 0; i < kSpinIterations && !finished(); ++i) SHIFTADD_PAUSE();
+  if (!finished()) {
     std::unique_lock<std::mutex> lk(mu_);
-    cv_done_.wait(lk, [&] { return pending_.load(std::memory_order_acquire) == 0; });
+    cv_done_.wait(lk, finished);
   }
 }
 
 void ThreadPool::parallel_for_ref(int64_t n, FunctionRef<void(int, int64_t, int64_t)> fn) {
   if (n <= 0) return;
   const int64_t parts = std::min<int64_t>(n_, n);
-  if (parts == 1) {
-    fn(0, 0, n);
-    return;
-  }
-  auto job = [&](int tid) {
-    if (tid >= parts) return;
-    const int64_t begin = n * tid / parts, end = n * (tid + 1) / parts;
-    if (begin < end) fn(tid, begin, end);
-  };
-  run_job(job);
+  auto chunk = [&](int tid, int64_t c) { fn(tid, n * c / parts, n * (c + 1) / parts); };
+  run_job(parts, chunk);
 }
 
 void ThreadPool::parallel_tasks_ref(int64_t n, FunctionRef<void(int, int64_t)> fn) {
   if (n <= 0) return;
-  if (n_ == 1 || n == 1) {
-    for (int64_t i = 0; i < n; ++i) fn(0, i);
-    return;
-  }
-  std::atomic<int64_t> next{0};
-  auto job = [&](int tid) {
-    for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) fn(tid, i);
-  };
-  run_job(job);
+  run_job(n, fn);
 }
 
 void ThreadPool::reserve_scratch(size_t bytes) {

@@ -56,15 +56,24 @@ class ThreadPool {
   void parallel_for_ref(int64_t n, FunctionRef<void(int, int64_t, int64_t)> fn);
   void parallel_tasks_ref(int64_t n, FunctionRef<void(int, int64_t)> fn);
   void worker(int tid);
-  void run_job(FunctionRef<void(int)> job);
+  // Runs chunk(tid, c) for every c in [0, chunks) on whichever threads claim them first.
+  void run_job(int64_t chunks, FunctionRef<void(int, int64_t)> chunk);
+  // Claims and runs chunks of job `gen` until none are left.
+  void claim_chunks(uint32_t gen, int tid);
 
   int n_;
   std::vector<std::thread> threads_;
   std::mutex mu_;
   std::condition_variable cv_start_, cv_done_;
-  const FunctionRef<void(int)>* job_ = nullptr;  // published by generation_
-  std::atomic<uint64_t> generation_{0};          // bumped once per job
-  std::atomic<int> pending_{0};                  // workers still running the job
+  // The current job. `claim_` packs (generation << 32 | chunks not yet claimed): a thread that
+  // wins a chunk of generation g knows job g is still running (the caller waits for every
+  // chunk), so reading job_ is then safe, and a worker that wakes late finds nothing to claim
+  // instead of holding the caller up.
+  const FunctionRef<void(int, int64_t)>* job_ = nullptr;
+  std::atomic<uint64_t> claim_{0};
+  std::atomic<int64_t> done_{0};
+  int64_t chunks_ = 0;
+  uint32_t generation_ = 0;
   bool stop_ = false;
   size_t scratch_bytes_ = 0;
   std::vector<std::unique_ptr<float, void (*)(float*)>> scratch_;

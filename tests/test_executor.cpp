@@ -13,16 +13,29 @@
 #include "engine/graph.h"
 #include "shiftadd/error.h"
 
-// Counts heap allocations made by this process while `g_counting` is set.
+// Counts heap allocations made by this process while `g_counting` is set. (GCC cannot see that
+// the replaced new and delete pair malloc with free.)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 static std::atomic<bool> g_counting{false};
 static std::atomic<long> g_allocs{0};
-void* operator new(size_t n) {
+static void* counted_alloc(size_t n) noexcept {
   if (g_counting) ++g_allocs;
-  if (void* p = std::malloc(n ? n : 1)) return p;
+  return std::malloc(n ? n : 1);
+}
+// The whole non-aligned family is replaced so every new is paired with a matching delete.
+void* operator new(size_t n) {
+  if (void* p = counted_alloc(n)) return p;
   throw std::bad_alloc();
 }
+void* operator new[](size_t n) { return operator new(n); }
+void* operator new(size_t n, const std::nothrow_t&) noexcept { return counted_alloc(n); }
+void* operator new[](size_t n, const std::nothrow_t&) noexcept { return counted_alloc(n); }
 void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
 void operator delete(void* p, size_t) noexcept { std::free(p); }
+void operator delete[](void* p, size_t) noexcept { std::free(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
 
 namespace shiftadd {
 namespace {

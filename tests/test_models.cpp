@@ -8,6 +8,10 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include <functional>
+#include <map>
+
+#include "loaders/safetensors.h"
 #include "shiftadd/shiftadd.h"
 
 namespace fs = std::filesystem;
@@ -127,3 +131,68 @@ TEST(Api, ClassifiesTheBundledSamples) {
 }
 
 }  // namespace
+
+// Checkpoints with missing, extra or mis-shaped tensors fail at load with the tensor's name.
+namespace bad_checkpoints {
+
+using shiftadd::Tensor;
+
+fs::path write_variant(const std::string& name,
+                       const std::function<void(std::map<std::string, Tensor>&)>& edit) {
+  const shiftadd::WeightStore src =
+      shiftadd::load_safetensors((kGoldens / "timm_vit_p16_224_bare/model.safetensors").string());
+  std::map<std::string, Tensor> t = src.tensors;
+  edit(t);
+  const fs::path dir = fs::temp_directory_path() / ("shiftadd_bad_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const fs::path p = dir / (name + ".safetensors");
+  shiftadd::save_safetensors(p.string(), t, {}, /*overwrite=*/true);
+  return p;
+}
+
+std::string load_error(const fs::path& p) {
+  try {
+    shiftadd::Model::load(p.string());
+  } catch (const shiftadd::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(BadCheckpoint, MissingTensorIsNamed) {
+  const auto p = write_variant("missing", [](auto& t) { t.erase("blocks.1.mlp.fc2.bias"); });
+  EXPECT_NE(load_error(p).find("blocks.1.mlp.fc2.bias"), std::string::npos) << load_error(p);
+}
+
+TEST(BadCheckpoint, ExtraTensorIsNamed) {
+  const auto p = write_variant("extra", [](auto& t) {
+    t["blocks.0.attn.mystery"] = Tensor::empty(shiftadd::DType::F32, {4});
+  });
+  EXPECT_NE(load_error(p).find("blocks.0.attn.mystery"), std::string::npos) << load_error(p);
+}
+
+TEST(BadCheckpoint, WrongShapeIsNamedWithBothShapes) {
+  const auto p = write_variant("shape", [](auto& t) {
+    t["blocks.1.mlp.fc1.weight"] = Tensor::empty(shiftadd::DType::F32, {100, 64});
+  });
+  const std::string e = load_error(p);
+  EXPECT_NE(e.find("blocks.1.mlp.fc1.weight"), std::string::npos) << e;
+  EXPECT_NE(e.find("[100, 64]"), std::string::npos) << e;
+}
+
+TEST(BadCheckpoint, NotAViT) {
+  const auto p = write_variant("notvit", [](auto& t) {
+    t.clear();
+    t["conv1.weight"] = Tensor::empty(shiftadd::DType::F32, {8, 3, 3, 3});
+  });
+  EXPECT_NE(load_error(p).find("patch_embed.proj.weight"), std::string::npos) << load_error(p);
+}
+
+TEST(BadCheckpoint, IntegerWeightsAreRejected) {
+  const auto p = write_variant("int", [](auto& t) {
+    t["blocks.0.norm1.weight"] = Tensor::empty(shiftadd::DType::I32, {64});
+  });
+  EXPECT_NE(load_error(p).find("blocks.0.norm1.weight"), std::string::npos) << load_error(p);
+}
+
+}  // namespace bad_checkpoints

@@ -170,7 +170,11 @@ Graph build_vit(const VitConfig& c, const WeightStore& w) {
   auto W = [&](const std::string& name, const Shape& shape) -> Tensor {
     expect_shape(w, name, shape);
     used.insert(name);
-    return to_f32(w.at(name));
+    const Tensor& t = w.at(name);
+    if (!dtype_traits(t.dtype()).is_float)
+      throw Error(w.source + ": tensor '" + name + "' has dtype " + std::string(dtype_name(t.dtype())) +
+                  "; expected F32, F16 or BF16");
+    return to_f32(t);
   };
   const int64_t C = c.dim, F = c.mlp_hidden;
 

@@ -156,9 +156,30 @@ ModelInfo describe(const ModelFiles& files, const WeightStore& stored, const std
 Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Model::~Model() = default;
 
+namespace {
+std::unique_ptr<Model::Impl> load_model(const std::string& path);
+}
+
+// Library and filesystem exceptions from malformed configs or unreadable directories become
+// the one error type, naming the model.
 std::shared_ptr<const Model> Model::load(const std::string& path) {
+  try {
+    return std::shared_ptr<const Model>(new Model(load_model(path)));
+  } catch (const Error&) {
+    throw;
+  } catch (const json::exception& e) {
+    throw Error("model '" + path + "': bad config: " + e.what());
+  } catch (const std::bad_alloc&) {
+    throw Error("model '" + path + "': out of memory");
+  } catch (const std::exception& e) {
+    throw Error("model '" + path + "': " + e.what());
+  }
+}
+
+namespace {
+std::unique_ptr<Model::Impl> load_model(const std::string& path) {
   const ModelFiles files = resolve_model(path);
-  auto impl = std::make_unique<Impl>();
+  auto impl = std::make_unique<Model::Impl>();
   std::optional<json> config = read_json(files.config);
   const std::optional<json> pre = read_json(files.preprocessor);
   WeightStore stored;
@@ -167,7 +188,7 @@ std::shared_ptr<const Model> Model::load(const std::string& path) {
     OnnxVitInfo oi;
     stored = load_onnx_vit(files.weights.string(), &oi);
     naming = "onnx-graph";
-    if (!config) config = json::object();
+    if (!config || !config->is_object()) config = json::object();
     // What the graph says wins over a config beside it.
     (*config)["num_heads"] = oi.heads;
     (*config)["layer_norm_eps"] = oi.eps;
@@ -185,8 +206,9 @@ std::shared_ptr<const Model> Model::load(const std::string& path) {
   spdlog::debug("loaded {} ({} {}, dim {}, depth {}, heads {} from {})", files.weights.string(),
                 impl->info.format, naming, impl->config.dim, impl->config.depth, impl->config.heads,
                 impl->config.heads_source);
-  return std::shared_ptr<const Model>(new Model(std::move(impl)));
+  return impl;
 }
+}  // namespace
 
 const ModelInfo& Model::info() const { return impl_->info; }
 

@@ -71,6 +71,13 @@ Plan make_plan(const Graph& g, int64_t batch) {
   std::vector<int> last_use(nv, -1);
   for (size_t i = 0; i < nodes.size(); ++i)
     for (int v : nodes[i].inputs) last_use[v] = static_cast<int>(i);
+  // Every activation must stay far from int64 overflow (and from any real memory size).
+  for (const ValueInfo& v : g.values()) {
+    int64_t n = 0;
+    if (__builtin_mul_overflow(batch, shape_numel(v.sample_shape), &n) || n > (int64_t{1} << 40))
+      throw Error("batch size " + std::to_string(batch) + " is too large for activations of " +
+                  shape_str(v.sample_shape) + " per sample");
+  }
   if (g.output_value() >= 0) last_use[g.output_value()] = static_cast<int>(nodes.size());
 
   Plan p;
@@ -94,19 +101,23 @@ Plan make_plan(const Graph& g, int64_t batch) {
 }
 
 void Executor::prepare(int64_t batch) {
-  if (plan_.batch == batch) return;
-  Plan p = make_plan(g_, batch);
-  for (const Node& n : g_.nodes()) backend_.reserve(g_, n, batch);
-  arena_.assign(static_cast<size_t>(p.arena_floats), 0.0f);
-  plan_ = std::move(p);
+  if (plan_ && plan_->batch == batch) return;
+  auto it = plans_.find(batch);
+  if (it == plans_.end()) {
+    Plan p = make_plan(g_, batch);
+    for (const Node& n : g_.nodes()) backend_.reserve(g_, n, batch);
+    if (p.arena_floats > arena_.numel()) arena_ = Tensor::empty(DType::F32, {p.arena_floats});
+    it = plans_.emplace(batch, std::move(p)).first;
+  }
+  plan_ = &it->second;
   node_ms_.assign(g_.nodes().size(), 0.0);
 }
 
 void Executor::run(int64_t batch, const float* input, float* output) {
   prepare(batch);
-  float* base = arena_.data();
+  float* base = arena_.data<float>();
   auto ptr = [&](int v) -> float* {
-    return v == g_.input_value() ? const_cast<float*>(input) : base + plan_.offset[v];
+    return v == g_.input_value() ? const_cast<float*>(input) : base + plan_->offset[v];
   };
   const auto& nodes = g_.nodes();
   for (size_t i = 0; i < nodes.size(); ++i) {

@@ -4,8 +4,11 @@
 // then runs the graph with no allocation at all.
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
+
+#include "engine/tensor.h"
 
 #include "engine/backend.h"
 #include "engine/graph.h"
@@ -26,13 +29,15 @@ class Executor {
  public:
   Executor(const Graph& g, Backend& backend) : g_(g), backend_(backend) {}
 
-  // Plans for this batch size and reserves memory; a no-op when already planned for it.
+  // Plans for this batch size and reserves memory; a no-op when already planned for it. Plans
+  // are kept per batch size and the arena only grows, so alternating batch sizes allocate
+  // nothing after each has been seen once.
   void prepare(int64_t batch);
   // input: [batch, sample_shape(input)...]; output receives the graph output.
   void run(int64_t batch, const float* input, float* output);
 
-  int64_t planned_batch() const { return plan_.batch; }
-  size_t arena_bytes() const { return arena_.size() * sizeof(float); }
+  int64_t planned_batch() const { return plan_ ? plan_->batch : 0; }
+  size_t arena_bytes() const { return arena_.nbytes(); }
 
   // Per-node wall time of the last run, collected only while profiling is on (a branch per
   // node otherwise).
@@ -42,8 +47,9 @@ class Executor {
  private:
   const Graph& g_;
   Backend& backend_;
-  Plan plan_;
-  std::vector<float> arena_;
+  std::map<int64_t, Plan> plans_;
+  const Plan* plan_ = nullptr;
+  Tensor arena_;  // 64-byte aligned
   bool profiling_ = false;
   std::vector<double> node_ms_;
 };

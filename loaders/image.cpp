@@ -200,6 +200,10 @@ void check_config(const Image& img, const PreprocessConfig& cfg) {
     throw Error("preprocess_image: channels must be 1 or 3, got " + std::to_string(cfg.channels));
   if (cfg.size <= 0 || cfg.size > 16384)
     throw Error("preprocess_image: size must be in 1..16384, got " + std::to_string(cfg.size));
+  if (cfg.resize_exact && cfg.resize_exact_size != 0 &&
+      (cfg.resize_exact_size < cfg.size || cfg.resize_exact_size > 16384))
+    throw Error("preprocess_image: resize size " + std::to_string(cfg.resize_exact_size) +
+                " must be in " + std::to_string(cfg.size) + "..16384 to crop " + std::to_string(cfg.size));
   if (!cfg.resize_exact && !(cfg.crop_pct > 0.0f && cfg.crop_pct <= 1.0f))
     throw Error("preprocess_image: crop_pct must be in (0, 1], got " +
                 std::to_string(cfg.crop_pct));
@@ -285,7 +289,8 @@ void preprocess_image(const Image& img, const PreprocessConfig& cfg, float* out)
   // three replicated channels would be resized identically.
   const Image source = cfg.channels == 1 && img.channels == 3 ? to_luma(img) : img;
 
-  int resized_w = cfg.size, resized_h = cfg.size;
+  const int exact = cfg.resize_exact_size > 0 ? cfg.resize_exact_size : cfg.size;
+  int resized_w = exact, resized_h = exact;
   if (!cfg.resize_exact) {
     // torchvision Resize(int): the shorter side becomes `target`, the longer keeps the aspect
     // ratio truncated, int(target * long / short).
@@ -305,8 +310,8 @@ void preprocess_image(const Image& img, const PreprocessConfig& cfg, float* out)
   const Image resized = resized_w == source.width && resized_h == source.height
                             ? source
                             : resize_like_pil(source, resized_w, resized_h, cfg.interpolation);
-  const int left = center_crop_offset(resized.width - cfg.size);
-  const int top = center_crop_offset(resized.height - cfg.size);
+  const int left = cfg.resize_exact ? (resized.width - cfg.size) / 2 : center_crop_offset(resized.width - cfg.size);
+  const int top = cfg.resize_exact ? (resized.height - cfg.size) / 2 : center_crop_offset(resized.height - cfg.size);
 
   const size_t plane = size_t(cfg.size) * cfg.size;
   for (int c = 0; c < cfg.channels; ++c) {

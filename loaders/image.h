@@ -20,7 +20,10 @@ struct PreprocessConfig {
   int channels = 3;         // model input channels (1 or 3)
   int size = 224;           // output is size x size
   float crop_pct = 0.875f;  // resize shorter side to floor(size / crop_pct), then center-crop size
-  bool resize_exact = false;  // HF ViTImageProcessor: resize straight to size x size, no crop
+  // Hugging Face image processors: resize straight to resize_exact_size squared (0 = size),
+  // ignoring the aspect ratio, then center-crop size (HF's floor offsets).
+  bool resize_exact = false;
+  int resize_exact_size = 0;
   std::string interpolation = "bicubic";  // "bicubic" | "bilinear" | "nearest"
   std::vector<float> mean{0.485f, 0.456f, 0.406f}, std{0.229f, 0.224f, 0.225f};  // per channel
 };

@@ -4,6 +4,7 @@
 #include <regex>
 #include <set>
 
+#include "loaders/safetensors.h"
 #include "shiftadd/error.h"
 
 namespace shiftadd {
@@ -57,13 +58,19 @@ std::string replace_prefix(const char* pattern, const std::string& prefix) {
   return s;
 }
 
-// Concatenates tensors along dim 0 into a new owned float32 tensor.
-Tensor concat_rows(const std::vector<const Tensor*>& parts, const std::string& what) {
+// Concatenates tensors along dim 0 into a new owned float32 tensor (F16/BF16 converted).
+Tensor concat_rows(const std::vector<const Tensor*>& stored, const std::string& what) {
+  std::vector<Tensor> parts;
+  for (const Tensor* t : stored) {
+    if (!dtype_traits(t->dtype()).is_float || t->ndim() < 1)
+      throw Error("cannot fuse " + what + ": expected float tensors, got " +
+                  std::string(dtype_name(t->dtype())) + " " + shape_str(t->shape()));
+    parts.push_back(to_f32(*t));
+  }
   int64_t rows = 0;
   Shape rest;
-  for (const Tensor* t : parts) {
-    if (t->dtype() != DType::F32)
-      throw Error("cannot fuse " + what + ": expected float32, got " + std::string(dtype_name(t->dtype())));
+  for (const Tensor& p : parts) {
+    const Tensor* t = &p;
     Shape r(t->shape().begin() + 1, t->shape().end());
     if (rows && r != rest) throw Error("cannot fuse " + what + ": q/k/v shapes differ");
     rest = r;
@@ -73,9 +80,9 @@ Tensor concat_rows(const std::vector<const Tensor*>& parts, const std::string& w
   s.insert(s.end(), rest.begin(), rest.end());
   Tensor out = Tensor::empty(DType::F32, s);
   char* dst = static_cast<char*>(out.raw());
-  for (const Tensor* t : parts) {
-    std::memcpy(dst, t->raw(), t->nbytes());
-    dst += t->nbytes();
+  for (const Tensor& t : parts) {
+    std::memcpy(dst, t.raw(), t.nbytes());
+    dst += t.nbytes();
   }
   return out;
 }
@@ -119,7 +126,7 @@ WeightStore canonicalize_vit_names(const WeightStore& w) {
   std::set<int> layers;
   for (const auto& [name, t] : w.tensors) {
     std::smatch m;
-    if (std::regex_match(name, m, layer_re)) layers.insert(std::stoi(m[1].str()));
+    if (std::regex_match(name, m, layer_re) && m[1].length() < 6) layers.insert(std::stoi(m[1].str()));
   }
   for (int i : layers) {
     const std::string hf = prefix + ".encoder.layer." + std::to_string(i) + ".";

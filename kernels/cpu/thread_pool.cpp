@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <string>
+#include <system_error>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -23,12 +25,22 @@ static void free_float(float* p) { std::free(p); }
 
 ThreadPool::ThreadPool(int threads) {
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (threads > kMaxThreads)
+    throw Error("thread count " + std::to_string(threads) + " is over the limit of " +
+                std::to_string(kMaxThreads));
   n_ = threads;
   for (int i = 0; i < n_; ++i) scratch_.emplace_back(nullptr, free_float);
-  for (int t = 1; t < n_; ++t) threads_.emplace_back([this, t] { worker(t); });
+  try {
+    for (int t = 1; t < n_; ++t) threads_.emplace_back([this, t] { worker(t); });
+  } catch (const std::system_error& e) {
+    stop_workers();
+    throw Error(std::string("cannot start worker threads: ") + e.what());
+  }
 }
 
-ThreadPool::~ThreadPool() {
+ThreadPool::~ThreadPool() { stop_workers(); }
+
+void ThreadPool::stop_workers() {
   {
     std::lock_guard<std::mutex> lk(mu_);
     stop_ = true;

@@ -8,6 +8,7 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace shiftadd {
@@ -18,6 +19,7 @@ template <class Sig> class FunctionRef;
 template <class R, class... A> class FunctionRef<R(A...)> {
  public:
   template <class F>
+    requires(!std::is_same_v<std::remove_cvref_t<F>, FunctionRef>)
   FunctionRef(F& f) : obj_(&f), call_([](void* o, A... a) -> R { return (*static_cast<F*>(o))(a...); }) {}
   R operator()(A... a) const { return call_(obj_, a...); }
 
@@ -28,7 +30,8 @@ template <class R, class... A> class FunctionRef<R(A...)> {
 
 class ThreadPool {
  public:
-  explicit ThreadPool(int threads);  // threads <= 0: hardware concurrency
+  static constexpr int kMaxThreads = 1024;
+  explicit ThreadPool(int threads);  // threads <= 0: hardware concurrency; > kMaxThreads: Error
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
@@ -56,6 +59,7 @@ class ThreadPool {
   void parallel_for_ref(int64_t n, FunctionRef<void(int, int64_t, int64_t)> fn);
   void parallel_tasks_ref(int64_t n, FunctionRef<void(int, int64_t)> fn);
   void worker(int tid);
+  void stop_workers();
   // Runs chunk(tid, c) for every c in [0, chunks) on whichever threads claim them first.
   void run_job(int64_t chunks, FunctionRef<void(int, int64_t)> chunk);
   // Claims and runs chunks of job `gen` until none are left.

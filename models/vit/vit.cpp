@@ -5,6 +5,7 @@
 #include <set>
 
 #include "loaders/safetensors.h"
+#include <spdlog/spdlog.h>
 #include "shiftadd/error.h"
 
 namespace shiftadd {
@@ -63,13 +64,33 @@ std::vector<std::string> config_labels(const json* cfg, int64_t classes) {
   return labels;
 }
 
-std::vector<float> float_list(const json& v, size_t channels) {
+// A per-channel list from a config: one value is replicated; three values for a one-channel
+// model (HF processors always write RGB statistics) are averaged.
+std::vector<float> float_list(const json& v, size_t channels, const char* key) {
   std::vector<float> out;
   if (v.is_number()) out.assign(channels, v.get<float>());
   if (v.is_array())
-    for (const auto& x : v) out.push_back(x.get<float>());
+    for (const auto& x : v) {
+      if (!x.is_number()) throw Error(std::string("config: '") + key + "' must hold numbers");
+      out.push_back(x.get<float>());
+    }
   if (out.size() == 1 && channels > 1) out.assign(channels, out[0]);
+  if (out.size() == 3 && channels == 1) out = {(out[0] + out[1] + out[2]) / 3.0f};
+  if (out.size() != channels)
+    throw Error(std::string("config: '") + key + "' has " + std::to_string(out.size()) +
+                " values for a " + std::to_string(channels) + "-channel model");
   return out;
+}
+
+// An integer size from an HF processor config: an int, or {"height"/"shortest_edge": n}.
+int64_t hf_size(const json& j, const char* key, int64_t fallback) {
+  if (!j.contains(key)) return fallback;
+  const json& s = j[key];
+  if (s.is_number_integer()) return s.get<int64_t>();
+  if (s.is_object())
+    for (const char* k : {"shortest_edge", "height"})
+      if (s.contains(k) && s[k].is_number_integer()) return s[k].get<int64_t>();
+  return fallback;
 }
 
 // Preprocessing: timm pretrained_cfg, then HF preprocessor_config.json, else DeiT defaults.
@@ -86,32 +107,44 @@ PreprocessConfig infer_preprocess(const VitConfig& c, const json* cfg, const jso
     if (pc->contains("crop_pct") && (*pc)["crop_pct"].is_number()) p.crop_pct = (*pc)["crop_pct"].get<float>();
     if (pc->contains("interpolation") && (*pc)["interpolation"].is_string())
       p.interpolation = (*pc)["interpolation"].get<std::string>();
-    if (pc->contains("mean")) p.mean = float_list((*pc)["mean"], ch);
-    if (pc->contains("std")) p.std = float_list((*pc)["std"], ch);
+    if (pc->contains("mean")) p.mean = float_list((*pc)["mean"], ch, "mean");
+    if (pc->contains("std")) p.std = float_list((*pc)["std"], ch, "std");
   }
   if (pre && pre->is_object()) {
+    // Hugging Face image processors resize to a fixed square (default bilinear), then
+    // optionally center-crop to crop_size.
     const json& j = *pre;
-    if (j.contains("image_mean")) p.mean = float_list(j["image_mean"], ch);
-    if (j.contains("image_std")) p.std = float_list(j["image_std"], ch);
+    if (j.contains("image_mean")) p.mean = float_list(j["image_mean"], ch, "image_mean");
+    if (j.contains("image_std")) p.std = float_list(j["image_std"], ch, "image_std");
+    p.interpolation = "bilinear";
     if (j.contains("resample") && j["resample"].is_number_integer()) {
       const int r = j["resample"].get<int>();  // PIL codes
+      if (r != 0 && r != 2 && r != 3)
+        spdlog::warn("preprocessor_config.json: resample {} (PIL code) is not supported; using bicubic", r);
       p.interpolation = r == 0 ? "nearest" : r == 2 ? "bilinear" : "bicubic";
     }
-    const bool crop = j.value("do_center_crop", false);
-    p.resize_exact = !crop;  // ViTImageProcessor resizes straight to size x size
-    if (crop) {
-      int64_t resize = c.image_size;
-      if (j.contains("size")) {
-        const json& s = j["size"];
-        if (s.is_number_integer()) resize = s.get<int64_t>();
-        else if (s.is_object()) resize = s.value("shortest_edge", s.value("height", resize));
-      }
-      p.crop_pct = static_cast<float>(c.image_size) / static_cast<float>(resize);
-    }
+    p.resize_exact = true;
+    p.resize_exact_size = static_cast<int>(hf_size(j, "size", c.image_size));
+    const bool crop = j.contains("do_center_crop") && j["do_center_crop"].is_boolean() &&
+                      j["do_center_crop"].get<bool>();
+    const int64_t crop_size = crop ? hf_size(j, "crop_size", c.image_size) : p.resize_exact_size;
+    if (crop_size != c.image_size)
+      throw Error("preprocessor_config.json: the processor produces " + std::to_string(crop_size) +
+                  " x " + std::to_string(crop_size) + " images, but the model takes " +
+                  std::to_string(c.image_size) + " x " + std::to_string(c.image_size));
   }
-  if (p.mean.size() != ch || p.std.size() != ch)
-    throw Error("preprocessing config: mean/std must have " + std::to_string(ch) + " entries");
   return p;
+}
+
+// timm hub configs name the architecture but not the head count. Every timm ViT/DeiT size has
+// head dim 64 except these (ViT-Huge: 1280 / 16 heads, ViT-Giant/gigantic: 16 heads).
+int64_t heads_from_architecture(const json* cfg) {
+  const json* arch = find_key(cfg, "architecture");
+  if (!arch || !arch->is_string()) return 0;
+  const std::string a = arch->get<std::string>();
+  for (const char* size : {"_huge_", "_giant_", "_gigantic_"})
+    if (a.find(size) != std::string::npos) return 16;
+  return 0;
 }
 
 }  // namespace
@@ -125,7 +158,11 @@ VitConfig infer_vit_config(const WeightStore& w, const json* cfg, const json* pr
   if (pw.dim(3) != c.patch_size)
     throw Error(w.source + ": 'patch_embed.proj.weight' " + shape_str(pw.shape()) +
                 " has a non-square kernel; only square patches are supported");
+  if (c.dim <= 0 || c.in_chans <= 0 || c.patch_size <= 0)
+    throw Error(w.source + ": 'patch_embed.proj.weight' " + shape_str(pw.shape()) +
+                " has a zero dimension");
   c.distilled = w.has("dist_token");
+  c.dist_head = c.distilled && w.has("head_dist.weight");
   c.prefix_tokens = c.distilled ? 2 : 1;
   const Tensor& pos = expect(w, "pos_embed", 3);
   const int64_t patches = pos.dim(1) - c.prefix_tokens;
@@ -145,9 +182,15 @@ VitConfig infer_vit_config(const WeightStore& w, const json* cfg, const json* pr
   if (c.depth == 0) throw Error(w.source + ": no transformer blocks ('blocks.0.norm1.weight' missing)");
   c.mlp_hidden = expect(w, "blocks.0.mlp.fc1.weight", 2).dim(0);
   c.num_classes = expect(w, "head.weight", 2).dim(0);
+  if (c.mlp_hidden <= 0 || c.num_classes <= 0)
+    throw Error(w.source + ": 'blocks.0.mlp.fc1.weight' and 'head.weight' must have non-zero sizes");
+  if (const json* act = find_key(cfg, "hidden_act"); act && act->is_string() && act->get<std::string>() != "gelu")
+    throw Error(w.source + ": config hidden_act '" + act->get<std::string>() +
+                "' is not supported (only the exact erf GELU, \"gelu\")");
 
   c.heads = config_int(cfg, {"num_heads", "num_attention_heads"}, 0);
   c.heads_source = "config";
+  if (c.heads == 0) c.heads = heads_from_architecture(cfg);
   if (c.heads == 0) {
     c.heads = c.dim % 64 == 0 ? c.dim / 64 : 0;
     c.heads_source = "head dim 64 convention";
@@ -213,13 +256,15 @@ Graph build_vit(const VitConfig& c, const WeightStore& w) {
   x = g.take_tokens(x, 0, c.prefix_tokens, "prefix_tokens");
   x = g.layernorm(x, W("norm.weight", {C}), W("norm.bias", {C}), c.eps, "norm");
   const int64_t K = c.num_classes;
-  if (c.distilled) {
+  if (c.dist_head) {
     const int cls = g.take_tokens(x, 0, 1, "cls");
     const int dist = g.take_tokens(x, 1, 1, "dist");
     const int a = g.linear(cls, W("head.weight", {K, C}), W("head.bias", {K}), "head");
     const int d = g.linear(dist, W("head_dist.weight", {K, C}), W("head_dist.bias", {K}), "head_dist");
     x = g.add(a, d, 0.5f, "head_mean");
   } else {
+    // HF DeiTForImageClassification keeps the distillation token but classifies token 0 only.
+    if (c.distilled) x = g.take_tokens(x, 0, 1, "cls");
     x = g.linear(x, W("head.weight", {K, C}), W("head.bias", {K}), "head");
   }
   g.set_output(x);

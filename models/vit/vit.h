@@ -16,7 +16,8 @@ struct VitConfig {
   int64_t image_size = 0, patch_size = 0, in_chans = 0;
   int64_t dim = 0, depth = 0, heads = 0, mlp_hidden = 0, num_classes = 0;
   int64_t prefix_tokens = 1;  // cls (+ dist)
-  bool distilled = false;
+  bool distilled = false;  // has a distillation token
+  bool dist_head = false;  // ... and a distillation head (prediction = mean of both heads)
   float eps = 1e-6f;
   std::string heads_source;   // where `heads` came from, for inspect / logs
   std::vector<std::string> labels;

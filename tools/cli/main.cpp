@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   CLI::App app{"shiftadd " + shiftadd::version() +
                ": inference engine for (multiplication-reduced) Vision Transformers"};
   app.require_subcommand(1);
+  app.fallthrough();  // -v works after the subcommand too
   int verbose = 0;
   app.add_flag("-v,--verbose", verbose, "More logging (-v info, -vv debug)");
   shiftadd::cli::register_classify(app);

@@ -18,10 +18,12 @@ void register_run(CLI::App& app) {
   sub->add_option("model", o->model, "Model file or directory")->required();
   sub->add_option("-i,--input", o->input, "Input .npy, float32 (B, C, H, W), C order")->required();
   sub->add_option("-o,--output", o->output, "Output .npy for the float32 (B, classes) logits")->required();
-  sub->add_flag("-f,--force", o->force, "Overwrite OUTPUT if it exists");
+  sub->add_flag("-f,--force", o->force, "Overwrite OUTPUT if it exists and is not empty");
   add_threads_option(*sub, o->run);
   sub->callback([o] {
-    if (!o->force && std::filesystem::exists(o->output))
+    // An empty file holds nothing of the user's (e.g. a freshly made temporary file).
+    std::error_code ec;
+    if (!o->force && std::filesystem::exists(o->output) && std::filesystem::file_size(o->output, ec) != 0)
       throw Error(o->output + ": already exists; pass --force to overwrite it");
     auto m = Model::load(o->model);
     const ModelInfo& mi = m->info();

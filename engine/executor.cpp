@@ -5,6 +5,8 @@
 #include <iterator>
 #include <map>
 
+#include <spdlog/spdlog.h>
+
 #include "shiftadd/error.h"
 
 namespace shiftadd {
@@ -107,6 +109,8 @@ void Executor::prepare(int64_t batch) {
     Plan p = make_plan(g_, batch);
     for (const Node& n : g_.nodes()) backend_.reserve(g_, n, batch);
     if (p.arena_floats > arena_.numel()) arena_ = Tensor::empty(DType::F32, {p.arena_floats});
+    spdlog::debug("planned batch {}: {} nodes, activation arena {:.2f} MiB", batch, g_.nodes().size(),
+                  p.arena_floats * 4.0 / (1 << 20));
     it = plans_.emplace(batch, std::move(p)).first;
   }
   plan_ = &it->second;

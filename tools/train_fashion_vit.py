@@ -8,9 +8,10 @@ Outputs (default --out models/fashion_vit):
   samples/*.png       one correctly classified test image per class (8-bit grayscale PNG)
   samples/expected.json
 
-The architecture mirrors timm's VisionTransformer exactly (pre-norm blocks, LayerNorm eps 1e-6,
-exact erf GELU, fused qkv Linear, class token, learned absolute position embedding, classifier on
-the class token after the final norm), so the saved weights load into the engine's timm path.
+The architecture is timm's VisionTransformer (tools/shiftadd_py/reference_vit.py: pre-norm blocks,
+LayerNorm eps 1e-6, exact erf GELU, fused qkv Linear, class token, learned absolute position
+embedding, classifier on the class token after the final norm), so the saved weights load into the
+engine's timm path.
 """
 import argparse
 import gzip
@@ -34,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from shiftadd_py.reference_vit import TimmViT  # noqa: E402
 from shiftadd_py.safetensors_io import save_file  # noqa: E402
 
 LABEL_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -64,71 +66,14 @@ def load_split(split, data_dir=DATA_DIR):
 
 
 # ----------------------------------------------------------------------------- model (timm naming)
-class PatchEmbed(nn.Module):
-    def __init__(self, img_size, patch_size, in_chans, embed_dim):
-        super().__init__()
-        self.num_patches = (img_size // patch_size) ** 2
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+class VisionTransformer(TimmViT):
+    """reference_vit.TimmViT with this script's defaults and a timm-like weight init."""
 
-    def forward(self, x):
-        return self.proj(x).flatten(2).transpose(1, 2)  # B, N, C
-
-
-class Attention(nn.Module):
-    def __init__(self, dim, num_heads):
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
-        self.qkv = nn.Linear(dim, dim * 3, bias=True)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x):
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        attn = (q @ k.transpose(-2, -1)) * self.scale
-        attn = attn.softmax(dim=-1)
-        x = (attn @ v).transpose(1, 2).reshape(B, N, C)
-        return self.proj(x)
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()  # exact erf
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class Block(nn.Module):
-    def __init__(self, dim, num_heads, mlp_ratio, eps):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, num_heads)
-        self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-
-    def forward(self, x):
-        x = x + self.attn(self.norm1(x))
-        x = x + self.mlp(self.norm2(x))
-        return x
-
-
-class VisionTransformer(nn.Module):
     def __init__(self, img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64,
                  depth=4, num_heads=4, mlp_ratio=2.0, eps=1e-6):
-        super().__init__()
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
-        n = self.patch_embed.num_patches
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, n + 1, embed_dim))
-        self.blocks = nn.Sequential(*[Block(embed_dim, num_heads, mlp_ratio, eps) for _ in range(depth)])
-        self.norm = nn.LayerNorm(embed_dim, eps=eps)
-        self.head = nn.Linear(embed_dim, num_classes)
+        super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans,
+                         num_classes=num_classes, embed_dim=embed_dim, depth=depth,
+                         num_heads=num_heads, mlp_ratio=mlp_ratio, eps=eps)
         self._init()
 
     def _init(self):
@@ -145,14 +90,6 @@ class VisionTransformer(nn.Module):
         w = self.patch_embed.proj.weight
         nn.init.trunc_normal_(w.view(w.shape[0], -1), std=math.sqrt(1.0 / w[0].numel()))
         nn.init.zeros_(self.patch_embed.proj.bias)
-
-    def forward(self, x):
-        x = self.patch_embed(x)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x = x + self.pos_embed
-        x = self.blocks(x)
-        x = self.norm(x)
-        return self.head(x[:, 0])
 
 
 # ----------------------------------------------------------------------------- PNG writer

@@ -9,7 +9,7 @@
 #include <thread>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <spdlog/spdlog.h>
+#include "engine/log.h"
 
 #include "engine/backend.h"
 #include "engine/executor.h"
@@ -205,7 +205,7 @@ std::unique_ptr<Model::Impl> load_model(const std::string& path) {
   impl->graph = build_vit(impl->config, impl->weights);
   check_supported(impl->graph, *make_cpu_backend(1));
   impl->info = describe(files, stored, naming, impl->config, impl->graph);
-  spdlog::info("loaded {} ({} {}, dim {}, depth {}, heads {} from {})", files.weights.string(),
+  logger().info("loaded {} ({} {}, dim {}, depth {}, heads {} from {})", files.weights.string(),
                 impl->info.format, naming, impl->config.dim, impl->config.depth, impl->config.heads,
                 impl->config.heads_source);
   return impl;
@@ -232,7 +232,7 @@ struct Session::Impl {
 Session::Session(std::shared_ptr<const Model> model, SessionOptions options) {
   if (!model) throw Error("Session: model is null");
   impl_ = std::make_unique<Impl>(std::move(model), options.threads);
-  spdlog::info("session: {} thread(s), CPU kernels {}", options.threads > 0 ? options.threads : static_cast<int>(std::thread::hardware_concurrency()),
+  logger().info("session: {} thread(s), CPU kernels {}", options.threads > 0 ? options.threads : static_cast<int>(std::thread::hardware_concurrency()),
                kernels::cpu::simd_name());
 }
 Session::~Session() = default;

@@ -5,7 +5,7 @@
 #include <iterator>
 #include <map>
 
-#include <spdlog/spdlog.h>
+#include "engine/log.h"
 
 #include "shiftadd/error.h"
 
@@ -109,7 +109,7 @@ void Executor::prepare(int64_t batch) {
     Plan p = make_plan(g_, batch);
     for (const Node& n : g_.nodes()) backend_.reserve(g_, n, batch);
     if (p.arena_floats > arena_.numel()) arena_ = Tensor::empty(DType::F32, {p.arena_floats});
-    spdlog::debug("planned batch {}: {} nodes, activation arena {:.2f} MiB", batch, g_.nodes().size(),
+    logger().debug("planned batch {}: {} nodes, activation arena {:.2f} MiB", batch, g_.nodes().size(),
                   p.arena_floats * 4.0 / (1 << 20));
     it = plans_.emplace(batch, std::move(p)).first;
   }

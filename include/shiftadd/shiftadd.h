@@ -115,5 +115,7 @@ void save_npy_f32(const std::string& path, const Array& a);
 // the source tree, whichever has it.
 std::string default_model_path();
 std::string version();
+// Library logging on stderr: 0 warnings only (the default), 1 info, 2 debug.
+void set_verbosity(int level);
 
 }  // namespace shiftadd

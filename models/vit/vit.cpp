@@ -5,7 +5,7 @@
 #include <set>
 
 #include "loaders/safetensors.h"
-#include <spdlog/spdlog.h>
+#include "engine/log.h"
 #include "shiftadd/error.h"
 
 namespace shiftadd {
@@ -120,7 +120,7 @@ PreprocessConfig infer_preprocess(const VitConfig& c, const json* cfg, const jso
     if (j.contains("resample") && j["resample"].is_number_integer()) {
       const int r = j["resample"].get<int>();  // PIL codes
       if (r != 0 && r != 2 && r != 3)
-        spdlog::warn("preprocessor_config.json: resample {} (PIL code) is not supported; using bicubic", r);
+        logger().warn("preprocessor_config.json: resample {} (PIL code) is not supported; using bicubic", r);
       p.interpolation = r == 0 ? "nearest" : r == 2 ? "bilinear" : "bicubic";
     }
     p.resize_exact = true;

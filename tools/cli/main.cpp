@@ -1,7 +1,4 @@
 // shiftadd: classify images, run, benchmark and inspect ViT models.
-#include <spdlog/sinks/stdout_color_sinks.h>
-#include <spdlog/spdlog.h>
-
 #include <filesystem>
 #include <iostream>
 
@@ -35,14 +32,7 @@ int main(int argc, char** argv) {
   shiftadd::cli::register_bench(app);
   shiftadd::cli::register_inspect(app);
 
-  auto logger = spdlog::stderr_color_mt("shiftadd");
-  spdlog::set_default_logger(logger);
-  spdlog::set_level(spdlog::level::warn);
-  app.parse_complete_callback([&] {
-    spdlog::set_level(verbose >= 2 ? spdlog::level::debug
-                      : verbose == 1 ? spdlog::level::info
-                                     : spdlog::level::warn);
-  });
+  app.parse_complete_callback([&] { shiftadd::set_verbosity(verbose); });
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

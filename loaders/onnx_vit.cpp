@@ -10,8 +10,10 @@
 #include <onnx/onnx_pb.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iterator>
@@ -39,7 +41,8 @@ const std::map<std::string, int>& supported_ops() {
       {"Split", 1}, {"Add", 2}, {"Sub", 2}, {"Mul", 2}, {"Div", 2}, {"Pow", 2}, {"Sqrt", 1},
       {"Erf", 1}, {"Gelu", 1}, {"ReduceMean", 1}, {"LayerNormalization", 2}, {"MatMul", 2},
       {"Gemm", 2}, {"Softmax", 1}, {"Constant", 0}, {"ConstantOfShape", 1}, {"Cast", 1},
-      {"Where", 3}, {"Equal", 2}, {"Identity", 1}, {"Range", 3}};
+      {"Where", 3}, {"Equal", 2}, {"Identity", 1}, {"Range", 3},
+      {"IsNaN", 1}};  // IsNaN: only the softmax NaN guard of torch 2.x SDPA exports
   return ops;
 }
 
@@ -79,13 +82,64 @@ std::vector<T> read_raw(const std::string& raw) {
   return v;
 }
 
+// The bytes of a tensor stored outside the model (data_location EXTERNAL): external_data holds
+// location (relative to the model's directory, which it may not leave), offset and length.
+std::string read_external_data(const onnx::TensorProto& t, const std::string& file, const std::string& what) {
+  namespace fs = std::filesystem;
+  std::string location;
+  int64_t offset = 0, length = -1;
+  auto parse = [&](const std::string& key, const std::string& value) {
+    int64_t v = 0;
+    auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
+    if (ec != std::errc() || end != value.data() + value.size() || v < 0)
+      throw Error(what + ": external data " + key + " '" + value + "' is not a non-negative integer");
+    return v;
+  };
+  for (const auto& kv : t.external_data()) {
+    if (kv.key() == "location")
+      location = kv.value();
+    else if (kv.key() == "offset")
+      offset = parse(kv.key(), kv.value());
+    else if (kv.key() == "length")
+      length = parse(kv.key(), kv.value());
+  }
+  if (location.empty()) throw Error(what + ": external data without a location");
+  const fs::path rel(location);
+  const fs::path dir = fs::path(file).parent_path();
+  std::error_code ec;
+  const fs::path base = fs::weakly_canonical(dir.empty() ? fs::path(".") : dir, ec);
+  const fs::path target = fs::weakly_canonical(base / rel, ec);
+  auto inside = [&]() {
+    auto b = base.begin(), tgt = target.begin();
+    for (; b != base.end(); ++b, ++tgt)
+      if (tgt == target.end() || *b != *tgt) return false;
+    return tgt != target.end();
+  };
+  if (ec || rel.is_absolute() || rel.has_root_name() || !inside())
+    throw Error(what + ": external data location '" + location +
+                "' is not a file inside the model's directory " + base.string());
+  const std::string data_file = (dir / rel).string();
+  std::ifstream f(target, std::ios::binary);
+  if (!f || !fs::is_regular_file(target, ec)) throw Error(what + ": cannot open external data file " + data_file);
+  const auto size = static_cast<int64_t>(fs::file_size(target, ec));
+  if (ec) throw Error(what + ": cannot read the size of external data file " + data_file);
+  if (offset > size || (length >= 0 && length > size - offset))
+    throw Error(what + ": external data [" + std::to_string(offset) + ", " +
+                std::to_string(offset + std::max<int64_t>(length, 0)) + ") lies outside " + data_file + " (" +
+                std::to_string(size) + " bytes)");
+  if (length < 0) length = size - offset;
+  std::string bytes(static_cast<size_t>(length), '\0');
+  f.seekg(offset);
+  if (!f.read(bytes.data(), length)) throw Error(what + ": read error in external data file " + data_file);
+  return bytes;
+}
+
 Const decode_tensor(const onnx::TensorProto& t, const std::string& file) {
   const std::string what = file + ": tensor '" + t.name() + "'";
-  if (t.data_location() == onnx::TensorProto::EXTERNAL)
-    throw Error(what +
-                " stores its data in an external file, which is not supported; save the "
-                "model with its weights inside the .onnx file (onnx.save(..., "
-                "save_as_external_data=False))");
+  std::string external;
+  const bool is_external = t.data_location() == onnx::TensorProto::EXTERNAL;
+  if (is_external) external = read_external_data(t, file, what);
+  const std::string& raw_bytes = is_external ? external : t.raw_data();
   Const c;
   c.dims.assign(t.dims().begin(), t.dims().end());
   int64_t n = 1;
@@ -94,22 +148,23 @@ Const decode_tensor(const onnx::TensorProto& t, const std::string& file) {
       throw Error(what + " has an invalid shape " + shape_str(c.dims));
     n *= d;
   }
-  const bool raw = t.has_raw_data();
+  const bool raw = is_external || t.has_raw_data();
   auto check_count = [&](size_t count, const char* field) {
     if (static_cast<int64_t>(count) != n)
       throw Error(what + " of shape " + shape_str(c.dims) + " holds " + std::to_string(count) +
                   " values in " + field + ", expected " + std::to_string(n));
   };
   auto check_raw = [&](size_t elem_size) {
-    if (t.raw_data().size() != static_cast<size_t>(n) * elem_size)
-      throw Error(what + " of shape " + shape_str(c.dims) + " has " + std::to_string(t.raw_data().size()) +
-                  " bytes of raw_data, expected " + std::to_string(n * elem_size));
+    if (raw_bytes.size() != static_cast<size_t>(n) * elem_size)
+      throw Error(what + " of shape " + shape_str(c.dims) + " has " + std::to_string(raw_bytes.size()) +
+                  (is_external ? " bytes of external data, expected " : " bytes of raw_data, expected ") +
+                  std::to_string(n * elem_size));
   };
   auto widen16 = [&](float (*convert)(uint16_t)) {
     std::vector<uint16_t> bits;
     if (raw) {
       check_raw(2);
-      bits = read_raw<uint16_t>(t.raw_data());
+      bits = read_raw<uint16_t>(raw_bytes);
     } else {  // 16-bit values travel in int32_data
       check_count(t.int32_data_size(), "int32_data");
       for (int32_t v : t.int32_data()) bits.push_back(static_cast<uint16_t>(v));
@@ -122,7 +177,7 @@ Const decode_tensor(const onnx::TensorProto& t, const std::string& file) {
       c.is_float = true;
       if (raw) {
         check_raw(4);
-        c.f = read_raw<float>(t.raw_data());
+        c.f = read_raw<float>(raw_bytes);
       } else {
         check_count(t.float_data_size(), "float_data");
         c.f.assign(t.float_data().begin(), t.float_data().end());
@@ -139,7 +194,7 @@ Const decode_tensor(const onnx::TensorProto& t, const std::string& file) {
       std::vector<double> d;
       if (raw) {
         check_raw(8);
-        d = read_raw<double>(t.raw_data());
+        d = read_raw<double>(raw_bytes);
       } else {
         check_count(t.double_data_size(), "double_data");
         d.assign(t.double_data().begin(), t.double_data().end());
@@ -150,7 +205,7 @@ Const decode_tensor(const onnx::TensorProto& t, const std::string& file) {
     case onnx::TensorProto::INT64:
       if (raw) {
         check_raw(8);
-        c.i = read_raw<int64_t>(t.raw_data());
+        c.i = read_raw<int64_t>(raw_bytes);
       } else {
         check_count(t.int64_data_size(), "int64_data");
         c.i.assign(t.int64_data().begin(), t.int64_data().end());
@@ -160,7 +215,7 @@ Const decode_tensor(const onnx::TensorProto& t, const std::string& file) {
       std::vector<int32_t> v;
       if (raw) {
         check_raw(4);
-        v = read_raw<int32_t>(t.raw_data());
+        v = read_raw<int32_t>(raw_bytes);
       } else {
         check_count(t.int32_data_size(), "int32_data");
         v.assign(t.int32_data().begin(), t.int32_data().end());
@@ -168,6 +223,15 @@ Const decode_tensor(const onnx::TensorProto& t, const std::string& file) {
       c.i.assign(v.begin(), v.end());
       break;
     }
+    case onnx::TensorProto::BOOL:  // attention masks
+      if (raw) {
+        check_raw(1);
+        for (char b : raw_bytes) c.i.push_back(b != 0);
+      } else {
+        check_count(t.int32_data_size(), "int32_data");
+        for (int32_t v : t.int32_data()) c.i.push_back(v != 0);
+      }
+      break;
     default:
       throw Error(what + " has data type " +
                   onnx::TensorProto::DataType_Name(static_cast<onnx::TensorProto::DataType>(t.data_type())) +
@@ -389,11 +453,29 @@ struct LayerNorm {
 // Axis bookkeeping for the attention paths between a linear layer and the attention MatMuls:
 // the linear output is [batch, token, features]; a Reshape splits the features into factors
 // (timm (3, H, d), HF (H, d)); Split/Gather/Slice pick one index of a factor (q, k or v).
-enum class Role : uint8_t { Batch, Token, Features, Factor };
+// A Merged axis is several of these flattened into one (torch 2.x SDPA reshapes k to
+// [batch*heads, tokens, head_dim] to transpose it); `parts` lists them.
+enum class Role : uint8_t { Batch, Token, Features, Factor, Merged };
 struct Axis {
-  Role role;
+  Role role = Role::Batch;
   int factor = -1;
   int64_t size = 0;
+  std::vector<Axis> parts;
+  Axis() = default;
+  Axis(Role r, int f = -1, int64_t s = 0, std::vector<Axis> p = {})
+      : role(r), factor(f), size(s), parts(std::move(p)) {}
+};
+
+// One entry of a Reshape target: a constant, dimension `index` of tensor `tensor` (read with
+// Shape), or something else computed from shapes.
+struct Dim {
+  enum Kind : uint8_t { Value, Ref, Unknown } kind = Unknown;
+  int64_t value = 0;
+  std::string tensor;
+  int64_t index = 0;
+  Dim() = default;
+  Dim(Kind k, int64_t v, std::string t = {}, int64_t i = 0)
+      : kind(k), value(v), tensor(std::move(t)), index(i) {}
 };
 
 struct Step {
@@ -409,8 +491,7 @@ struct AttentionPath {
   int dynamic_scales = 0;           // Shape-derived scale factors (torch 2.x SDPA)
 };
 
-// Partially known 1-D int vector (a Reshape target): unknown entries come from Shape.
-using PartialInts = std::vector<std::optional<int64_t>>;
+using Dims = std::vector<Dim>;
 
 class Recognizer {
  public:
@@ -880,6 +961,16 @@ class Recognizer {
       out = g_.node(half).output(0);
       const Const* h = other_constant(half, g_.node(mul).output(0));
       if (!h || h->numel() != 1 || h->scalar() != 0.5) g_.fail(half, "expected the GELU factor 0.5");
+    } else if (const Const* h = g_.constant(x_side); h && product != mul) {
+      // x * ((1 + erf) * 0.5)  (torch.onnx dynamo)
+      if (h->numel() != 1 || h->scalar() != 0.5) g_.fail(mul, "expected the GELU factor 0.5");
+      half = mul;
+      const auto& pn = g_.node(product);
+      if (!((pn.input(0) == x && pn.input(1) == g_.node(mul).output(0)) ||
+            (pn.input(1) == x && pn.input(0) == g_.node(mul).output(0))))
+        g_.fail(product, "expected x * (0.5 * (1 + erf(x / sqrt(2)))) of the exact GELU");
+      mul = product;
+      out = pn.output(0);
     } else if (g_.producer(x_side) == product) {
       half = product;
       const Const* h = other_constant(product, x);
@@ -901,13 +992,13 @@ class Recognizer {
     std::string t = trace_back(proj.input, proj.node, out_path,
                                [&](const std::string& s) { return is_attention_matmul(s); });
     int attn_v = g_.producer(t);
-    int softmax = g_.producer(skip_casts(g_.node(attn_v).input(0)));
+    int softmax = g_.producer(skip_nan_guard(skip_casts(g_.node(attn_v).input(0))));
     if (softmax < 0 || g_.op(softmax) != "Softmax")
       g_.fail(attn_v, "expected the attention probabilities (Softmax) as first operand");
     int64_t sm_axis = attr_int(g_.node(softmax), "axis", -1);
     if (sm_axis != -1 && sm_axis != 3) g_.fail(softmax, "expected softmax over the last axis");
     std::vector<Step> score_path;
-    std::string s = trace_back(g_.node(softmax).input(0), softmax, score_path,
+    std::string s = trace_back(skip_zero_mask(g_.node(softmax).input(0)), softmax, score_path,
                                [&](const std::string& v) { return is_attention_matmul(v); });
     int attn_qk = g_.producer(s);
     for (int n : {attn_v, softmax, attn_qk}) claimed_[n] = true;
@@ -992,6 +1083,56 @@ class Recognizer {
     return p >= 0 && g_.op(p) == "MatMul" && !linear_at(t) && !g_.constant(g_.node(p).input(1));
   }
 
+  // torch 2.x SDPA (dynamo) guards the probabilities: Where(IsNaN(p), 0, p). Softmax of finite
+  // scores is never NaN, so the guard is the identity; returns p.
+  std::string skip_nan_guard(const std::string& t) {
+    int w = g_.producer(t);
+    if (w < 0 || g_.op(w) != "Where") return t;
+    const auto& n = g_.node(w);
+    int isnan = g_.producer(n.input(0));
+    if (isnan < 0 || g_.op(isnan) != "IsNaN" || g_.node(isnan).input(0) != n.input(2) || !is_zeros(n.input(1)))
+      g_.fail(w, "expected the NaN guard Where(IsNaN(p), 0, p) of the attention probabilities");
+    return n.input(2);
+  }
+
+  // Scores + mask where the mask is all zeros (an all-true boolean mask turned additive by
+  // Where(mask, 0, -inf), as transformers 5 passes to SDPA): the mask is a no-op; returns the scores.
+  std::string skip_zero_mask(const std::string& t) {
+    int a = g_.producer(t);
+    if (a < 0 || g_.op(a) != "Add") return t;
+    const auto& n = g_.node(a);
+    for (int side : {0, 1})
+      if (is_zeros(n.input(1 - side)) && !is_zeros(n.input(side))) return n.input(side);
+    g_.fail(a, "the attention scores get an additive mask that is not all zeros; masked attention is not supported");
+  }
+
+  // t is all zeros: a zero constant, possibly broadcast (Expand) or selected by an all-true mask.
+  bool is_zeros(const std::string& t) {
+    if (const Const* c = g_.constant(t)) {
+      if (!c->is_float) return std::all_of(c->i.begin(), c->i.end(), [](int64_t v) { return v == 0; });
+      return std::all_of(c->f.begin(), c->f.end(), [](float v) { return v == 0.0f; });
+    }
+    int p = g_.producer(t);
+    if (p < 0) return false;
+    const auto& n = g_.node(p);
+    if (n.op_type() == "Expand" || n.op_type() == "Cast" || n.op_type() == "Identity") return is_zeros(n.input(0));
+    if (n.op_type() == "Where") return is_all_true(n.input(0)) && is_zeros(n.input(1));
+    return false;
+  }
+
+  bool is_all_true(const std::string& t) {
+    if (const Const* c = g_.constant(t)) {
+      if (c->numel() == 0) return false;
+      if (!c->is_float) return std::all_of(c->i.begin(), c->i.end(), [](int64_t v) { return v != 0; });
+      return std::all_of(c->f.begin(), c->f.end(), [](float v) { return v != 0.0f; });
+    }
+    int p = g_.producer(t);
+    if (p < 0) return false;
+    const auto& n = g_.node(p);
+    if (n.op_type() == "Expand" || n.op_type() == "Cast" || n.op_type() == "Identity") return is_all_true(n.input(0));
+    return false;
+  }
+
   std::string skip_casts(std::string t) {
     for (int p = g_.producer(t); p >= 0 && (g_.op(p) == "Cast" || g_.op(p) == "Identity"); p = g_.producer(t))
       t = g_.node(p).input(0);
@@ -1034,6 +1175,7 @@ class Recognizer {
   AttentionPath replay(const Linear& l, const std::vector<Step>& steps) {
     AttentionPath p;
     p.axes = {{Role::Batch}, {Role::Token}, {Role::Features, -1, l.out}};
+    known_axes_.emplace(l.input, std::vector<Axis>{{Role::Batch}, {Role::Token}, {Role::Features, -1, l.in}});
     for (const Step& s : steps) apply(p, s);
     return p;
   }
@@ -1046,6 +1188,13 @@ class Recognizer {
 
   // One layout/scale op applied to the axis bookkeeping.
   void apply(AttentionPath& p, const Step& s) {
+    const auto& n = g_.node(s.node);
+    known_axes_.emplace(data_operand(s.node), p.axes);
+    apply_op(p, s);
+    known_axes_.emplace(n.output(s.output_index), p.axes);
+  }
+
+  void apply_op(AttentionPath& p, const Step& s) {
     const auto& n = g_.node(s.node);
     const std::string& op = n.op_type();
     auto select = [&](int axis, int64_t index, bool keep_axis) {
@@ -1134,20 +1283,32 @@ class Recognizer {
     g_.fail(s.node, "unexpected op in the attention");
   }
 
-  // Splits the linear's features into (…, H, d) factors, or merges (H, d) back into features.
+  // Splits the linear's features into (…, H, d) factors, merges (H, d) back into features, or
+  // regroups axes (identity reshapes, [B, H, N, d] <-> [B*H, N, d]) when every target entry is
+  // a constant or a dimension read off a tensor whose layout is known.
   void reshape(AttentionPath& p, int node) {
-    auto target = partial_ints(g_.node(node).input(1));
+    auto target = target_dims(g_.node(node).input(1));
     if (!target) g_.fail(node, "cannot read the target shape");
     const size_t in_rank = p.axes.size(), out_rank = target->size();
     if (p.axes.back().role == Role::Features && p.factor_sizes.empty() && out_rank > in_rank) {
       const int64_t features = p.axes.back().size;
       std::vector<int64_t> factors;
+      int inferred = -1;
       for (size_t i = in_rank - 1; i < out_rank; ++i) {
-        const auto& v = (*target)[i];
-        if (!v || *v <= 0) g_.fail(node, "expected constant sizes for the split of the projection features");
-        factors.push_back(*v);
+        const Dim& v = (*target)[i];
+        if (v.kind == Dim::Value && v.value == -1 && inferred < 0) {
+          inferred = static_cast<int>(factors.size());
+          factors.push_back(1);
+          continue;
+        }
+        if (v.kind != Dim::Value || v.value <= 0)
+          g_.fail(node, "expected constant sizes for the split of the projection features");
+        factors.push_back(v.value);
       }
       int64_t product = 1;
+      for (int64_t f : factors) product *= f;
+      if (inferred >= 0 && product > 0 && features % product == 0) factors[inferred] = features / product;
+      product = 1;
       for (int64_t f : factors) product *= f;
       if (product != features)
         g_.fail(node, "splits " + std::to_string(features) + " features into " + shape_str(factors));
@@ -1166,34 +1327,225 @@ class Recognizer {
         return;
       }
     }
+    if (auto regrouped = regroup(p.axes, *target)) {
+      p.axes = std::move(*regrouped);
+      return;
+    }
     g_.fail(node,
-            "expected either a split of the projection features into constant sizes or a merge "
-            "of [heads, head_dim] at the end of [batch, tokens, heads, head_dim]");
+            "expected a split of the projection features into constant sizes, a merge of [heads, "
+            "head_dim] at the end of [batch, tokens, heads, head_dim], or a regrouping of axes whose "
+            "sizes the target names");
   }
 
-  // Reshape targets are Concat-ed constants and Unsqueeze-d Shape gathers; only the constants'
-  // values are needed.
-  std::optional<PartialInts> partial_ints(const std::string& t) {
+  static void flatten(const Axis& a, std::vector<Axis>& out) {
+    if (a.role == Role::Merged)
+      for (const Axis& p : a.parts) flatten(p, out);
+    else
+      out.push_back(a);
+  }
+
+  // The reshape of `axes` to `target` as a regrouping of the same axes, or nullopt.
+  std::optional<std::vector<Axis>> regroup(const std::vector<Axis>& axes, const Dims& target) {
+    std::vector<Axis> atoms;
+    for (const Axis& a : axes) flatten(a, atoms);
+    // What each entry must cover: a list of axes (Ref), a constant size, or the rest (-1).
+    struct Want {
+      bool infer = false;
+      bool constant = false;
+      int64_t size = 0;
+      std::vector<Axis> axes;
+    };
+    std::vector<Want> wants;
+    int infer = -1;
+    for (const Dim& d : target) {
+      Want w;
+      if (d.kind == Dim::Value && d.value == -1 && infer < 0) {
+        w.infer = true;
+        infer = static_cast<int>(wants.size());
+      } else if (d.kind == Dim::Value && d.value > 0) {
+        w.constant = true;
+        w.size = d.value;
+      } else if (d.kind == Dim::Ref) {
+        auto it = known_axes_.find(d.tensor);
+        if (it == known_axes_.end()) return std::nullopt;
+        int64_t idx = d.index < 0 ? d.index + static_cast<int64_t>(it->second.size()) : d.index;
+        if (idx < 0 || idx >= static_cast<int64_t>(it->second.size())) return std::nullopt;
+        flatten(it->second[idx], w.axes);
+      } else {
+        return std::nullopt;
+      }
+      wants.push_back(std::move(w));
+    }
+    auto same = [](const Axis& a, const Axis& b) {
+      if (a.role == Role::Batch || a.role == Role::Token) return a.role == b.role;
+      bool sized_a = a.role == Role::Factor || a.role == Role::Features;
+      bool sized_b = b.role == Role::Factor || b.role == Role::Features;
+      return sized_a && sized_b && a.size == b.size;
+    };
+    // Atoms [lo, hi) covered by one entry starting at `pos` going `dir` (+1 / -1); -1 if none.
+    auto take = [&](const Want& w, const std::vector<Axis>& seq, size_t pos) -> int {
+      if (!w.constant) {
+        if (pos + w.axes.size() > seq.size()) return -1;
+        for (size_t i = 0; i < w.axes.size(); ++i)
+          if (!same(seq[pos + i], w.axes[i])) return -1;
+        return static_cast<int>(w.axes.size());
+      }
+      int64_t product = 1;
+      size_t i = pos;
+      while (i < seq.size() && product < w.size) {
+        if (seq[i].role != Role::Factor && seq[i].role != Role::Features) return -1;
+        product *= seq[i++].size;
+      }
+      return product == w.size && i > pos ? static_cast<int>(i - pos) : -1;
+    };
+    const size_t n = wants.size();
+    const size_t left_end = infer < 0 ? n : static_cast<size_t>(infer);
+    std::vector<std::vector<Axis>> groups(n);
+    size_t pos = 0;
+    for (size_t e = 0; e < left_end; ++e) {
+      int k = take(wants[e], atoms, pos);
+      if (k < 0) return std::nullopt;
+      groups[e].assign(atoms.begin() + pos, atoms.begin() + pos + k);
+      pos += k;
+    }
+    size_t end = atoms.size();
+    if (infer >= 0) {
+      std::vector<Axis> rev(atoms.rbegin(), atoms.rend());
+      size_t rpos = 0;
+      for (size_t e = n; e-- > left_end + 1;) {
+        Want w = wants[e];
+        std::reverse(w.axes.begin(), w.axes.end());
+        int k = take(w, rev, rpos);
+        if (k < 0) return std::nullopt;
+        groups[e].assign(atoms.begin() + (atoms.size() - rpos - k), atoms.begin() + (atoms.size() - rpos));
+        rpos += k;
+      }
+      end = atoms.size() - rpos;
+      if (end <= pos) return std::nullopt;
+      groups[infer].assign(atoms.begin() + pos, atoms.begin() + end);
+      pos = atoms.size();
+    }
+    if (pos != atoms.size()) return std::nullopt;
+    std::vector<Axis> out;
+    for (auto& g : groups) {
+      if (g.size() == 1)
+        out.push_back(g[0]);
+      else
+        out.push_back({Role::Merged, -1, 0, std::move(g)});
+    }
+    return out;
+  }
+
+  // Reshape targets are Concat-ed constants and dimensions read off tensors (Shape, possibly
+  // sliced or gathered, Unsqueeze-d scalars).
+  std::optional<Dims> target_dims(const std::string& t) {
     if (const Const* c = g_.constant(t)) {
-      if (c->dims.size() != 1) return std::nullopt;
-      PartialInts out;
-      for (int64_t v : c->ints()) out.push_back(v);
+      if (c->dims.size() > 1) return std::nullopt;
+      Dims out;
+      for (int64_t v : c->ints()) out.push_back({Dim::Value, v});
       return out;
     }
     int p = g_.producer(t);
     if (p < 0) return std::nullopt;
     const auto& n = g_.node(p);
-    if (n.op_type() == "Cast" || n.op_type() == "Identity") return partial_ints(n.input(0));
-    if (n.op_type() == "Concat") {
-      PartialInts out;
+    const std::string& op = n.op_type();
+    if (op == "Cast" || op == "Identity") return target_dims(n.input(0));
+    if (op == "Concat") {
+      Dims out;
       for (const auto& in : n.input()) {
-        auto part = partial_ints(in);
+        auto part = target_dims(in);
         if (!part) return std::nullopt;
         out.insert(out.end(), part->begin(), part->end());
       }
       return out;
     }
-    if (n.op_type() == "Unsqueeze" && is_shape_scalar(n.input(0))) return PartialInts{std::nullopt};
+    if (op == "Shape") {
+      int64_t start = attr_int(n, "start", 0);
+      const auto* end_attr = find_attr(n, "end");
+      int64_t rank = -1;
+      auto it = known_axes_.find(n.input(0));
+      if (it != known_axes_.end()) rank = static_cast<int64_t>(it->second.size());
+      if (rank < 0) {
+        if (start < 0 || !end_attr || end_attr->i() < start) return std::nullopt;
+        rank = end_attr->i();
+      }
+      int64_t end = end_attr ? end_attr->i() : rank;
+      if (start < 0) start += rank;
+      if (end < 0) end += rank;
+      start = std::clamp<int64_t>(start, 0, rank);
+      end = std::clamp<int64_t>(end, 0, rank);
+      Dims out;
+      for (int64_t i = start; i < end; ++i) out.push_back({Dim::Ref, 0, n.input(0), i});
+      return out;
+    }
+    if (op == "Slice") {
+      auto v = target_dims(n.input(0));
+      const Const* st = g_.constant(n.input(1));
+      const Const* en = g_.constant(n.input(2));
+      if (!v || !st || !en || st->numel() != 1 || en->numel() != 1) return std::nullopt;
+      if (n.input_size() > 3 && !n.input(3).empty()) {
+        const Const* ax = g_.constant(n.input(3));
+        if (!ax || ax->numel() != 1 || (ax->ints()[0] != 0 && ax->ints()[0] != -1)) return std::nullopt;
+      }
+      if (n.input_size() > 4 && !n.input(4).empty()) {
+        const Const* sp = g_.constant(n.input(4));
+        if (!sp || sp->ints() != std::vector<int64_t>{1}) return std::nullopt;
+      }
+      const int64_t size = static_cast<int64_t>(v->size());
+      int64_t b = st->ints()[0], e = en->ints()[0];
+      if (b < 0) b += size;
+      if (e < 0) e += size;
+      b = std::clamp<int64_t>(b, 0, size);
+      e = std::clamp<int64_t>(e, 0, size);
+      Dims out;
+      for (int64_t i = b; i < e; ++i) out.push_back((*v)[i]);
+      return out;
+    }
+    if (op == "Unsqueeze") {
+      auto d = scalar_dim(n.input(0));
+      if (!d) return std::nullopt;
+      return Dims{*d};
+    }
+    if (op == "Gather") {
+      auto v = target_dims(n.input(0));
+      const Const* idx = g_.constant(n.input(1));
+      if (!v || !idx || idx->dims.size() != 1 || attr_int(n, "axis", 0) != 0) return std::nullopt;
+      Dims out;
+      for (int64_t i : idx->ints()) {
+        if (i < 0) i += static_cast<int64_t>(v->size());
+        if (i < 0 || i >= static_cast<int64_t>(v->size())) return std::nullopt;
+        out.push_back((*v)[i]);
+      }
+      return out;
+    }
+    return std::nullopt;
+  }
+
+  // A scalar target entry: a constant, Gather(Shape(x), i) naming a dimension, or other shape
+  // arithmetic (Unknown).
+  std::optional<Dim> scalar_dim(const std::string& t) {
+    if (const Const* c = g_.constant(t)) {
+      if (c->numel() != 1) return std::nullopt;
+      return Dim{Dim::Value, c->ints()[0]};
+    }
+    int p = g_.producer(t);
+    if (p >= 0 && (g_.op(p) == "Cast" || g_.op(p) == "Identity")) return scalar_dim(g_.node(p).input(0));
+    if (p >= 0 && g_.op(p) == "Gather") {
+      const auto& n = g_.node(p);
+      const Const* idx = g_.constant(n.input(1));
+      if (idx && idx->dims.empty() && attr_int(n, "axis", 0) == 0) {
+        int sp = g_.producer(n.input(0));
+        if (sp >= 0 && g_.op(sp) == "Shape" && !find_attr(g_.node(sp), "start") &&
+            !find_attr(g_.node(sp), "end") && idx->ints()[0] >= 0)
+          return Dim{Dim::Ref, 0, g_.node(sp).input(0), idx->ints()[0]};
+        if (auto v = target_dims(n.input(0))) {
+          int64_t i = idx->ints()[0];
+          if (i < 0) i += static_cast<int64_t>(v->size());
+          if (i >= 0 && i < static_cast<int64_t>(v->size())) return (*v)[i];
+        }
+      }
+    }
+    if (is_shape_scalar(t)) return Dim{};
     return std::nullopt;
   }
 
@@ -1374,6 +1726,7 @@ class Recognizer {
   std::vector<Linear> linears_;
   std::map<std::string, int> by_output_;
   std::map<std::string, std::pair<Shape, std::vector<float>>> out_;
+  std::map<std::string, std::vector<Axis>> known_axes_;  // layouts of tensors on attention paths
   int64_t dim_ = 0, heads_ = 0, image_size_ = 0, in_chans_ = 0;
   int ntok_ = 0;
   float eps_ = 0;

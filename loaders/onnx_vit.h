@@ -1,7 +1,8 @@
 #pragma once
 // ONNX loader for ViT / DeiT exports. The engine does not interpret ONNX graphs: it recognizes the
 // ViT structure that torch.onnx.export writes (timm VisionTransformer / DeiT-distilled, Hugging Face
-// ViTForImageClassification / DeiT; opset 13..20, TorchScript exporter of torch 1.13 and 2.x) by
+// ViTForImageClassification / DeiT; opset 13..20, TorchScript exporter of torch 1.13 and 2.x, dynamo exporter
+// of torch 2.x with weights in external data) by
 // data flow, and maps the graph's constants onto the canonical timm tensor names that the ViT
 // builder consumes. Anything the recognizer does not understand is an Error, never a guess.
 #include <cstdint>
@@ -30,7 +31,8 @@ struct OnnxVitInfo {
 //   head_dist.weight/.bias (distilled only).
 // Linear weights are in PyTorch [out,in] layout; F16/BF16/F64 constants are converted to F32.
 // Throws Error naming the file (and node or tensor) for unreadable files, ops outside the
-// recognized set, external data, and graphs that do not have the ViT structure.
+// recognized set, bad external data (location outside the model's directory, ranges outside the
+// data file, wrong sizes), and graphs that do not have the ViT structure.
 WeightStore load_onnx_vit(const std::string& path, OnnxVitInfo* info);
 
 }  // namespace shiftadd

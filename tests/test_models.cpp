@@ -19,10 +19,11 @@ using json = nlohmann::json;
 
 namespace {
 
-const fs::path kGoldens = fs::path(SHIFTADD_SOURCE_DIR) / "tests/fixtures/goldens";
+const fs::path kFixtures = fs::path(SHIFTADD_SOURCE_DIR) / "tests/fixtures";
+const fs::path kGoldens = kFixtures / "goldens";
 
-json manifest() {
-  std::ifstream in(kGoldens / "manifest.json");
+json manifest(const fs::path& dir) {
+  std::ifstream in(dir / "manifest.json");
   return json::parse(in);
 }
 
@@ -39,7 +40,7 @@ double rel_error(const std::vector<float>& a, const std::vector<float>& b) {
 class Golden : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(Golden, MatchesPyTorch) {
-  const fs::path dir = kGoldens / GetParam();
+  const fs::path dir = kFixtures / GetParam();
   std::ifstream in(dir / "case.json");
   const json c = json::parse(in);
   const auto model = shiftadd::Model::load((dir / c["model"].get<std::string>()).string());
@@ -63,16 +64,27 @@ TEST_P(Golden, MatchesPyTorch) {
   }
 }
 
+// Paths relative to tests/fixtures: goldens/<case> (synthetic models, gen_goldens.py) and
+// goldens_real/<case> (real timm / transformers models and exports, gen_real_goldens.py).
 std::vector<std::string> golden_cases() {
   std::vector<std::string> names;
-  const json m = manifest();
-  for (const auto& c : m["cases"]) names.push_back(c.is_string() ? c.get<std::string>() : c["name"].get<std::string>());
+  for (const char* set : {"goldens", "goldens_real"}) {
+    const json m = manifest(kFixtures / set);
+    for (const auto& c : m["cases"])
+      names.push_back(std::string(set) + "/" +
+                      (c.is_string() ? c.get<std::string>()
+                                     : c.value("dir", c["name"].get<std::string>())));
+  }
   return names;
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, Golden, ::testing::ValuesIn(golden_cases()),
                          [](const auto& info) {
-                           std::string n = info.param;
+                           std::string n = info.param;  // goldens/x -> x, goldens_real/y -> real_y
+                           if (n.rfind("goldens_real/", 0) == 0)
+                             n = "real_" + n.substr(13);
+                           else if (n.rfind("goldens/", 0) == 0)
+                             n = n.substr(8);
                            for (char& ch : n)
                              if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
                            return n;

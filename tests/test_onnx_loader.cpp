@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -12,6 +13,8 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 #include "loaders/onnx_vit.h"
 #include "shiftadd/error.h"
@@ -173,10 +176,95 @@ TEST(OnnxLoaderErrors, NonErfGeluNamesTheNode) {
   EXPECT_TRUE(Mentions(msg, "GELU"));
 }
 
-TEST(OnnxLoaderErrors, ExternalDataIsRefused) {
-  std::string msg = load_error("external_data.onnx");
-  EXPECT_TRUE(Mentions(msg, "external"));
-  EXPECT_TRUE(Mentions(msg, "external_data.onnx"));
+TEST(OnnxLoaderErrors, MissingExternalDataFileNamesTensorAndFile) {
+  std::string msg = load_error("external_data.onnx");  // its .data file is not in the fixtures
+  EXPECT_TRUE(Mentions(msg, "external_data.onnx: tensor '"));
+  EXPECT_TRUE(Mentions(msg, "cannot open external data file"));
+  EXPECT_TRUE(Mentions(msg, "external_data.onnx.data"));
+}
+
+// Weights in external data (torch.onnx.export(..., dynamo=True) writes model.onnx.data): the
+// valid case loads the same tensors; a location outside the model's directory and a data file
+// too short for the tensor are Errors naming the tensor and the file.
+TEST(OnnxLoaderExternalData, LoadsAndValidates) {
+  namespace fs = std::filesystem;
+  onnx::ModelProto model;
+  {
+    std::ifstream f(kDir + "timm_vit_op13.onnx", std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    ASSERT_TRUE(model.ParseFromString(bytes));
+  }
+  OnnxVitInfo ref_info;
+  const WeightStore ref = load_onnx_vit(kDir + "timm_vit_op13.onnx", &ref_info);
+
+  const fs::path root = fs::temp_directory_path() / ("shiftadd_extdata_" + std::to_string(::getpid()));
+  fs::remove_all(root);
+  fs::create_directories(root / "m");
+  // Move every raw_data initializer into m/weights.bin, after 5 bytes of padding.
+  std::string blob(5, 'x');
+  std::string moved;
+  for (auto& t : *model.mutable_graph()->mutable_initializer()) {
+    if (!t.has_raw_data() || t.raw_data().empty()) continue;
+    if (moved.empty()) moved = t.name();
+    const size_t offset = blob.size();
+    blob += t.raw_data();
+    t.clear_raw_data();
+    t.set_data_location(onnx::TensorProto::EXTERNAL);
+    for (auto [k, v] : {std::pair<std::string, std::string>{"location", "weights.bin"},
+                        {"offset", std::to_string(offset)},
+                        {"length", std::to_string(blob.size() - offset)}}) {
+      auto* e = t.add_external_data();
+      e->set_key(k);
+      e->set_value(v);
+    }
+  }
+  ASSERT_FALSE(moved.empty());
+  auto write = [](const fs::path& p, const std::string& data) {
+    std::ofstream f(p, std::ios::binary);
+    f.write(data.data(), static_cast<std::streamsize>(data.size()));
+  };
+  write(root / "m" / "weights.bin", blob);
+  write(root / "m" / "model.onnx", model.SerializeAsString());
+
+  OnnxVitInfo info;
+  const WeightStore store = load_onnx_vit((root / "m" / "model.onnx").string(), &info);
+  EXPECT_EQ(info.heads, ref_info.heads);
+  ASSERT_EQ(store.tensors.size(), ref.tensors.size());
+  for (const auto& [name, t] : ref.tensors) {
+    ASSERT_TRUE(store.tensors.count(name)) << name;
+    const Tensor& got = store.tensors.at(name);
+    ASSERT_EQ(got.shape(), t.shape()) << name;
+    EXPECT_EQ(std::memcmp(got.raw(), t.raw(), t.nbytes()), 0) << name;
+  }
+
+  auto error_of = [](const fs::path& p) -> std::string {
+    try {
+      OnnxVitInfo i;
+      load_onnx_vit(p.string(), &i);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  // A location that leaves the model's directory, even to an existing file.
+  write(root / "weights.bin", blob);
+  onnx::ModelProto escaping = model;
+  for (auto& t : *escaping.mutable_graph()->mutable_initializer())
+    for (auto& e : *t.mutable_external_data())
+      if (e.key() == "location" && t.name() == moved) e.set_value("../weights.bin");
+  write(root / "m" / "escape.onnx", escaping.SerializeAsString());
+  std::string msg = error_of(root / "m" / "escape.onnx");
+  EXPECT_TRUE(Mentions(msg, "tensor '" + moved + "'"));
+  EXPECT_TRUE(Mentions(msg, "../weights.bin"));
+  EXPECT_TRUE(Mentions(msg, "not a file inside the model's directory"));
+
+  // A data file cut short: the first tensor past the end is named, with the file.
+  write(root / "m" / "weights.bin", blob.substr(0, blob.size() / 2));
+  msg = error_of(root / "m" / "model.onnx");
+  EXPECT_TRUE(Mentions(msg, "tensor '"));
+  EXPECT_TRUE(Mentions(msg, "weights.bin"));
+  EXPECT_TRUE(Mentions(msg, "lies outside"));
+  fs::remove_all(root);
 }
 
 // Graphs that use only known ops but are not (or not exactly) a ViT: each is a small edit of a

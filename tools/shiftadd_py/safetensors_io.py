@@ -8,6 +8,7 @@ File layout (https://github.com/huggingface/safetensors):
   rest      raw little-endian tensor bytes; offsets are relative to the start of this region
 """
 import json
+import os
 import struct
 from collections import OrderedDict
 
@@ -65,11 +66,20 @@ def save_file(tensors, path, metadata=None):
     hjson = json.dumps(header, separators=(",", ":")).encode("utf-8")
     pad = (8 - (8 + len(hjson)) % 8) % 8
     hjson += b" " * pad
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(hjson)))
-        f.write(hjson)
-        for b in blobs:
-            f.write(b)
+    # Atomic: a temporary file in the same directory, renamed over `path` when complete.
+    tmp = "%s.tmp.%d" % (path, os.getpid())
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(hjson)))
+            f.write(hjson)
+            for b in blobs:
+                f.write(b)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def read_header(path):

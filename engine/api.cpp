@@ -19,6 +19,7 @@
 #include "loaders/onnx_vit.h"
 #include "loaders/safetensors.h"
 #include "loaders/vit_names.h"
+#include "models/pvt/pvt_v2.h"
 #include "models/vit/vit.h"
 #include "shiftadd/shiftadd.h"
 
@@ -29,7 +30,8 @@ namespace shiftadd {
 
 struct Model::Impl {
   WeightStore weights;  // keeps mmaps alive; the graph borrows from it
-  VitConfig config;
+  VitConfig config;     // ViT / DeiT only
+  PreprocessConfig preprocess;
   Graph graph;
   ModelInfo info;
 };
@@ -118,24 +120,13 @@ ModelFiles resolve_model(const std::string& path) {
   return m;
 }
 
-ModelInfo describe(const ModelFiles& files, const WeightStore& stored, const std::string& naming,
-                   const VitConfig& c, const Graph& g) {
+// The family-independent part of ModelInfo: files, parameter counts and the layer list.
+ModelInfo describe_common(const ModelFiles& files, const WeightStore& stored,
+                          const std::string& naming, const Graph& g) {
   ModelInfo info;
   info.path = files.weights.string();
   info.format = files.onnx ? "onnx" : "safetensors";
   info.naming = naming;
-  info.architecture = c.distilled ? "deit-distilled" : "vit";
-  info.image_size = c.image_size;
-  info.patch_size = c.patch_size;
-  info.in_chans = c.in_chans;
-  info.dim = c.dim;
-  info.depth = c.depth;
-  info.heads = c.heads;
-  info.mlp_hidden = c.mlp_hidden;
-  info.num_classes = c.num_classes;
-  info.tokens = c.tokens();
-  info.layer_norm_eps = c.eps;
-  info.labels = c.labels;
   for (const auto& [name, t] : stored.tensors) {
     ++info.stored_dtypes[std::string(dtype_name(t.dtype()))];
     info.params += t.numel();
@@ -150,6 +141,45 @@ ModelInfo describe(const ModelFiles& files, const WeightStore& stored, const std
     for (const Tensor& w : n.weights) l.params += w.numel();
     info.layers.push_back(std::move(l));
   }
+  return info;
+}
+
+ModelInfo describe(const ModelFiles& files, const WeightStore& stored, const std::string& naming,
+                   const VitConfig& c, const Graph& g) {
+  ModelInfo info = describe_common(files, stored, naming, g);
+  info.architecture = c.distilled ? "deit-distilled" : "vit";
+  info.image_size = c.image_size;
+  info.patch_size = c.patch_size;
+  info.in_chans = c.in_chans;
+  info.dim = c.dim;
+  info.depth = c.depth;
+  info.heads = c.heads;
+  info.mlp_hidden = c.mlp_hidden;
+  info.num_classes = c.num_classes;
+  info.tokens = c.tokens();
+  info.layer_norm_eps = c.eps;
+  info.labels = c.labels;
+  return info;
+}
+
+// PVTv2: dim, heads, mlp_hidden and tokens describe the last stage; depth counts all blocks;
+// patch_size is the stem's stride (4).
+ModelInfo describe(const ModelFiles& files, const WeightStore& stored, const PvtConfig& c,
+                   const Graph& g) {
+  ModelInfo info = describe_common(files, stored, "upstream", g);
+  const PvtStage& last = c.stages.back();
+  info.architecture = "pvt_v2";
+  info.image_size = c.image_size;
+  info.patch_size = c.stages.front().stride;
+  info.in_chans = c.in_chans;
+  info.dim = last.dim;
+  info.depth = c.total_depth();
+  info.heads = last.heads;
+  info.mlp_hidden = last.mlp_hidden;
+  info.num_classes = c.num_classes;
+  info.tokens = last.grid * last.grid;
+  info.layer_norm_eps = c.eps;
+  info.labels = c.labels;
   return info;
 }
 
@@ -197,12 +227,26 @@ std::unique_ptr<Model::Impl> load_model(const std::string& path) {
     impl->weights = stored;
   } else {
     stored = load_safetensors(files.weights.string());
+    if (looks_like_pvt_v2(stored)) {
+      impl->weights = stored;
+      PvtConfig pc = infer_pvt_v2_config(impl->weights, config ? &*config : nullptr);
+      if (pc.labels.empty() && pc.num_classes == 1000) pc.labels = imagenet_labels();
+      impl->graph = build_pvt_v2(pc, impl->weights);
+      check_supported(impl->graph, *make_cpu_backend(1));
+      impl->preprocess = pc.preprocess;
+      impl->info = describe(files, stored, pc, impl->graph);
+      logger().info("loaded {} (PVTv2, {} stages, depth {}, last dim {}, heads from {})",
+                    files.weights.string(), pc.stages.size(), pc.total_depth(),
+                    pc.stages.back().dim, pc.heads_source);
+      return impl;
+    }
     naming = vit_naming_name(detect_vit_naming(stored));
     impl->weights = canonicalize_vit_names(stored);
   }
   impl->config = infer_vit_config(impl->weights, config ? &*config : nullptr, pre ? &*pre : nullptr);
   if (impl->config.labels.empty() && impl->config.num_classes == 1000) impl->config.labels = imagenet_labels();
   impl->graph = build_vit(impl->config, impl->weights);
+  impl->preprocess = impl->config.preprocess;
   check_supported(impl->graph, *make_cpu_backend(1));
   impl->info = describe(files, stored, naming, impl->config, impl->graph);
   logger().info("loaded {} ({} {}, dim {}, depth {}, heads {} from {})", files.weights.string(),
@@ -215,7 +259,7 @@ std::unique_ptr<Model::Impl> load_model(const std::string& path) {
 const ModelInfo& Model::info() const { return impl_->info; }
 
 std::vector<float> Model::preprocess_image(const std::string& image_path) const {
-  const PreprocessConfig& p = impl_->config.preprocess;
+  const PreprocessConfig& p = impl_->preprocess;
   std::vector<float> out(static_cast<size_t>(p.channels) * p.size * p.size);
   shiftadd::preprocess_image(load_image(image_path), p, out.data());
   return out;

@@ -36,33 +36,51 @@ GemmArgs linear_args(const Graph& g, const Node& n, const NodeBuffers& b) {
 }
 
 AttentionArgs attention_args(const Graph& g, const Node& n, const NodeBuffers& b) {
-  const Shape& s = g.sample_shape(n.inputs[0]);  // [N, 3C]
-  const int64_t N = s[0], C = s[1] / 3;
   AttentionArgs a;
   a.B = b.batch;
   a.H = n.p.heads;
-  a.Nq = a.Nkv = N;
+  a.scale = n.p.scale;
+  int64_t C = 0;
+  if (n.inputs.size() == 2) {  // q [Nq, C], k|v [Nkv, 2C]
+    const Shape& sq = g.sample_shape(n.inputs[0]);
+    const Shape& skv = g.sample_shape(n.inputs[1]);
+    C = sq[1];
+    a.Nq = sq[0];
+    a.Nkv = skv[0];
+    a.q = b.in[0];
+    a.q_ld = C;
+    a.q_bstride = a.Nq * C;
+    a.k = b.in[1];
+    a.v = b.in[1] + C;
+    a.k_ld = a.v_ld = 2 * C;
+    a.k_bstride = a.v_bstride = a.Nkv * 2 * C;
+  } else {  // q|k|v [N, 3C]
+    const Shape& s = g.sample_shape(n.inputs[0]);
+    const int64_t N = s[0];
+    C = s[1] / 3;
+    a.Nq = a.Nkv = N;
+    a.q = b.in[0];
+    a.k = b.in[0] + C;
+    a.v = b.in[0] + 2 * C;
+    a.q_ld = a.k_ld = a.v_ld = 3 * C;
+    a.q_bstride = a.k_bstride = a.v_bstride = N * 3 * C;
+  }
   a.d = C / n.p.heads;
-  a.q = b.in[0];
-  a.k = b.in[0] + C;
-  a.v = b.in[0] + 2 * C;
-  a.q_ld = a.k_ld = a.v_ld = 3 * C;
-  a.q_bstride = a.k_bstride = a.v_bstride = N * 3 * C;
   a.out = b.out;
   a.o_ld = C;
-  a.o_bstride = N * C;
-  a.scale = n.p.scale;
+  a.o_bstride = a.Nq * C;
   return a;
 }
 
 Conv2dArgs conv_args(const Graph& g, const Node& n, const NodeBuffers& b) {
-  const Shape& s = g.sample_shape(n.inputs[0]);  // [Cin, H, W]
+  const Shape& s = g.sample_shape(n.inputs[0]);  // [Cin, H, W], or [H*W, Cin] with a grid
   const Tensor& w = n.weights[0];
   Conv2dArgs a;
   a.B = b.batch;
-  a.Cin = s[0];
-  a.H = s[1];
-  a.W = s[2];
+  a.channels_last = n.p.grid_h > 0;
+  a.Cin = a.channels_last ? s[1] : s[0];
+  a.H = a.channels_last ? n.p.grid_h : s[1];
+  a.W = a.channels_last ? n.p.grid_w : s[2];
   a.Cout = w.dim(0);
   a.kh = w.dim(2);
   a.kw = w.dim(3);
@@ -71,6 +89,31 @@ Conv2dArgs conv_args(const Graph& g, const Node& n, const NodeBuffers& b) {
   a.x = b.in[0];
   a.w = w.data<float>();
   a.bias = n.weights[1].numel() > 0 ? n.weights[1].data<float>() : nullptr;
+  a.out = b.out;
+  return a;
+}
+
+DwConv3x3Args dwconv_args(const Graph& g, const Node& n, const NodeBuffers& b) {
+  DwConv3x3Args a;
+  a.B = b.batch;
+  a.H = n.p.grid_h;
+  a.W = n.p.grid_w;
+  a.C = g.sample_shape(n.inputs[0])[1];
+  a.x = b.in[0];
+  a.w = n.weights[0].data<float>();
+  a.bias = n.weights[1].defined() && n.weights[1].numel() > 0 ? n.weights[1].data<float>() : nullptr;
+  a.gelu = n.p.gelu;
+  a.out = b.out;
+  return a;
+}
+
+MeanTokensArgs mean_args(const Graph& g, const Node& n, const NodeBuffers& b) {
+  const Shape& s = g.sample_shape(n.inputs[0]);  // [N, C]
+  MeanTokensArgs a;
+  a.B = b.batch;
+  a.N = s[0];
+  a.C = s[1];
+  a.x = b.in[0];
   a.out = b.out;
   return a;
 }
@@ -152,6 +195,8 @@ class CpuBackend final : public Backend {
         cpu::add(out_numel(g, n, b.batch), b.in[0], b.in[1], n.p.alpha, b.out, pool_);
         break;
       case OpKind::TakeTokens: take_tokens(g, n, b); break;
+      case OpKind::DwConv3x3: cpu::dwconv3x3(dwconv_args(g, n, b), pool_); break;
+      case OpKind::MeanTokens: cpu::mean_tokens(mean_args(g, n, b), pool_); break;
       case OpKind::Count: break;
     }
   }
@@ -177,6 +222,8 @@ class RefBackend final : public Backend {
       case OpKind::Attention: ref::attention(attention_args(g, n, b)); break;
       case OpKind::Add: ref::add(out_numel(g, n, b.batch), b.in[0], b.in[1], n.p.alpha, b.out); break;
       case OpKind::TakeTokens: take_tokens(g, n, b); break;
+      case OpKind::DwConv3x3: ref::dwconv3x3(dwconv_args(g, n, b)); break;
+      case OpKind::MeanTokens: ref::mean_tokens(mean_args(g, n, b)); break;
       case OpKind::Count: break;
     }
   }

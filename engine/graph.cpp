@@ -9,6 +9,7 @@ static const OpTraits kOpTraits[] = {
     {"embed_tokens", "embed"},  {"layernorm", "norm"},
     {"linear", "dense linear"}, {"attention", "softmax attention"},
     {"add", "elementwise"},     {"take_tokens", "select"},
+    {"dwconv3x3", "depthwise conv"}, {"mean_tokens", "pool"},
 };
 static_assert(sizeof(kOpTraits) / sizeof(kOpTraits[0]) == static_cast<size_t>(OpKind::Count));
 
@@ -61,6 +62,38 @@ int Graph::conv2d(int x, Tensor w, Tensor b, int64_t stride, int64_t pad, std::s
   n.weights = {std::move(w), std::move(b)};
   n.p.stride = stride;
   n.p.pad = pad;
+  return add_node(std::move(n), {oh * ow, cout});
+}
+
+int Graph::conv2d_tokens(int x, int64_t grid_h, int64_t grid_w, Tensor w, Tensor b,
+                         int64_t stride, int64_t pad, std::string name) {
+  const Shape& s = sample_shape(x);  // [H*W, Cin]
+  expect_f32(name, "weight", w);
+  if (s.size() != 2 || grid_h <= 0 || grid_w <= 0 || s[0] != grid_h * grid_w)
+    shape_error(name, "conv2d on tokens expects input [" + std::to_string(grid_h) + "*" +
+                          std::to_string(grid_w) + ", C], got " + shape_str(s));
+  if (w.ndim() != 4 || w.dim(1) != s[1])
+    shape_error(name, "conv2d weight " + shape_str(w.shape()) + " does not fit input " +
+                          shape_str(s) + " (expected [Cout, " + std::to_string(s[1]) + ", kh, kw])");
+  if (b.defined() && b.numel() > 0 && b.numel() != w.dim(0))
+    shape_error(name, "bias has " + std::to_string(b.numel()) + " elements, expected " +
+                          std::to_string(w.dim(0)));
+  if (stride < 1 || pad < 0) shape_error(name, "bad stride/padding");
+  const int64_t oh = (grid_h + 2 * pad - w.dim(2)) / stride + 1;
+  const int64_t ow = (grid_w + 2 * pad - w.dim(3)) / stride + 1;
+  if (oh <= 0 || ow <= 0)
+    shape_error(name, "grid " + std::to_string(grid_h) + "x" + std::to_string(grid_w) +
+                          " is smaller than the kernel " + shape_str(w.shape()));
+  const int64_t cout = w.dim(0);
+  Node n;
+  n.op = OpKind::Conv2d;
+  n.name = std::move(name);
+  n.inputs = {x};
+  n.weights = {std::move(w), std::move(b)};
+  n.p.stride = stride;
+  n.p.pad = pad;
+  n.p.grid_h = grid_h;
+  n.p.grid_w = grid_w;
   return add_node(std::move(n), {oh * ow, cout});
 }
 
@@ -136,6 +169,64 @@ int Graph::attention(int qkv, int64_t heads, float scale, std::string name) {
   n.p.heads = heads;
   n.p.scale = scale;
   return add_node(std::move(n), {s[0], s[1] / 3});
+}
+
+int Graph::attention(int q, int kv, int64_t heads, float scale, std::string name) {
+  const Shape& sq = sample_shape(q);    // [Nq, C]
+  const Shape& skv = sample_shape(kv);  // [Nkv, 2C]
+  if (sq.size() != 2 || skv.size() != 2 || skv[1] != 2 * sq[1] || heads <= 0 ||
+      sq[1] % heads != 0)
+    shape_error(name, "attention expects q [Nq, C] and packed k|v [Nkv, 2C] with C divisible by "
+                      "heads=" + std::to_string(heads) + ", got q " + shape_str(sq) + " and kv " +
+                          shape_str(skv));
+  Node n;
+  n.op = OpKind::Attention;
+  n.name = std::move(name);
+  n.inputs = {q, kv};
+  n.p.heads = heads;
+  n.p.scale = scale;
+  return add_node(std::move(n), sq);
+}
+
+int Graph::dwconv3x3(int x, int64_t grid_h, int64_t grid_w, const Tensor& w, Tensor b, bool gelu,
+                     std::string name) {
+  const Shape& s = sample_shape(x);  // [H*W, C]
+  expect_f32(name, "weight", w);
+  if (s.size() != 2 || grid_h <= 0 || grid_w <= 0 || s[0] != grid_h * grid_w)
+    shape_error(name, "depthwise conv expects input [" + std::to_string(grid_h) + "*" +
+                          std::to_string(grid_w) + ", C], got " + shape_str(s));
+  const int64_t C = s[1];
+  if (w.shape() != Shape{C, 1, 3, 3})
+    shape_error(name, "depthwise weight " + shape_str(w.shape()) + " does not fit input " +
+                          shape_str(s) + " (expected [" + std::to_string(C) + ", 1, 3, 3])");
+  if (b.defined() && b.numel() > 0 && b.numel() != C)
+    shape_error(name, "bias has " + std::to_string(b.numel()) + " elements, expected " +
+                          std::to_string(C));
+  // [C, 1, 3, 3] -> taps-major [3, 3, C], the layout the kernels read.
+  Tensor wt = Tensor::empty(DType::F32, {3, 3, C});
+  const float* src = w.data<float>();
+  float* dst = wt.data<float>();
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t t = 0; t < 9; ++t) dst[t * C + c] = src[c * 9 + t];
+  Node n;
+  n.op = OpKind::DwConv3x3;
+  n.name = std::move(name);
+  n.inputs = {x};
+  n.weights = {std::move(wt), std::move(b)};
+  n.p.grid_h = grid_h;
+  n.p.grid_w = grid_w;
+  n.p.gelu = gelu;
+  return add_node(std::move(n), s);
+}
+
+int Graph::mean_tokens(int x, std::string name) {
+  const Shape& s = sample_shape(x);
+  if (s.size() != 2 || s[0] <= 0) shape_error(name, "mean over tokens expects [N, C], got " + shape_str(s));
+  Node n;
+  n.op = OpKind::MeanTokens;
+  n.name = std::move(name);
+  n.inputs = {x};
+  return add_node(std::move(n), {1, s[1]});
 }
 
 int Graph::add(int a, int b, float alpha, std::string name) {

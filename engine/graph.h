@@ -12,13 +12,17 @@ namespace shiftadd {
 
 enum class OpKind : uint8_t {
   Input,        // the image batch [B, C, H, W]
-  Conv2d,       // conv (groups 1) with bias, output token-major [B, OH*OW, Cout]
+  Conv2d,       // conv (groups 1) with bias, input [C, H, W] or token-major [H*W, C] (grid in
+                // params), output token-major [B, OH*OW, Cout]
   EmbedTokens,  // prepend cls/dist tokens and add the position embedding
   LayerNorm,    // over the last dim
   Linear,       // x W^T + b, optional fused GELU, optional fused residual add (input 1)
-  Attention,    // multi-head softmax attention from a packed q|k|v [N, 3C] -> [N, C]
+  Attention,    // multi-head softmax attention from a packed q|k|v [N, 3C] -> [N, C], or from
+                // q [Nq, C] and a packed k|v [Nkv, 2C] (two inputs) -> [Nq, C]
   Add,          // alpha * (a + b)
   TakeTokens,   // x[:, first:first+count, :]
+  DwConv3x3,    // depthwise 3x3 conv (pad 1, bias) over the [H*W, C] token grid, optional GELU
+  MeanTokens,   // mean over tokens [N, C] -> [1, C]
   Count
 };
 
@@ -31,10 +35,11 @@ const OpTraits& op_traits(OpKind op);
 
 struct OpParams {
   float eps = 0.0f;          // LayerNorm
-  bool gelu = false;         // Linear
+  bool gelu = false;         // Linear, DwConv3x3
   int64_t heads = 0;         // Attention
   float scale = 1.0f;        // Attention
   int64_t stride = 1, pad = 0;  // Conv2d
+  int64_t grid_h = 0, grid_w = 0;  // Conv2d on token-major input (0: NCHW input), DwConv3x3
   int64_t first = 0, count = 0; // TakeTokens
   float alpha = 1.0f;        // Add
 };
@@ -60,7 +65,16 @@ class Graph {
   int embed_tokens(int patches, Tensor prefix, Tensor pos, std::string name);
   int layernorm(int x, Tensor gamma, Tensor beta, float eps, std::string name);
   int linear(int x, Tensor w, Tensor b, std::string name, bool gelu = false, int residual = -1);
+  // Conv2d over token-major x [grid_h * grid_w, C] viewed as a grid_h x grid_w image.
+  int conv2d_tokens(int x, int64_t grid_h, int64_t grid_w, Tensor w, Tensor b, int64_t stride,
+                    int64_t pad, std::string name);
   int attention(int qkv, int64_t heads, float scale, std::string name);
+  // Attention with separate queries q [Nq, C] and packed keys|values kv [Nkv, 2C].
+  int attention(int q, int kv, int64_t heads, float scale, std::string name);
+  // w: PyTorch's depthwise weight [C, 1, 3, 3] (stored transposed to [3, 3, C] in the node).
+  int dwconv3x3(int x, int64_t grid_h, int64_t grid_w, const Tensor& w, Tensor b, bool gelu,
+                std::string name);
+  int mean_tokens(int x, std::string name);
   int add(int a, int b, float alpha, std::string name);
   int take_tokens(int x, int64_t first, int64_t count, std::string name);
   void set_output(int v) { output_ = v; }

@@ -67,11 +67,14 @@ struct AttentionArgs {
   float scale = 1.0f;
 };
 
-// 2-D convolution (groups = 1), NCHW input, weight [Cout, Cin, kh, kw], optional bias,
-// output written token-major: out[b, oy*OW + ox, co] (what a ViT/PVT patch embedding wants).
+// 2-D convolution (groups = 1), weight [Cout, Cin, kh, kw], optional bias, output written
+// token-major: out[b, oy*OW + ox, co] (what a ViT/PVT patch embedding wants). The input is NCHW
+// (x[b, ci, iy, ix], the image), or with channels_last token-major x[b, iy*W + ix, ci] (PVT's
+// stage patch embeddings and spatial-reduction convs, which read the previous tokens).
 struct Conv2dArgs {
   int64_t B = 0, Cin = 0, H = 0, W = 0, Cout = 0, kh = 0, kw = 0;
   int64_t stride = 1, pad = 0;
+  bool channels_last = false;
   const float* x = nullptr;
   const float* w = nullptr;
   const float* bias = nullptr;
@@ -90,6 +93,26 @@ struct EmbedTokensArgs {
   float* out = nullptr;            // [B, P + Np, C]
 };
 
+// Depthwise 3x3 convolution, stride 1, zero padding 1, over an H x W grid of token-major data:
+//   out[b, y*W + x, c] = act(bias[c] + sum_{ky,kx} in[b, (y+ky-1)*W + (x+kx-1), c] * w[ky, kx, c])
+// with act = exact GELU if `gelu`, else identity. The weight is taps-major [3, 3, C] (PyTorch's
+// [C, 1, 3, 3] transposed) so a vector of channels reads one contiguous weight row per tap.
+struct DwConv3x3Args {
+  int64_t B = 0, H = 0, W = 0, C = 0;
+  const float* x = nullptr;     // [B, H*W, C]
+  const float* w = nullptr;     // [3, 3, C]
+  const float* bias = nullptr;  // [C] or null
+  bool gelu = false;
+  float* out = nullptr;  // [B, H*W, C]; must not overlap x
+};
+
+// Mean over tokens: out[b, c] = (1/N) sum_n x[b, n, c].
+struct MeanTokensArgs {
+  int64_t B = 0, N = 0, C = 0;
+  const float* x = nullptr;  // [B, N, C]
+  float* out = nullptr;      // [B, C]
+};
+
 namespace ref {
 void gemm(const GemmArgs& a);
 void layernorm(const LayerNormArgs& a);
@@ -97,6 +120,8 @@ void gelu(int64_t n, const float* x, float* y);  // exact erf GELU
 void attention(const AttentionArgs& a);
 void conv2d(const Conv2dArgs& a);
 void embed_tokens(const EmbedTokensArgs& a);
+void dwconv3x3(const DwConv3x3Args& a);
+void mean_tokens(const MeanTokensArgs& a);
 // y = alpha * (a + b), elementwise over n
 void add(int64_t n, const float* a, const float* b, float alpha, float* y);
 }  // namespace ref
@@ -120,6 +145,8 @@ void gelu(int64_t n, const float* x, float* y, ThreadPool& pool);
 void attention(const AttentionArgs& a, ThreadPool& pool);
 void conv2d(const Conv2dArgs& a, ThreadPool& pool);
 void embed_tokens(const EmbedTokensArgs& a, ThreadPool& pool);
+void dwconv3x3(const DwConv3x3Args& a, ThreadPool& pool);
+void mean_tokens(const MeanTokensArgs& a, ThreadPool& pool);
 void add(int64_t n, const float* a, const float* b, float alpha, float* y, ThreadPool& pool);
 }  // namespace cpu
 

@@ -11,6 +11,8 @@
 //     GEMM / conv2d (K = reduction length):  2e-6 * sqrt(K) + 2e-6
 //     attention, layernorm:                  1e-5
 //     gelu, add, embed_tokens:               2e-6 (gelu: relative to max(max |ref|, 1))
+//     dwconv3x3:                             1e-5 (relative to max(max |ref|, 1): fused GELU)
+//     mean_tokens:                           2e-6 * sqrt(N) + 2e-6
 //
 // Adding an op = adding its cases to case_table() (and a pointer to Backend). Adding a backend
 // (e.g. CUDA) = adding a row to backends().
@@ -48,6 +50,8 @@ struct Backend {
   void (*conv2d)(const Conv2dArgs&, ThreadPool&);
   void (*embed_tokens)(const EmbedTokensArgs&, ThreadPool&);
   void (*add)(int64_t, const float*, const float*, float, float*, ThreadPool&);
+  void (*dwconv3x3)(const DwConv3x3Args&, ThreadPool&);
+  void (*mean_tokens)(const MeanTokensArgs&, ThreadPool&);
 };
 
 // gtest prints test parameters on failure; a backend prints as its name.
@@ -66,7 +70,9 @@ Backend cpu_backend(std::string name) {
           cpu::attention,
           cpu::conv2d,
           cpu::embed_tokens,
-          cpu::add};
+          cpu::add,
+          cpu::dwconv3x3,
+          cpu::mean_tokens};
 }
 
 constexpr char kAvx512[] = "avx512", kAvx2[] = "avx2", kScalar[] = "scalar";
@@ -278,17 +284,19 @@ OpCase attention_case(int64_t B, int64_t H, int64_t Nq, int64_t Nkv, int64_t d, 
           }};
 }
 
+// channels_last: the input is token-major [B, H*W, Cin] (PVT's stage stems and sr convs).
 OpCase conv_case(int64_t B, int64_t Cin, int64_t H, int64_t W, int64_t Cout, int64_t k,
-                 int64_t stride, int64_t pad, bool bias) {
+                 int64_t stride, int64_t pad, bool bias, bool channels_last = false) {
   char shape[160];
-  std::snprintf(shape, sizeof shape, "B=%lld Cin=%lld %lldx%lld Cout=%lld k=%lld s=%lld p=%lld%s",
+  std::snprintf(shape, sizeof shape, "B=%lld Cin=%lld %lldx%lld Cout=%lld k=%lld s=%lld p=%lld%s%s",
                 (long long)B, (long long)Cin, (long long)H, (long long)W, (long long)Cout,
-                (long long)k, (long long)stride, (long long)pad, bias ? " +bias" : "");
+                (long long)k, (long long)stride, (long long)pad, bias ? " +bias" : "",
+                channels_last ? " tokens" : "");
   return {
       "conv2d", shape, [=](const Backend& be, ThreadPool& pool, Rng& rng) {
         Conv2dArgs a;
         a.B = B, a.Cin = Cin, a.H = H, a.W = W, a.Cout = Cout, a.kh = a.kw = k;
-        a.stride = stride, a.pad = pad;
+        a.stride = stride, a.pad = pad, a.channels_last = channels_last;
         const std::vector<float> x = random_vec(rng, B * Cin * H * W);
         const std::vector<float> w = random_vec(rng, Cout * Cin * k * k);
         const std::vector<float> b = random_vec(rng, Cout);
@@ -302,6 +310,43 @@ OpCase conv_case(int64_t B, int64_t Cin, int64_t H, int64_t W, int64_t Cout, int
         be.conv2d(a, pool);
         return CaseResult{rel_error(out, out_ref, rows, Cout, Cout), gemm_tolerance(Cin * k * k)};
       }};
+}
+
+OpCase dwconv_case(int64_t B, int64_t H, int64_t W, int64_t C, bool bias, bool gelu) {
+  char shape[128];
+  std::snprintf(shape, sizeof shape, "B=%lld %lldx%lld C=%lld%s%s", (long long)B, (long long)H,
+                (long long)W, (long long)C, bias ? " +bias" : "", gelu ? " gelu" : "");
+  return {"dwconv3x3", shape, [=](const Backend& be, ThreadPool& pool, Rng& rng) {
+            const std::vector<float> x = random_vec(rng, B * H * W * C);
+            const std::vector<float> w = random_vec(rng, 9 * C), b = random_vec(rng, C);
+            std::vector<float> out = poisoned(B * H * W * C), out_ref = out;
+            DwConv3x3Args a;
+            a.B = B, a.H = H, a.W = W, a.C = C, a.gelu = gelu;
+            a.x = x.data(), a.w = w.data(), a.bias = bias ? b.data() : nullptr;
+            DwConv3x3Args a_ref = a;
+            a.out = out.data(), a_ref.out = out_ref.data();
+            ref::dwconv3x3(a_ref);
+            be.dwconv3x3(a, pool);
+            return CaseResult{rel_error(out, out_ref, B * H * W, C, C, 1.0), 1e-5};
+          }};
+}
+
+OpCase mean_case(int64_t B, int64_t N, int64_t C) {
+  char shape[96];
+  std::snprintf(shape, sizeof shape, "B=%lld N=%lld C=%lld", (long long)B, (long long)N,
+                (long long)C);
+  return {"mean_tokens", shape, [=](const Backend& be, ThreadPool& pool, Rng& rng) {
+            std::vector<float> x = random_vec(rng, B * N * C);
+            for (float& v : x) v += 0.5f;  // keep the mean away from zero
+            std::vector<float> out = poisoned(B * C), out_ref = out;
+            MeanTokensArgs a;
+            a.B = B, a.N = N, a.C = C, a.x = x.data();
+            MeanTokensArgs a_ref = a;
+            a.out = out.data(), a_ref.out = out_ref.data();
+            ref::mean_tokens(a_ref);
+            be.mean_tokens(a, pool);
+            return CaseResult{rel_error(out, out_ref, B, C, C), gemm_tolerance(N)};
+          }};
 }
 
 std::vector<OpCase> case_table() {
@@ -371,6 +416,27 @@ std::vector<OpCase> case_table() {
   t.push_back(conv_case(1, 2, 7, 7, 3, 7, 4, 3, true));
   t.push_back(conv_case(2, 1, 5, 5, 1, 1, 1, 0, true));
   t.push_back(conv_case(1, 4, 33, 31, 17, 4, 4, 0, true));  // kernel == stride, ragged edge
+  // Token-major input: PVTv2-b0 stage stems (k3 s2 p1) and spatial-reduction convs (k = s = sr).
+  t.push_back(conv_case(1, 32, 56, 56, 64, 3, 2, 1, true, true));
+  t.push_back(conv_case(2, 64, 28, 28, 160, 3, 2, 1, true, true));
+  t.push_back(conv_case(1, 32, 56, 56, 32, 8, 8, 0, true, true));
+  t.push_back(conv_case(2, 64, 28, 28, 64, 4, 4, 0, true, true));
+  t.push_back(conv_case(2, 5, 11, 13, 7, 3, 2, 1, false, true));
+  t.push_back(conv_case(1, 3, 9, 7, 2, 2, 2, 0, true, true));
+  t.push_back(conv_case(1, 1, 1, 1, 1, 3, 2, 1, true, true));
+
+  // PVTv2 MLP DWConv (b0 hidden sizes), with and without GELU; odd sizes and tiny grids.
+  t.push_back(dwconv_case(1, 56, 56, 256, true, true));
+  t.push_back(dwconv_case(2, 14, 14, 640, true, true));
+  t.push_back(dwconv_case(2, 7, 7, 1024, true, false));
+  t.push_back(dwconv_case(3, 5, 3, 17, false, true));
+  t.push_back(dwconv_case(1, 1, 1, 7, true, false));
+  t.push_back(dwconv_case(2, 1, 9, 33, true, true));
+  t.push_back(dwconv_case(1, 8, 1, 8, false, false));
+
+  for (int64_t B : {1, 3})
+    for (int64_t N : {1, 7, 49, 3136})
+      for (int64_t C : {1, 17, 256}) t.push_back(mean_case(B, N, C));
   return t;
 }
 
@@ -418,7 +484,7 @@ INSTANTIATE_TEST_SUITE_P(
     Kernels, KernelTest,
     ::testing::Combine(::testing::ValuesIn(backends()), ::testing::Values(1, 2, 3),
                        ::testing::Values("gemm", "layernorm", "gelu", "add", "embed_tokens",
-                                         "attention", "conv2d")),
+                                         "attention", "conv2d", "dwconv3x3", "mean_tokens")),
     [](const ::testing::TestParamInfo<Param>& info) {
       return std::get<0>(info.param).name + "_" + std::to_string(std::get<1>(info.param)) +
              "threads_" + std::get<2>(info.param);

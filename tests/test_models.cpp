@@ -152,9 +152,10 @@ namespace bad_checkpoints {
 using shiftadd::Tensor;
 
 fs::path write_variant(const std::string& name,
-                       const std::function<void(std::map<std::string, Tensor>&)>& edit) {
+                       const std::function<void(std::map<std::string, Tensor>&)>& edit,
+                       const std::string& base = "timm_vit_p16_224_bare") {
   const shiftadd::WeightStore src =
-      shiftadd::load_safetensors((kGoldens / "timm_vit_p16_224_bare/model.safetensors").string());
+      shiftadd::load_safetensors((kGoldens / base / "model.safetensors").string());
   std::map<std::string, Tensor> t = src.tensors;
   edit(t);
   const fs::path dir = fs::temp_directory_path() / ("shiftadd_bad_" + std::to_string(::getpid()));
@@ -207,6 +208,23 @@ TEST(BadCheckpoint, IntegerWeightsAreRejected) {
     t["blocks.0.norm1.weight"] = Tensor::empty(shiftadd::DType::I32, {64});
   });
   EXPECT_NE(load_error(p).find("blocks.0.norm1.weight"), std::string::npos) << load_error(p);
+}
+
+TEST(BadCheckpoint, PvtMissingTensorIsNamed) {
+  const auto p = write_variant(
+      "pvt_missing", [](auto& t) { t.erase("block2.1.mlp.dwconv.dwconv.bias"); }, "pvt_v2_small_96");
+  const std::string e = load_error(p);
+  EXPECT_NE(e.find("block2.1.mlp.dwconv.dwconv.bias"), std::string::npos) << e;
+  EXPECT_NE(e.find("pvt_missing.safetensors"), std::string::npos) << e;
+}
+
+TEST(BadCheckpoint, PvtWrongShapeIsNamed) {
+  const auto p = write_variant("pvt_shape", [](auto& t) {
+    t["block3.0.attn.kv.weight"] = Tensor::empty(shiftadd::DType::F32, {80, 41});
+  }, "pvt_v2_small_96");
+  const std::string e = load_error(p);
+  EXPECT_NE(e.find("block3.0.attn.kv.weight"), std::string::npos) << e;
+  EXPECT_NE(e.find("[80, 41]"), std::string::npos) << e;
 }
 
 }  // namespace bad_checkpoints

@@ -1,4 +1,4 @@
-// 2-D convolution as im2col + GEMM. Output positions (over the whole batch) are the GEMM rows:
+// 2-D convolution (NCHW or token-major input) as im2col + GEMM. Output positions (over the whole batch) are the GEMM rows:
 // a chunk of them is unfolded into [rows, Cin*kh*kw] patches in thread 0's scratch (after the
 // GEMM's own packing space), then multiplied by the weight viewed as [Cout, Cin*kh*kw]
 // (the [N,K] layout) with the bias fused, writing token-major output directly.
@@ -30,6 +30,25 @@ void im2col_row(const Conv2dArgs& a, int64_t row, float* dst) {
   const int64_t b = row / (OH * OW), oy = row / OW % OH, ox = row % OW;
   const int64_t iy0 = oy * a.stride - a.pad, ix0 = ox * a.stride - a.pad;
   const bool x_inside = ix0 >= 0 && ix0 + a.kw <= a.W;
+  if (a.channels_last) {
+    // Token-major input: gather (ci, ky, kx) from pixel rows of Cin contiguous channels.
+    const float* img = a.x + b * a.H * a.W * a.Cin;
+    for (int64_t ci = 0; ci < a.Cin; ++ci) {
+      for (int64_t ky = 0; ky < a.kh; ++ky, dst += a.kw) {
+        const int64_t iy = iy0 + ky;
+        if (iy < 0 || iy >= a.H) {
+          std::fill(dst, dst + a.kw, 0.0f);
+          continue;
+        }
+        const float* row = img + iy * a.W * a.Cin + ci;
+        for (int64_t kx = 0; kx < a.kw; ++kx) {
+          const int64_t ix = ix0 + kx;
+          dst[kx] = ix >= 0 && ix < a.W ? row[ix * a.Cin] : 0.0f;
+        }
+      }
+    }
+    return;
+  }
   for (int64_t ci = 0; ci < a.Cin; ++ci) {
     const float* plane = a.x + (b * a.Cin + ci) * a.H * a.W;
     for (int64_t ky = 0; ky < a.kh; ++ky, dst += a.kw) {

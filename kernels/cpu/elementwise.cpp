@@ -1,4 +1,4 @@
-// Elementwise kernels: exact-erf GELU, scaled add, token embedding. Memory-bound, so they are
+// Elementwise kernels: exact-erf GELU, scaled add, token embedding, mean over tokens. Memory-bound, so they are
 // vectorized for the active SIMD path and split over the pool only when large.
 #include <cstring>
 
@@ -91,6 +91,21 @@ void add(int64_t n, const float* a, const float* b, float alpha, float* y, Threa
   const AddSpan span = add_span();
   parallel_chunks(pool, n, 1, kMinElemsPerThread, [&](int64_t begin, int64_t end) {
     span(end - begin, a + begin, b + begin, alpha, y + begin);
+  });
+}
+
+// Sums token rows with the vectorized add (alpha 1), then scales once: N*C adds per image.
+void mean_tokens(const MeanTokensArgs& a, ThreadPool& pool) {
+  const AddSpan span = add_span();
+  const float inv = 1.0f / static_cast<float>(a.N);
+  parallel_chunks(pool, a.B, a.N * a.C, kMinElemsPerThread, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const float* x = a.x + b * a.N * a.C;
+      float* out = a.out + b * a.C;
+      std::memcpy(out, x, a.C * sizeof(float));
+      for (int64_t n = 1; n < a.N; ++n) span(a.C, out, x + n * a.C, 1.0f, out);
+      for (int64_t c = 0; c < a.C; ++c) out[c] *= inv;
+    }
   });
 }
 

@@ -1,4 +1,4 @@
-// Reference elementwise ops: exact-erf GELU, token embedding, scaled add.
+// Reference elementwise ops: exact-erf GELU, token embedding, mean over tokens, scaled add.
 #include <cmath>
 
 #include "kernels/kernels.h"
@@ -21,6 +21,15 @@ void embed_tokens(const EmbedTokensArgs& a) {
       for (int64_t c = 0; c < a.C; ++c) dst[c] = src[c] + (a.pos ? a.pos[t * a.C + c] : 0.0f);
     }
   }
+}
+
+void mean_tokens(const MeanTokensArgs& a) {
+  for (int64_t b = 0; b < a.B; ++b)
+    for (int64_t c = 0; c < a.C; ++c) {
+      double sum = 0.0;
+      for (int64_t n = 0; n < a.N; ++n) sum += a.x[(b * a.N + n) * a.C + c];
+      a.out[b * a.C + c] = static_cast<float>(sum / static_cast<double>(a.N));
+    }
 }
 
 void add(int64_t n, const float* a, const float* b, float alpha, float* y) {

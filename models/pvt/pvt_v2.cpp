@@ -1,0 +1,218 @@
+#include "models/pvt/pvt_v2.h"
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "loaders/safetensors.h"
+#include "shiftadd/error.h"
+
+namespace shiftadd {
+
+namespace {
+
+using json = nlohmann::json;
+
+std::string S(int64_t v) { return std::to_string(v); }
+
+const Tensor& expect(const WeightStore& w, const std::string& name, int ndim) {
+  if (!w.has(name)) throw Error(w.source + ": PVTv2 tensor '" + name + "' is missing");
+  const Tensor& t = w.at(name);
+  if (t.ndim() != ndim)
+    throw Error(w.source + ": tensor '" + name + "' has shape " + shape_str(t.shape()) +
+                ", expected " + S(ndim) + " dimensions");
+  return t;
+}
+
+const json* find_key(const json* cfg, const char* key) {
+  if (!cfg || !cfg->is_object()) return nullptr;
+  if (cfg->contains(key)) return &(*cfg)[key];
+  for (const char* nest : {"model_args", "pretrained_cfg"})
+    if (cfg->contains(nest) && (*cfg)[nest].is_object() && (*cfg)[nest].contains(key))
+      return &(*cfg)[nest][key];
+  return nullptr;
+}
+
+std::vector<std::string> config_labels(const json* cfg, int64_t classes) {
+  std::vector<std::string> labels;
+  if (const json* names = find_key(cfg, "label_names"); names && names->is_array()) {
+    for (const auto& n : *names) labels.push_back(n.is_string() ? n.get<std::string>() : n.dump());
+  } else if (const json* m = find_key(cfg, "id2label"); m && m->is_object()) {
+    labels.assign(classes, "");
+    for (const auto& [k, v] : m->items()) {
+      int64_t id = -1;
+      try {
+        id = std::stoll(k);
+      } catch (...) {
+      }
+      if (id >= 0 && id < classes) labels[id] = v.is_string() ? v.get<std::string>() : v.dump();
+    }
+  }
+  if (!labels.empty() && static_cast<int64_t>(labels.size()) != classes) labels.clear();
+  return labels;
+}
+
+std::string block(int64_t i, int64_t j) { return "block" + S(i) + "." + S(j) + "."; }
+
+}  // namespace
+
+int64_t PvtConfig::total_depth() const {
+  int64_t d = 0;
+  for (const PvtStage& s : stages) d += s.depth;
+  return d;
+}
+
+bool looks_like_pvt_v2(const WeightStore& w) {
+  return w.has("patch_embed1.proj.weight") && w.has("block1.0.norm1.weight");
+}
+
+PvtConfig infer_pvt_v2_config(const WeightStore& w, const json* cfg) {
+  PvtConfig c;
+  if (const json* v = find_key(cfg, "img_size"); v && v->is_number_integer()) c.image_size = v->get<int64_t>();
+  else if (const json* v2 = find_key(cfg, "image_size"); v2 && v2->is_number_integer()) c.image_size = v2->get<int64_t>();
+  if (c.image_size <= 0) throw Error(w.source + ": config image size must be positive");
+
+  for (int64_t i = 1; w.has("patch_embed" + S(i) + ".proj.weight"); ++i) {
+    const std::string pe = "patch_embed" + S(i) + ".proj.weight";
+    const Tensor& pw = expect(w, pe, 4);
+    PvtStage s;
+    s.dim = pw.dim(0);
+    s.patch = pw.dim(2);
+    if (pw.dim(3) != s.patch || s.patch < 1 || s.dim < 1)
+      throw Error(w.source + ": '" + pe + "' " + shape_str(pw.shape()) + " is not a square kernel");
+    const int64_t cin = c.stages.empty() ? pw.dim(1) : c.stages.back().dim;
+    if (c.stages.empty()) c.in_chans = cin;
+    if (pw.dim(1) != cin)
+      throw Error(w.source + ": '" + pe + "' " + shape_str(pw.shape()) + " expects " + S(pw.dim(1)) +
+                  " input channels but stage " + S(i - 1) + " has dim " + S(cin));
+    // OverlapPatchEmbed: stride 4 for the stem, 2 later; padding patch / 2.
+    s.stride = c.stages.empty() ? 4 : 2;
+    const int64_t prev = c.stages.empty() ? c.image_size : c.stages.back().grid;
+    s.grid = (prev + 2 * (s.patch / 2) - s.patch) / s.stride + 1;
+    if (s.grid < 1)
+      throw Error(w.source + ": image size " + S(c.image_size) + " is too small for stage " + S(i));
+    while (w.has(block(i, s.depth) + "norm1.weight")) ++s.depth;
+    if (s.depth == 0)
+      throw Error(w.source + ": stage " + S(i) + " has no blocks ('" + block(i, 0) + "norm1.weight' missing)");
+    const std::string sr = block(i, 0) + "attn.sr.weight";
+    if (w.has(sr)) {
+      const Tensor& t = expect(w, sr, 4);
+      s.sr_ratio = t.dim(2);
+      if (t.dim(3) != s.sr_ratio || s.sr_ratio < 2)
+        throw Error(w.source + ": '" + sr + "' " + shape_str(t.shape()) + " is not a square sr conv");
+      if (s.grid < s.sr_ratio)
+        throw Error(w.source + ": image size " + S(c.image_size) + " gives a " + S(s.grid) + "x" +
+                    S(s.grid) + " grid in stage " + S(i) + ", smaller than its sr ratio " + S(s.sr_ratio));
+    }
+    s.mlp_hidden = expect(w, block(i, 0) + "mlp.fc1.weight", 2).dim(0);
+    c.stages.push_back(s);
+  }
+  if (c.stages.empty()) throw Error(w.source + ": no PVTv2 stages ('patch_embed1.proj.weight' missing)");
+  c.num_classes = expect(w, "head.weight", 2).dim(0);
+
+  // Heads cannot be read off the weights.
+  const size_t ns = c.stages.size();
+  std::vector<int64_t> heads;
+  if (const json* h = find_key(cfg, "num_heads"); h && (h->is_array() || h->is_number_integer())) {
+    if (h->is_number_integer()) heads.assign(ns, h->get<int64_t>());
+    else
+      for (const auto& v : *h) {
+        if (!v.is_number_integer()) throw Error(w.source + ": config num_heads must hold integers");
+        heads.push_back(v.get<int64_t>());
+      }
+    if (heads.size() != ns)
+      throw Error(w.source + ": config num_heads has " + S(static_cast<int64_t>(heads.size())) +
+                  " values for " + S(static_cast<int64_t>(ns)) + " stages");
+    c.heads_source = "config";
+  } else {
+    heads = {1, 2, 5, 8};
+    heads.resize(ns, 8);
+    c.heads_source = "PVTv2 convention [1, 2, 5, 8]";
+  }
+  for (size_t i = 0; i < ns; ++i) {
+    c.stages[i].heads = heads[i];
+    if (heads[i] <= 0 || c.stages[i].dim % heads[i] != 0)
+      throw Error(w.source + ": stage " + S(static_cast<int64_t>(i + 1)) + " dim " + S(c.stages[i].dim) +
+                  " is not divisible by " + S(heads[i]) + " heads (" + c.heads_source +
+                  "); put \"num_heads\": [...] in config.json");
+  }
+  c.labels = config_labels(cfg, c.num_classes);
+  c.preprocess.channels = static_cast<int>(c.in_chans);
+  c.preprocess.size = static_cast<int>(c.image_size);
+  c.preprocess.crop_pct = 0.875f;
+  if (c.in_chans != 3) {
+    c.preprocess.mean.assign(c.in_chans, 0.5f);
+    c.preprocess.std.assign(c.in_chans, 0.5f);
+  }
+  return c;
+}
+
+Graph build_pvt_v2(const PvtConfig& c, const WeightStore& w) {
+  std::set<std::string> used;
+  auto W = [&](const std::string& name, const Shape& shape) -> Tensor {
+    if (!w.has(name)) throw Error(w.source + ": PVTv2 tensor '" + name + "' is missing");
+    const Tensor& t = w.at(name);
+    if (t.shape() != shape)
+      throw Error(w.source + ": tensor '" + name + "' has shape " + shape_str(t.shape()) +
+                  ", expected " + shape_str(shape));
+    if (!dtype_traits(t.dtype()).is_float)
+      throw Error(w.source + ": tensor '" + name + "' has dtype " + std::string(dtype_name(t.dtype())) +
+                  "; expected F32, F16 or BF16");
+    used.insert(name);
+    return to_f32(t);
+  };
+
+  Graph g;
+  int x = g.input({c.in_chans, c.image_size, c.image_size});
+  int64_t cin = c.in_chans, grid = c.image_size;
+  for (size_t si = 0; si < c.stages.size(); ++si) {
+    const PvtStage& s = c.stages[si];
+    const int64_t C = s.dim, F = s.mlp_hidden, i = static_cast<int64_t>(si + 1);
+    const std::string pe = "patch_embed" + S(i) + ".";
+    Tensor pw = W(pe + "proj.weight", {C, cin, s.patch, s.patch}), pb = W(pe + "proj.bias", {C});
+    x = si == 0 ? g.conv2d(x, pw, pb, s.stride, s.patch / 2, pe + "proj")
+                : g.conv2d_tokens(x, grid, grid, pw, pb, s.stride, s.patch / 2, pe + "proj");
+    grid = s.grid;
+    x = g.layernorm(x, W(pe + "norm.weight", {C}), W(pe + "norm.bias", {C}), c.embed_eps, pe + "norm");
+
+    const float scale = 1.0f / std::sqrt(static_cast<float>(C / s.heads));
+    for (int64_t j = 0; j < s.depth; ++j) {
+      const std::string b = block(i, j);
+      int h = g.layernorm(x, W(b + "norm1.weight", {C}), W(b + "norm1.bias", {C}), c.eps, b + "norm1");
+      const int q = g.linear(h, W(b + "attn.q.weight", {C, C}), W(b + "attn.q.bias", {C}), b + "attn.q");
+      int kv_in = h;
+      if (s.sr_ratio > 1) {
+        kv_in = g.conv2d_tokens(h, grid, grid, W(b + "attn.sr.weight", {C, C, s.sr_ratio, s.sr_ratio}),
+                                W(b + "attn.sr.bias", {C}), s.sr_ratio, 0, b + "attn.sr");
+        kv_in = g.layernorm(kv_in, W(b + "attn.norm.weight", {C}), W(b + "attn.norm.bias", {C}),
+                            c.embed_eps, b + "attn.norm");
+      }
+      const int kv = g.linear(kv_in, W(b + "attn.kv.weight", {2 * C, C}), W(b + "attn.kv.bias", {2 * C}),
+                              b + "attn.kv");
+      h = g.attention(q, kv, s.heads, scale, b + "attn");
+      x = g.linear(h, W(b + "attn.proj.weight", {C, C}), W(b + "attn.proj.bias", {C}), b + "attn.proj",
+                   false, x);
+      h = g.layernorm(x, W(b + "norm2.weight", {C}), W(b + "norm2.bias", {C}), c.eps, b + "norm2");
+      h = g.linear(h, W(b + "mlp.fc1.weight", {F, C}), W(b + "mlp.fc1.bias", {F}), b + "mlp.fc1");
+      h = g.dwconv3x3(h, grid, grid, W(b + "mlp.dwconv.dwconv.weight", {F, 1, 3, 3}),
+                      W(b + "mlp.dwconv.dwconv.bias", {F}), true, b + "mlp.dwconv");
+      x = g.linear(h, W(b + "mlp.fc2.weight", {C, F}), W(b + "mlp.fc2.bias", {C}), b + "mlp.fc2",
+                   false, x);
+    }
+    const std::string n = "norm" + S(i);
+    x = g.layernorm(x, W(n + ".weight", {C}), W(n + ".bias", {C}), c.eps, n);
+    cin = C;
+  }
+  x = g.mean_tokens(x, "pool");
+  const int64_t K = c.num_classes;
+  x = g.linear(x, W("head.weight", {K, cin}), W("head.bias", {K}), "head");
+  g.set_output(x);
+
+  for (const auto& [name, t] : w.tensors)
+    if (!used.count(name))
+      throw Error(w.source + ": unexpected tensor '" + name + "' " + shape_str(t.shape()) +
+                  " for a dense PVTv2 with " + S(static_cast<int64_t>(c.stages.size())) + " stages");
+  return g;
+}
+
+}  // namespace shiftadd

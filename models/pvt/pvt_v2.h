@@ -1,0 +1,46 @@
+#pragma once
+// PVTv2 (spec section 1), dense: configuration inferred from upstream-named tensors
+// (`patch_embed{i}.*`, `block{i}.{j}.*`, `norm{i}.*`, `head.*`) and an optional config.json, and
+// the graph builder. Activations stay token-major [H*W, C] per sample; the grid of every stage
+// is fixed at build time from the image size.
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "engine/graph.h"
+#include "loaders/image.h"
+#include "loaders/weight_store.h"
+
+namespace shiftadd {
+
+struct PvtStage {
+  int64_t dim = 0, depth = 0, heads = 0, sr_ratio = 1, mlp_hidden = 0;
+  int64_t patch = 0, stride = 0;  // overlapping patch embedding: kernel, stride (pad = patch/2)
+  int64_t grid = 0;               // tokens per side after this stage's patch embedding
+};
+
+struct PvtConfig {
+  int64_t image_size = 224, in_chans = 3, num_classes = 0;
+  std::vector<PvtStage> stages;
+  std::string heads_source;  // "config" or "PVTv2 convention [1, 2, 5, 8]"
+  float embed_eps = 1e-5f;   // patch-embedding and spatial-reduction LayerNorms (nn.LayerNorm default)
+  float eps = 1e-6f;         // block and stage norms
+  std::vector<std::string> labels;
+  PreprocessConfig preprocess;
+
+  int64_t total_depth() const;
+};
+
+// True if the tensor names look like an upstream PVTv2 checkpoint.
+bool looks_like_pvt_v2(const WeightStore& w);
+
+// Dims, depths, sr ratios and MLP widths from the tensors; heads (`num_heads`, a list or one
+// number), image size (`img_size`/`image_size`, default 224) and labels from `config` (may be
+// null). Throws Error naming the file and tensor when shapes are inconsistent.
+PvtConfig infer_pvt_v2_config(const WeightStore& w, const nlohmann::json* config);
+
+// Builds input [C, S, S] -> logits [1, classes]. Every tensor of `w` must be used.
+Graph build_pvt_v2(const PvtConfig& cfg, const WeightStore& w);
+
+}  // namespace shiftadd

@@ -19,7 +19,9 @@
 #include "loaders/onnx_vit.h"
 #include "loaders/safetensors.h"
 #include "loaders/vit_names.h"
+#include "engine/shift_codes.h"
 #include "models/pvt/pvt_v2.h"
+#include "models/pvt/shiftadd_pvt.h"
 #include "models/vit/vit.h"
 #include "shiftadd/shiftadd.h"
 
@@ -121,6 +123,37 @@ ModelFiles resolve_model(const std::string& path) {
 }
 
 // The family-independent part of ModelInfo: files, parameter counts and the layer list.
+// "5-bit shift codes, exponent [lo, hi], P% nonzero" for a U8 code tensor.
+std::string shift_detail(const Tensor& codes) {
+  const uint8_t* c = codes.data<uint8_t>();
+  int lo = 1, hi = -15;
+  int64_t nonzero = 0;
+  for (int64_t i = 0; i < codes.numel(); ++i) {
+    if (shift_code_is_zero(c[i])) continue;
+    ++nonzero;
+    lo = std::min(lo, shift_code_exponent(c[i]));
+    hi = std::max(hi, shift_code_exponent(c[i]));
+  }
+  std::string r = "5-bit shift codes";
+  if (nonzero) r += ", exponent [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
+  const int64_t pct = codes.numel() ? (100 * nonzero + codes.numel() / 2) / codes.numel() : 0;
+  return r + ", " + std::to_string(pct) + "% nonzero";
+}
+
+std::string layer_detail(const Node& n) {
+  switch (n.op) {
+    case OpKind::ShiftLinear: return shift_detail(n.weights[0]);
+    case OpKind::MoeLinear: return "top-1 of 2: dense fp32 | " + shift_detail(n.weights[4]);
+    case OpKind::KshAttention:
+      return std::to_string(n.p.nbits) + "-bit KSH codes, " + std::to_string(n.p.anchors) +
+             " anchors, " + std::to_string(n.p.heads) + " heads";
+    case OpKind::Linear:
+    case OpKind::Attention:
+    case OpKind::Conv2d: return "fp32";
+    default: return "";
+  }
+}
+
 ModelInfo describe_common(const ModelFiles& files, const WeightStore& stored,
                           const std::string& naming, const Graph& g) {
   ModelInfo info;
@@ -139,6 +172,7 @@ ModelInfo describe_common(const ModelFiles& files, const WeightStore& stored,
     l.kind = op_traits(n.op).kind;
     l.out_shape = g.sample_shape(n.output);
     for (const Tensor& w : n.weights) l.params += w.numel();
+    l.detail = layer_detail(n);
     info.layers.push_back(std::move(l));
   }
   return info;
@@ -165,10 +199,10 @@ ModelInfo describe(const ModelFiles& files, const WeightStore& stored, const std
 // PVTv2: dim, heads, mlp_hidden and tokens describe the last stage; depth counts all blocks;
 // patch_size is the stem's stride (4).
 ModelInfo describe(const ModelFiles& files, const WeightStore& stored, const PvtConfig& c,
-                   const Graph& g) {
+                   const Graph& g, const char* architecture) {
   ModelInfo info = describe_common(files, stored, "upstream", g);
   const PvtStage& last = c.stages.back();
-  info.architecture = "pvt_v2";
+  info.architecture = architecture;
   info.image_size = c.image_size;
   info.patch_size = c.stages.front().stride;
   info.in_chans = c.in_chans;
@@ -231,12 +265,14 @@ std::unique_ptr<Model::Impl> load_model(const std::string& path) {
       impl->weights = stored;
       PvtConfig pc = infer_pvt_v2_config(impl->weights, config ? &*config : nullptr);
       if (pc.labels.empty() && pc.num_classes == 1000) pc.labels = imagenet_labels();
-      impl->graph = build_pvt_v2(pc, impl->weights);
+      const bool shiftadd = looks_like_shiftadd_pvt(stored);
+      impl->graph = shiftadd ? build_shiftadd_pvt(pc, impl->weights) : build_pvt_v2(pc, impl->weights);
       check_supported(impl->graph, *make_cpu_backend(1));
       impl->preprocess = pc.preprocess;
-      impl->info = describe(files, stored, pc, impl->graph);
-      logger().info("loaded {} (PVTv2, {} stages, depth {}, last dim {}, heads from {})",
-                    files.weights.string(), pc.stages.size(), pc.total_depth(),
+      impl->info = describe(files, stored, pc, impl->graph, shiftadd ? "shiftadd_pvt_v2" : "pvt_v2");
+      logger().info("loaded {} ({}, {} stages, depth {}, last dim {}, heads from {})",
+                    files.weights.string(), shiftadd ? "ShiftAddViT PVTv2" : "PVTv2",
+                    pc.stages.size(), pc.total_depth(),
                     pc.stages.back().dim, pc.heads_source);
       return impl;
     }
@@ -271,11 +307,15 @@ struct Session::Impl {
   Executor executor;
   Impl(std::shared_ptr<const Model> m, int threads)
       : model(std::move(m)), backend(make_cpu_backend(threads)), executor(model->impl().graph, *backend) {}
+  Impl(std::shared_ptr<const Model> m, int threads, kernels::ShiftMode mode)
+      : model(std::move(m)), backend(make_cpu_backend(threads, mode)), executor(model->impl().graph, *backend) {}
 };
 
 Session::Session(std::shared_ptr<const Model> model, SessionOptions options) {
   if (!model) throw Error("Session: model is null");
-  impl_ = std::make_unique<Impl>(std::move(model), options.threads);
+  impl_ = std::make_unique<Impl>(std::move(model), options.threads,
+                                 options.mode == ShiftMode::Fast ? kernels::ShiftMode::Fast
+                                                                 : kernels::ShiftMode::Exact);
   logger().info("session: {} thread(s), CPU kernels {}", options.threads > 0 ? options.threads : static_cast<int>(std::thread::hardware_concurrency()),
                kernels::cpu::simd_name());
 }
@@ -311,6 +351,21 @@ std::vector<Prediction> Session::classify(const std::string& image_path, int k) 
 }
 
 void Session::set_profiling(bool on) { impl_->executor.set_profiling(on); }
+
+std::vector<ExpertLoad> Session::expert_tokens() const {
+  std::vector<ExpertLoad> out;
+  const auto& nodes = impl_->model->impl().graph.nodes();
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    if (nodes[i].op != OpKind::MoeLinear) continue;
+    ExpertLoad l;
+    l.layer = nodes[i].name;
+    const auto t = impl_->backend->expert_tokens(i);
+    l.tokens[0] = t[0];
+    l.tokens[1] = t[1];
+    out.push_back(std::move(l));
+  }
+  return out;
+}
 std::vector<double> Session::layer_ms() const {
   const auto& all = impl_->executor.node_ms();
   std::vector<double> out;

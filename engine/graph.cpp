@@ -1,5 +1,6 @@
 #include "engine/graph.h"
 
+#include "engine/shift_codes.h"
 #include "shiftadd/error.h"
 
 namespace shiftadd {
@@ -10,6 +11,8 @@ static const OpTraits kOpTraits[] = {
     {"linear", "dense linear"}, {"attention", "softmax attention"},
     {"add", "elementwise"},     {"take_tokens", "select"},
     {"dwconv3x3", "depthwise conv"}, {"mean_tokens", "pool"},
+    {"shift_linear", "shift linear"}, {"moe_linear", "MoE linear"},
+    {"ksh_attention", "KSH attention"},
 };
 static_assert(sizeof(kOpTraits) / sizeof(kOpTraits[0]) == static_cast<size_t>(OpKind::Count));
 
@@ -254,6 +257,113 @@ int Graph::take_tokens(int x, int64_t first, int64_t count, std::string name) {
   n.p.count = count;
   s[0] = count;
   return add_node(std::move(n), s);
+}
+
+namespace {
+// Packs raw float shift/sign [out, in] into U8 codes [out, in].
+Tensor pack_codes(const std::string& node, const Tensor& shift, const Tensor& sign) {
+  expect_f32(node, "shift", shift);
+  expect_f32(node, "sign", sign);
+  if (shift.ndim() != 2 || sign.shape() != shift.shape())
+    shape_error(node, "shift " + shape_str(shift.shape()) + " and sign " + shape_str(sign.shape()) +
+                          " must both be [out, in]");
+  Tensor codes = Tensor::empty(DType::U8, shift.shape());
+  const float* s = shift.data<float>();
+  const float* g = sign.data<float>();
+  uint8_t* c = codes.data<uint8_t>();
+  for (int64_t i = 0; i < shift.numel(); ++i) c[i] = pack_shift_weight(s[i], g[i]);
+  return codes;
+}
+
+void expect_bias(const std::string& node, const char* what, const Tensor& b, int64_t n) {
+  if (!b.defined() || b.numel() == 0) return;
+  expect_f32(node, what, b);
+  if (b.numel() != n)
+    shape_error(node, std::string(what) + " " + shape_str(b.shape()) + " has " +
+                          std::to_string(b.numel()) + " elements, expected " + std::to_string(n));
+}
+}  // namespace
+
+int Graph::shift_linear(int x, const Tensor& shift, const Tensor& sign, Tensor b, std::string name) {
+  Shape s = sample_shape(x);
+  Tensor codes = pack_codes(name, shift, sign);
+  if (codes.dim(1) != s.back())
+    shape_error(name, "shift weight " + shape_str(shift.shape()) + " does not fit input " +
+                          shape_str(s) + " (expected [out, " + std::to_string(s.back()) + "])");
+  expect_bias(name, "bias", b, codes.dim(0));
+  s.back() = codes.dim(0);
+  Node n;
+  n.op = OpKind::ShiftLinear;
+  n.name = std::move(name);
+  n.inputs = {x};
+  n.weights = {std::move(codes), std::move(b)};
+  return add_node(std::move(n), s);
+}
+
+int Graph::moe_linear(int x, Tensor wg, Tensor bg, Tensor w0, Tensor b0, const Tensor& shift1,
+                      const Tensor& sign1, Tensor b1, std::string name) {
+  Shape s = sample_shape(x);
+  const int64_t K = s.back();
+  expect_f32(name, "router weight", wg);
+  expect_f32(name, "expert 0 weight", w0);
+  if (wg.shape() != Shape{2, K})
+    shape_error(name, "router weight " + shape_str(wg.shape()) + " does not fit input " +
+                          shape_str(s) + " (expected [2, " + std::to_string(K) + "])");
+  expect_bias(name, "router bias", bg, 2);
+  if (w0.ndim() != 2 || w0.dim(1) != K)
+    shape_error(name, "expert 0 weight " + shape_str(w0.shape()) + " does not fit input " +
+                          shape_str(s) + " (expected [out, " + std::to_string(K) + "])");
+  const int64_t N = w0.dim(0);
+  expect_bias(name, "expert 0 bias", b0, N);
+  Tensor codes = pack_codes(name, shift1, sign1);
+  if (codes.shape() != w0.shape())
+    shape_error(name, "expert 1 shift " + shape_str(shift1.shape()) + " does not match expert 0 " +
+                          shape_str(w0.shape()));
+  expect_bias(name, "expert 1 bias", b1, N);
+  s.back() = N;
+  Node n;
+  n.op = OpKind::MoeLinear;
+  n.name = std::move(name);
+  n.inputs = {x};
+  n.weights = {std::move(wg), std::move(bg), std::move(w0), std::move(b0), std::move(codes),
+               std::move(b1)};
+  return add_node(std::move(n), s);
+}
+
+int Graph::ksh_attention(int qk, int v, int64_t heads, const Tensor& anchor, const Tensor& mvec,
+                         const Tensor& A, const Tensor& dconv, std::string name) {
+  const Shape& sq = sample_shape(qk);
+  const Shape& sv = sample_shape(v);
+  if (sq.size() != 2 || sq != sv || heads <= 0 || sq[1] % heads != 0)
+    shape_error(name, "KSH attention expects qk and v [N, C] with C divisible by heads=" +
+                          std::to_string(heads) + ", got qk " + shape_str(sq) + " and v " +
+                          shape_str(sv));
+  const int64_t H = heads, d = sq[1] / heads;
+  for (auto [what, t] : {std::pair<const char*, const Tensor*>{"anchor", &anchor},
+                         {"mvec", &mvec}, {"A", &A}, {"dconv weight", &dconv}})
+    expect_f32(name, what, *t);
+  if (A.ndim() != 3 || A.dim(0) != H || A.dim(1) < 1 || A.dim(1) > 64 || A.dim(2) < 1)
+    shape_error(name, "KSH A " + shape_str(A.shape()) + " must be [" + std::to_string(H) +
+                          ", nbits <= 64, m]");
+  const int64_t nbits = A.dim(1), m = A.dim(2);
+  if (anchor.shape() != Shape{1, H, m, d})
+    shape_error(name, "KSH anchor " + shape_str(anchor.shape()) + ", expected " +
+                          shape_str(Shape{1, H, m, d}));
+  if (mvec.shape() != Shape{1, H, 1, m})
+    shape_error(name, "KSH mvec " + shape_str(mvec.shape()) + ", expected " +
+                          shape_str(Shape{1, H, 1, m}));
+  if (dconv.shape() != Shape{H, 1, 9, 1})
+    shape_error(name, "dconv weight " + shape_str(dconv.shape()) + ", expected " +
+                          shape_str(Shape{H, 1, 9, 1}));
+  Node n;
+  n.op = OpKind::KshAttention;
+  n.name = std::move(name);
+  n.inputs = {qk, v};
+  n.weights = {anchor.reshape({H, m, d}), mvec.reshape({H, m}), A, dconv.reshape({H, 9})};
+  n.p.heads = H;
+  n.p.nbits = nbits;
+  n.p.anchors = m;
+  return add_node(std::move(n), sq);
 }
 
 int64_t Graph::weight_params() const {

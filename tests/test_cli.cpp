@@ -1,7 +1,9 @@
 // The `shiftadd` command line, run as a user would: success paths and error paths.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -52,6 +54,43 @@ TEST(Cli, HelpForEverySubcommand) {
     EXPECT_EQ(r.code, 0) << sub;
     EXPECT_NE(r.out.find("Usage"), std::string::npos) << r.out;
   }
+}
+
+// ShiftAddViT PVTv2 (MoE golden): inspect shows the ShiftAdd kinds with their arithmetic, and
+// run --mode exact matches the reference while --mode fast stays close with the same top-1.
+TEST(Cli, ShiftAddInspectAndModes) {
+  const fs::path d = fs::path(SHIFTADD_SOURCE_DIR) / "tests/fixtures/goldens/shiftadd_pvt_moe_64";
+  const std::string model = (d / "model.safetensors").string();
+  const Result ins = shiftadd_cli("inspect " + model);
+  EXPECT_EQ(ins.code, 0) << ins.out;
+  for (const char* s : {"shiftadd_pvt_v2", "MoE linear", "KSH attention", "16-bit KSH codes",
+                        "5-bit shift codes, exponent [", "softmax attention"})
+    EXPECT_NE(ins.out.find(s), std::string::npos) << s << "\n" << ins.out;
+  const shiftadd::Array want = shiftadd::load_npy_f32((d / "logits.npy").string());
+  const fs::path tmp = temp_dir();
+  for (const char* mode : {"exact", "fast"}) {
+    const fs::path out = tmp / (std::string("logits_") + mode + ".npy");
+    const Result r = shiftadd_cli("run " + model + " -i " + (d / "input.npy").string() + " -o " +
+                                  out.string() + " -f -t 2 --mode " + mode);
+    ASSERT_EQ(r.code, 0) << r.out;
+    const shiftadd::Array got = shiftadd::load_npy_f32(out.string());
+    ASSERT_EQ(got.data.size(), want.data.size());
+    double diff = 0, mx = 0;
+    for (size_t i = 0; i < want.data.size(); ++i) {
+      diff = std::max(diff, static_cast<double>(std::abs(got.data[i] - want.data[i])));
+      mx = std::max(mx, static_cast<double>(std::abs(want.data[i])));
+    }
+    EXPECT_LE(diff / mx, std::string(mode) == "exact" ? 1e-4 : 1e-2) << mode;
+    const int64_t classes = want.shape[1];
+    for (int64_t b = 0; b < want.shape[0]; ++b) {
+      auto row = [&](const std::vector<float>& v) {
+        return std::max_element(v.begin() + b * classes, v.begin() + (b + 1) * classes) - v.begin();
+      };
+      EXPECT_EQ(row(got.data), row(want.data)) << mode << " image " << b;
+    }
+  }
+  EXPECT_NE(shiftadd_cli("run " + model + " -i " + (d / "input.npy").string() + " -o " +
+                         (tmp / "x.npy").string() + " -f --mode bogus").code, 0);
 }
 
 TEST(Cli, ClassifyWithTheBundledModel) {

@@ -132,6 +132,116 @@ TEST(Executor, CpuMatchesReferenceAndAllocatesNothingPerRun) {
   }
 }
 
+// A one-block LinAngular graph with every ShiftAddViT op: MoE to_qk, shift to_v, KSH
+// attention, MoE proj, built straight from the op builders.
+Graph tiny_shiftadd(std::mt19937& rng, int64_t C = 32, int64_t heads = 2, int64_t img = 32) {
+  Graph g;
+  const int64_t p = 4, H = heads, d = C / heads, m = 25, nbits = 16;
+  const float ws = 1.0f / std::sqrt(static_cast<float>(C));
+  auto shift = [&](Shape s) { return random_tensor(std::move(s), rng, 3.0f, -4.0f); };  // [-7, -1]
+  auto sign = [&](Shape s) { return random_tensor(std::move(s), rng, 1.2f); };
+  auto moe = [&](int x, const std::string& name) {
+    Tensor wg = random_tensor({2, C}, rng, 1.0f);
+    return g.moe_linear(x, wg, random_tensor({2}, rng, 0.1f), random_tensor({C, C}, rng, ws),
+                        random_tensor({C}, rng, 0.1f), shift({C, C}), sign({C, C}),
+                        random_tensor({C}, rng, 0.1f), name);
+  };
+  int x = g.input({3, img, img});
+  x = g.conv2d(x, random_tensor({C, 3, p, p}, rng, 0.1f), random_tensor({C}, rng, 0.1f), p, 0, "patch");
+  const int qk = moe(x, "attn.to_qk");
+  const int v = g.shift_linear(x, shift({C, C}), sign({C, C}), random_tensor({C}, rng, 0.1f), "attn.to_v");
+  Tensor anchor = random_tensor({1, H, m, d}, rng, 1.0f);
+  for (int64_t r = 0; r < H * m; ++r) {  // unit rows
+    float* a = anchor.data<float>() + r * d;
+    float ss = 0;
+    for (int64_t c = 0; c < d; ++c) ss += a[c] * a[c];
+    for (int64_t c = 0; c < d; ++c) a[c] /= std::sqrt(ss);
+  }
+  int h = g.ksh_attention(qk, v, H, anchor, random_tensor({1, H, 1, m}, rng, 0.1f, 0.5f),
+                          random_tensor({H, nbits, m}, rng, 1.0f), random_tensor({H, 1, 9, 1}, rng, 0.3f),
+                          "attn");
+  h = moe(h, "attn.proj");
+  x = g.add(x, h, 1.0f, "residual");
+  x = g.mean_tokens(x, "pool");
+  x = g.linear(x, random_tensor({5, C}, rng, ws), random_tensor({5}, rng, 0.1f), "head");
+  g.set_output(x);
+  return g;
+}
+
+TEST(Executor, ShiftAddOpsMatchReferenceAndAllocateNothing) {
+  std::mt19937 rng(7);
+  const Graph g = tiny_shiftadd(rng);
+  EXPECT_STREQ(op_traits(OpKind::ShiftLinear).kind, "shift linear");
+  EXPECT_STREQ(op_traits(OpKind::MoeLinear).kind, "MoE linear");
+  EXPECT_STREQ(op_traits(OpKind::KshAttention).kind, "KSH attention");
+  auto cpub = make_cpu_backend(2);
+  Executor cpu(g, *cpub);
+  const std::vector<int64_t> batches{1, 3};
+  std::vector<std::vector<float>> x, want, got;
+  size_t moe_node = 0;
+  while (g.nodes()[moe_node].op != OpKind::MoeLinear) ++moe_node;
+  for (int64_t batch : batches) {
+    std::normal_distribution<float> nd;
+    x.emplace_back(static_cast<size_t>(batch * 3 * 32 * 32));
+    for (float& v : x.back()) v = nd(rng);
+    want.emplace_back(batch * 5);
+    got.emplace_back(batch * 5, NAN);
+    auto refb = make_ref_backend();
+    Executor ref(g, *refb);
+    ref.run(batch, x.back().data(), want.back().data());
+    const auto counts = refb->expert_tokens(moe_node);
+    EXPECT_EQ(counts[0] + counts[1], batch * 64);
+    cpu.prepare(batch);
+  }
+  g_allocs = 0;
+  g_counting = true;
+  for (int r = 0; r < 3; ++r)
+    for (size_t i = 0; i < batches.size(); ++i) cpu.run(batches[i], x[i].data(), got[i].data());
+  g_counting = false;
+  EXPECT_EQ(g_allocs.load(), 0) << "heap allocations during planned runs";
+  const auto counts = cpub->expert_tokens(moe_node);
+  EXPECT_EQ(counts[0] + counts[1], 3 * 64);  // the last run had batch 3
+  EXPECT_GT(counts[0], 0);
+  EXPECT_GT(counts[1], 0);
+  for (size_t b = 0; b < batches.size(); ++b) {
+    double diff = 0, mx = 0;
+    for (size_t i = 0; i < want[b].size(); ++i) {
+      diff = std::max(diff, static_cast<double>(std::abs(got[b][i] - want[b][i])));
+      mx = std::max(mx, static_cast<double>(std::abs(want[b][i])));
+    }
+    EXPECT_LE(diff / mx, 1e-5) << "batch " << batches[b];
+  }
+}
+
+TEST(Graph, ShiftAddBuildersCheckShapes) {
+  std::mt19937 rng(8);
+  Graph g;
+  const int x = g.input({3, 16, 16});
+  const int t = g.conv2d(x, random_tensor({8, 3, 4, 4}, rng, 0.1f), random_tensor({8}, rng, 0.1f), 4, 0, "p");
+  EXPECT_THROW(g.shift_linear(t, random_tensor({4, 7}, rng, 1.0f), random_tensor({4, 7}, rng, 1.0f),
+                              random_tensor({4}, rng, 1.0f), "bad_shift"), Error);
+  EXPECT_THROW(g.moe_linear(t, random_tensor({3, 8}, rng, 1.0f), random_tensor({2}, rng, 1.0f),
+                            random_tensor({4, 8}, rng, 1.0f), random_tensor({4}, rng, 1.0f),
+                            random_tensor({4, 8}, rng, 1.0f), random_tensor({4, 8}, rng, 1.0f),
+                            random_tensor({4}, rng, 1.0f), "bad_moe"), Error);
+  EXPECT_THROW(g.ksh_attention(t, t, 2, random_tensor({1, 2, 25, 3}, rng, 1.0f),
+                               random_tensor({1, 2, 1, 25}, rng, 1.0f), random_tensor({2, 16, 25}, rng, 1.0f),
+                               random_tensor({2, 1, 9, 1}, rng, 1.0f), "bad_ksh"), Error);
+  // Codes: clamp to [-14, 0] and round half to even at load.
+  Tensor sh = Tensor::empty(DType::F32, {1, 4}), sg = Tensor::empty(DType::F32, {1, 4});
+  const float shv[4] = {-20.0f, 0.7f, -2.5f, -3.0f}, sgv[4] = {1.0f, -0.9f, 0.5f, 1.0f};
+  std::copy_n(shv, 4, sh.data<float>());
+  std::copy_n(sgv, 4, sg.data<float>());
+  Graph g2;
+  const int y = g2.shift_linear(g2.input({1, 4}), sh, sg, Tensor(), "codes");
+  EXPECT_EQ(g2.sample_shape(y), (Shape{1, 1}));
+  const uint8_t* c = g2.nodes().back().weights[0].data<uint8_t>();
+  EXPECT_EQ(c[0], 0x0F);  // +2^-14 (clamped)
+  EXPECT_EQ(c[1], 0x11);  // -2^0 (0.7 clamps to 0)
+  EXPECT_EQ(c[2], 0x00);  // sign 0.5 rounds to 0: the zero code
+  EXPECT_EQ(c[3], 0x04);  // +2^-3
+}
+
 TEST(Executor, ProfilingRecordsEveryNode) {
   std::mt19937 rng(3);
   const Graph g = tiny_vit(rng);

@@ -146,6 +146,36 @@ TEST(Api, ClassifiesTheBundledSamples) {
 
 }  // namespace
 
+// ShiftAddViT PVTv2 goldens (gen_shiftadd_goldens.py): recognised by tensor names, and every
+// MoE layer sends exactly the reference's number of tokens to each expert. The generator only
+// keeps inputs with no hash pre-activation within 1e-4 of 0 and no router gap below 1e-3, so
+// exact-mode codes and choices are well-posed; logits are checked by Golden.MatchesPyTorch.
+TEST(ShiftAddPvt, RecognisedAndRoutesLikeTheReference) {
+  const json m = manifest(kGoldens);
+  int checked = 0;
+  for (const auto& c : m["cases"]) {
+    if (!c.is_object() || c.value("format", "") != "shiftadd_pvt") continue;
+    const fs::path dir = kGoldens / c["dir"].get<std::string>();
+    std::ifstream in(dir / "case.json");
+    const json cs = json::parse(in);
+    const auto model = shiftadd::Model::load((dir / "model.safetensors").string());
+    EXPECT_EQ(model->info().architecture, "shiftadd_pvt_v2") << dir;
+    const shiftadd::Array x = shiftadd::load_npy_f32((dir / "input.npy").string());
+    shiftadd::Session s(model, {2});
+    const std::vector<float> got = s.run(x.data, x.shape[0]);
+    const auto loads = s.expert_tokens();
+    const json& want = cs["moe_layers"];
+    ASSERT_EQ(loads.size(), want.size()) << dir;
+    for (size_t i = 0; i < loads.size(); ++i) {
+      EXPECT_EQ(loads[i].layer, want[i]["name"].get<std::string>()) << dir;
+      EXPECT_EQ(loads[i].tokens[0], want[i]["tokens"][0].get<int64_t>()) << dir << " " << loads[i].layer;
+      EXPECT_EQ(loads[i].tokens[1], want[i]["tokens"][1].get<int64_t>()) << dir << " " << loads[i].layer;
+    }
+    ++checked;
+  }
+  EXPECT_GE(checked, 2);
+}
+
 // Checkpoints with missing, extra or mis-shaped tensors fail at load with the tensor's name.
 namespace bad_checkpoints {
 
@@ -225,6 +255,23 @@ TEST(BadCheckpoint, PvtWrongShapeIsNamed) {
   const std::string e = load_error(p);
   EXPECT_NE(e.find("block3.0.attn.kv.weight"), std::string::npos) << e;
   EXPECT_NE(e.find("[80, 41]"), std::string::npos) << e;
+}
+
+TEST(BadCheckpoint, ShiftAddMissingKshBufferIsNamed) {
+  const auto p = write_variant(
+      "shiftadd_missing", [](auto& t) { t.erase("block2.1.attn.qk_quant.ksh.mvec"); },
+      "shiftadd_pvt_moe_64");
+  const std::string e = load_error(p);
+  EXPECT_NE(e.find("block2.1.attn.qk_quant.ksh.mvec"), std::string::npos) << e;
+}
+
+TEST(BadCheckpoint, ShiftAddWrongShiftShapeIsNamed) {
+  const auto p = write_variant("shiftadd_shape", [](auto& t) {
+    t["block3.0.mlp.fc1.experts.1.sign"] = Tensor::empty(shiftadd::DType::F32, {160, 41});
+  }, "shiftadd_pvt_moe_64");
+  const std::string e = load_error(p);
+  EXPECT_NE(e.find("block3.0.mlp.fc1.experts.1.sign"), std::string::npos) << e;
+  EXPECT_NE(e.find("[160, 41]"), std::string::npos) << e;
 }
 
 }  // namespace bad_checkpoints

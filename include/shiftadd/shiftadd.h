@@ -23,6 +23,9 @@ struct LayerInfo {
   std::string kind;                // e.g. "dense linear", "softmax attention", "norm"
   std::vector<int64_t> out_shape;  // per sample (no batch dim)
   int64_t params = 0;
+  // Arithmetic details of ShiftAddViT layers (empty for others), e.g.
+  // "5-bit shift codes, exponent [-14, -1], 61% nonzero" or "16-bit KSH codes, 25 anchors".
+  std::string detail;
 };
 
 struct ModelInfo {
@@ -59,8 +62,20 @@ class Model {
   std::unique_ptr<Impl> impl_;
 };
 
+// Arithmetic of shift layers (ShiftAddViT): Exact reproduces upstream's float semantics
+// (Q16.16 floor-quantised activations and bias, result rounded once); Fast uses real 32-bit
+// shift-and-add with truncating right shifts (|error| <= nonzero weights x 2^-16 per output).
+enum class ShiftMode { Exact, Fast };
+
 struct SessionOptions {
   int threads = 0;  // <= 0: all hardware threads
+  ShiftMode mode = ShiftMode::Exact;
+};
+
+// Tokens one MoE layer sent to each expert (0: dense "Mult", 1: shift) in a run.
+struct ExpertLoad {
+  std::string layer;  // e.g. "block1.0.attn.to_qk"
+  int64_t tokens[2] = {0, 0};
 };
 
 struct Prediction {
@@ -91,6 +106,9 @@ class Session {
   // Per-layer wall time of the last run, when enabled (no timing calls otherwise).
   void set_profiling(bool on);
   std::vector<double> layer_ms() const;
+  // Tokens per expert of every MoE layer in the last run, in graph order (all zero before the
+  // first run; empty for models without MoE layers). Recorded on every run at no extra cost.
+  std::vector<ExpertLoad> expert_tokens() const;
 
  private:
   struct Impl;

@@ -104,7 +104,11 @@ PvtConfig infer_pvt_v2_config(const WeightStore& w, const json* cfg) {
         throw Error(w.source + ": image size " + S(c.image_size) + " gives a " + S(s.grid) + "x" +
                     S(s.grid) + " grid in stage " + S(i) + ", smaller than its sr ratio " + S(s.sr_ratio));
     }
-    s.mlp_hidden = expect(w, block(i, 0) + "mlp.fc1.weight", 2).dim(0);
+    // fc1 is a plain Linear, or (ShiftAddViT) a MoE layer or a shift layer.
+    std::string fc1 = block(i, 0) + "mlp.fc1.weight";
+    for (const char* alt : {"mlp.fc1.experts.0.weight", "mlp.fc1.shift"})
+      if (!w.has(fc1) && w.has(block(i, 0) + alt)) fc1 = block(i, 0) + alt;
+    s.mlp_hidden = expect(w, fc1, 2).dim(0);
     c.stages.push_back(s);
   }
   if (c.stages.empty()) throw Error(w.source + ": no PVTv2 stages ('patch_embed1.proj.weight' missing)");

@@ -4,8 +4,7 @@
 Parameter and buffer names follow the upstream checkpoints (spec section 5), so a state dict of
 these modules loads into the engine exactly as an upstream checkpoint would. Everything is fp32.
 
-Status: modules only; the PVTv2 ShiftAddViT model and the golden generator that use them are
-issue 3's next steps.
+The PVTv2 ShiftAddViT model built from these modules is tests/reference/shiftadd_pvt.py.
 """
 import math
 
@@ -110,11 +109,12 @@ class KSH(nn.Module):
 class LinAngularAttention(nn.Module):
     """Attention in Hamming space (spec section 2): shared q/k projection, KSH codes, additive
     attention Z = 0.5 V + (code (code^T V)) / pi, per-token L2 norm, plus a 9-tap depthwise
-    conv of V along the token index; then `proj`. `moe` selects MoELinear projections."""
+    conv of V along the token index; then `proj`. `moe` selects MoELinear projections; `lin`
+    (a class taking (in, out)), if given, any other projection type such as LinearShift."""
 
-    def __init__(self, dim, heads, moe=False, m=25, nbits=16):
+    def __init__(self, dim, heads, moe=False, m=25, nbits=16, lin=None):
         super().__init__()
-        lin = MoELinear if moe else nn.Linear
+        lin = lin or (MoELinear if moe else nn.Linear)
         self.heads = heads
         self.to_qk = lin(dim, dim)
         self.to_v = lin(dim, dim)

@@ -9,6 +9,7 @@ namespace shiftadd::cli {
 // Options every subcommand that runs a model shares.
 struct RunOptions {
   int threads = 0;
+  std::string mode = "exact";  // shift-layer arithmetic: exact | fast
 };
 void add_threads_option(CLI::App& app, RunOptions& o);
 

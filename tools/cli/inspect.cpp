@@ -37,7 +37,8 @@ void register_inspect(CLI::App& app) {
                        {"dtypes", mi.stored_dtypes}};
       for (const auto& l : mi.layers)
         j["layers"].push_back({{"name", l.name}, {"op", l.op}, {"kind", l.kind},
-                               {"out_shape", l.out_shape}, {"params", l.params}});
+                               {"out_shape", l.out_shape}, {"params", l.params},
+                               {"detail", l.detail}});
       std::cout << j.dump() << "\n";
       return;
     }
@@ -53,10 +54,11 @@ void register_inspect(CLI::App& app) {
     std::string dt;
     for (const auto& [k, v] : mi.stored_dtypes) dt += k + " x" + std::to_string(v) + "  ";
     std::printf("dtypes       %s\n\n", dt.c_str());
-    std::printf("%-28s %-12s %-18s %-16s %10s\n", "layer", "op", "kind", "output/sample", "params");
+    std::printf("%-28s %-12s %-18s %-16s %10s  %s\n", "layer", "op", "kind", "output/sample", "params",
+                "arithmetic");
     for (const auto& l : mi.layers)
-      std::printf("%-28s %-12s %-18s %-16s %10lld\n", l.name.c_str(), l.op.c_str(), l.kind.c_str(),
-                  dims(l.out_shape).c_str(), (long long)l.params);
+      std::printf("%-28s %-12s %-18s %-16s %10lld  %s\n", l.name.c_str(), l.op.c_str(), l.kind.c_str(),
+                  dims(l.out_shape).c_str(), (long long)l.params, l.detail.c_str());
   });
 }
 

@@ -9,6 +9,10 @@ namespace shiftadd::cli {
 
 void add_threads_option(CLI::App& app, RunOptions& o) {
   app.add_option("-t,--threads", o.threads, "Worker threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--mode", o.mode,
+                 "Shift-layer arithmetic (ShiftAddViT models): exact (upstream float semantics) "
+                 "or fast (integer shift-and-add, truncating)")
+      ->check(CLI::IsMember({"exact", "fast"}));
 }
 
 bool looks_like_model(const std::string& arg) {

@@ -5,6 +5,7 @@
 #include <set>
 
 #include "loaders/safetensors.h"
+#include "models/common/builder_support.h"
 #include "shiftadd/error.h"
 
 namespace shiftadd {
@@ -24,34 +25,6 @@ const Tensor& expect(const WeightStore& w, const std::string& name, int ndim) {
   return t;
 }
 
-const json* find_key(const json* cfg, const char* key) {
-  if (!cfg || !cfg->is_object()) return nullptr;
-  if (cfg->contains(key)) return &(*cfg)[key];
-  for (const char* nest : {"model_args", "pretrained_cfg"})
-    if (cfg->contains(nest) && (*cfg)[nest].is_object() && (*cfg)[nest].contains(key))
-      return &(*cfg)[nest][key];
-  return nullptr;
-}
-
-std::vector<std::string> config_labels(const json* cfg, int64_t classes) {
-  std::vector<std::string> labels;
-  if (const json* names = find_key(cfg, "label_names"); names && names->is_array()) {
-    for (const auto& n : *names) labels.push_back(n.is_string() ? n.get<std::string>() : n.dump());
-  } else if (const json* m = find_key(cfg, "id2label"); m && m->is_object()) {
-    labels.assign(classes, "");
-    for (const auto& [k, v] : m->items()) {
-      int64_t id = -1;
-      try {
-        id = std::stoll(k);
-      } catch (...) {
-      }
-      if (id >= 0 && id < classes) labels[id] = v.is_string() ? v.get<std::string>() : v.dump();
-    }
-  }
-  if (!labels.empty() && static_cast<int64_t>(labels.size()) != classes) labels.clear();
-  return labels;
-}
-
 std::string block(int64_t i, int64_t j) { return "block" + S(i) + "." + S(j) + "."; }
 
 }  // namespace
@@ -68,8 +41,8 @@ bool looks_like_pvt_v2(const WeightStore& w) {
 
 PvtConfig infer_pvt_v2_config(const WeightStore& w, const json* cfg) {
   PvtConfig c;
-  if (const json* v = find_key(cfg, "img_size"); v && v->is_number_integer()) c.image_size = v->get<int64_t>();
-  else if (const json* v2 = find_key(cfg, "image_size"); v2 && v2->is_number_integer()) c.image_size = v2->get<int64_t>();
+  if (const json* v = config_find(cfg, "img_size"); v && v->is_number_integer()) c.image_size = v->get<int64_t>();
+  else if (const json* v2 = config_find(cfg, "image_size"); v2 && v2->is_number_integer()) c.image_size = v2->get<int64_t>();
   if (c.image_size <= 0) throw Error(w.source + ": config image size must be positive");
 
   for (int64_t i = 1; w.has("patch_embed" + S(i) + ".proj.weight"); ++i) {
@@ -117,7 +90,7 @@ PvtConfig infer_pvt_v2_config(const WeightStore& w, const json* cfg) {
   // Heads cannot be read off the weights.
   const size_t ns = c.stages.size();
   std::vector<int64_t> heads;
-  if (const json* h = find_key(cfg, "num_heads"); h && (h->is_array() || h->is_number_integer())) {
+  if (const json* h = config_find(cfg, "num_heads"); h && (h->is_array() || h->is_number_integer())) {
     if (h->is_number_integer()) heads.assign(ns, h->get<int64_t>());
     else
       for (const auto& v : *h) {
@@ -152,19 +125,8 @@ PvtConfig infer_pvt_v2_config(const WeightStore& w, const json* cfg) {
 }
 
 Graph build_pvt_v2(const PvtConfig& c, const WeightStore& w) {
-  std::set<std::string> used;
-  auto W = [&](const std::string& name, const Shape& shape) -> Tensor {
-    if (!w.has(name)) throw Error(w.source + ": PVTv2 tensor '" + name + "' is missing");
-    const Tensor& t = w.at(name);
-    if (t.shape() != shape)
-      throw Error(w.source + ": tensor '" + name + "' has shape " + shape_str(t.shape()) +
-                  ", expected " + shape_str(shape));
-    if (!dtype_traits(t.dtype()).is_float)
-      throw Error(w.source + ": tensor '" + name + "' has dtype " + std::string(dtype_name(t.dtype())) +
-                  "; expected F32, F16 or BF16");
-    used.insert(name);
-    return to_f32(t);
-  };
+  WeightTaker weights(w);
+  auto W = [&](const std::string& name, const Shape& shape) { return weights.take(name, shape); };
 
   Graph g;
   int x = g.input({c.in_chans, c.image_size, c.image_size});
@@ -212,10 +174,7 @@ Graph build_pvt_v2(const PvtConfig& c, const WeightStore& w) {
   x = g.linear(x, W("head.weight", {K, cin}), W("head.bias", {K}), "head");
   g.set_output(x);
 
-  for (const auto& [name, t] : w.tensors)
-    if (!used.count(name))
-      throw Error(w.source + ": unexpected tensor '" + name + "' " + shape_str(t.shape()) +
-                  " for a dense PVTv2 with " + S(static_cast<int64_t>(c.stages.size())) + " stages");
+  weights.check_all_used("a dense PVTv2 with " + S(static_cast<int64_t>(c.stages.size())) + " stages");
   return g;
 }
 

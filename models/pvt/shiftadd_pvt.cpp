@@ -4,6 +4,7 @@
 #include <set>
 
 #include "loaders/safetensors.h"
+#include "models/common/builder_support.h"
 #include "shiftadd/error.h"
 
 namespace shiftadd {
@@ -28,19 +29,8 @@ bool looks_like_shiftadd_pvt(const WeightStore& w) {
 }
 
 Graph build_shiftadd_pvt(const PvtConfig& c, const WeightStore& w) {
-  std::set<std::string> used;
-  auto W = [&](const std::string& name, const Shape& shape) -> Tensor {
-    if (!w.has(name)) throw Error(w.source + ": ShiftAddViT PVTv2 tensor '" + name + "' is missing");
-    const Tensor& t = w.at(name);
-    if (t.shape() != shape)
-      throw Error(w.source + ": tensor '" + name + "' has shape " + shape_str(t.shape()) +
-                  ", expected " + shape_str(shape));
-    if (!dtype_traits(t.dtype()).is_float)
-      throw Error(w.source + ": tensor '" + name + "' has dtype " + std::string(dtype_name(t.dtype())) +
-                  "; expected F32, F16 or BF16");
-    used.insert(name);
-    return to_f32(t);
-  };
+  WeightTaker weights(w);
+  auto W = [&](const std::string& name, const Shape& shape) { return weights.take(name, shape); };
   // Optional bias: absent means none.
   auto Bopt = [&](const std::string& name, int64_t n) -> Tensor {
     return w.has(name) ? W(name, {n}) : Tensor();
@@ -94,7 +84,7 @@ Graph build_shiftadd_pvt(const PvtConfig& c, const WeightStore& w) {
         const int64_t nbits = A.dim(1), m = A.dim(2);
         const int z = g.ksh_attention(qk, v, H, W(k + "anchor", {1, H, m, d}), W(k + "mvec", {1, H, 1, m}),
                                       W(k + "A", {H, nbits, m}), W(a + "dconv.weight", {H, 1, 9, 1}), a + "ksh");
-        if (w.has(a + "qk_quant.projection_matrix")) used.insert(a + "qk_quant.projection_matrix");
+        if (w.has(a + "qk_quant.projection_matrix")) weights.skip(a + "qk_quant.projection_matrix");
         x = lin(z, a + "proj", C, C, x);
       } else if (has_proj(a + "qkv")) {  // softmax MSA with fused q|k|v (stage 4)
         const int qkv = lin(h, a + "qkv", C, 3 * C, -1);
@@ -128,10 +118,7 @@ Graph build_shiftadd_pvt(const PvtConfig& c, const WeightStore& w) {
   x = g.linear(x, W("head.weight", {K, cin}), W("head.bias", {K}), "head");
   g.set_output(x);
 
-  for (const auto& [name, t] : w.tensors)
-    if (!used.count(name))
-      throw Error(w.source + ": unexpected tensor '" + name + "' " + shape_str(t.shape()) +
-                  " for a ShiftAddViT PVTv2 with " + S(static_cast<int64_t>(c.stages.size())) + " stages");
+  weights.check_all_used("a ShiftAddViT PVTv2 with " + S(static_cast<int64_t>(c.stages.size())) + " stages");
   return g;
 }
 

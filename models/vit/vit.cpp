@@ -5,6 +5,7 @@
 #include <set>
 
 #include "loaders/safetensors.h"
+#include "models/common/builder_support.h"
 #include "engine/log.h"
 #include "shiftadd/error.h"
 
@@ -22,48 +23,7 @@ const Tensor& expect(const WeightStore& w, const std::string& name, int ndim) {
   return t;
 }
 
-void expect_shape(const WeightStore& w, const std::string& name, const Shape& want) {
-  const Tensor& t = w.at(name);
-  if (t.shape() != want)
-    throw Error(w.source + ": tensor '" + name + "' has shape " + shape_str(t.shape()) +
-                ", expected " + shape_str(want));
-}
-
 // Looks a key up at the top level of a config, then in timm's nested dicts.
-const json* find_key(const json* cfg, const char* key) {
-  if (!cfg || !cfg->is_object()) return nullptr;
-  if (cfg->contains(key)) return &(*cfg)[key];
-  for (const char* nest : {"model_args", "pretrained_cfg"})
-    if (cfg->contains(nest) && (*cfg)[nest].is_object() && (*cfg)[nest].contains(key))
-      return &(*cfg)[nest][key];
-  return nullptr;
-}
-
-int64_t config_int(const json* cfg, std::initializer_list<const char*> keys, int64_t fallback) {
-  for (const char* k : keys)
-    if (const json* v = find_key(cfg, k); v && v->is_number_integer()) return v->get<int64_t>();
-  return fallback;
-}
-
-std::vector<std::string> config_labels(const json* cfg, int64_t classes) {
-  std::vector<std::string> labels;
-  if (const json* names = find_key(cfg, "label_names"); names && names->is_array()) {
-    for (const auto& n : *names) labels.push_back(n.is_string() ? n.get<std::string>() : n.dump());
-  } else if (const json* m = find_key(cfg, "id2label"); m && m->is_object()) {
-    labels.assign(classes, "");
-    for (const auto& [k, v] : m->items()) {
-      int64_t id = -1;
-      try {
-        id = std::stoll(k);
-      } catch (...) {
-      }
-      if (id >= 0 && id < classes) labels[id] = v.is_string() ? v.get<std::string>() : v.dump();
-    }
-  }
-  if (!labels.empty() && static_cast<int64_t>(labels.size()) != classes) labels.clear();
-  return labels;
-}
-
 // A per-channel list from a config: one value is replicated; three values for a one-channel
 // model (HF processors always write RGB statistics) are averaged.
 std::vector<float> float_list(const json& v, size_t channels, const char* key) {
@@ -139,7 +99,7 @@ PreprocessConfig infer_preprocess(const VitConfig& c, const json* cfg, const jso
 // timm hub configs name the architecture but not the head count. Every timm ViT/DeiT size has
 // head dim 64 except these (ViT-Huge: 1280 / 16 heads, ViT-Giant/gigantic: 16 heads).
 int64_t heads_from_architecture(const json* cfg) {
-  const json* arch = find_key(cfg, "architecture");
+  const json* arch = config_find(cfg, "architecture");
   if (!arch || !arch->is_string()) return 0;
   const std::string a = arch->get<std::string>();
   for (const char* size : {"_huge_", "_giant_", "_gigantic_"})
@@ -184,7 +144,7 @@ VitConfig infer_vit_config(const WeightStore& w, const json* cfg, const json* pr
   c.num_classes = expect(w, "head.weight", 2).dim(0);
   if (c.mlp_hidden <= 0 || c.num_classes <= 0)
     throw Error(w.source + ": 'blocks.0.mlp.fc1.weight' and 'head.weight' must have non-zero sizes");
-  if (const json* act = find_key(cfg, "hidden_act"); act && act->is_string() && act->get<std::string>() != "gelu")
+  if (const json* act = config_find(cfg, "hidden_act"); act && act->is_string() && act->get<std::string>() != "gelu")
     throw Error(w.source + ": config hidden_act '" + act->get<std::string>() +
                 "' is not supported (only the exact erf GELU, \"gelu\")");
 
@@ -202,23 +162,15 @@ VitConfig infer_vit_config(const WeightStore& w, const json* cfg, const json* pr
   if (c.dim % c.heads != 0)
     throw Error(w.source + ": dim " + std::to_string(c.dim) + " is not divisible by " +
                 std::to_string(c.heads) + " heads");
-  if (const json* eps = find_key(cfg, "layer_norm_eps"); eps && eps->is_number()) c.eps = eps->get<float>();
+  if (const json* eps = config_find(cfg, "layer_norm_eps"); eps && eps->is_number()) c.eps = eps->get<float>();
   c.labels = config_labels(cfg, c.num_classes);
   c.preprocess = infer_preprocess(c, cfg, pre);
   return c;
 }
 
 Graph build_vit(const VitConfig& c, const WeightStore& w) {
-  std::set<std::string> used;
-  auto W = [&](const std::string& name, const Shape& shape) -> Tensor {
-    expect_shape(w, name, shape);
-    used.insert(name);
-    const Tensor& t = w.at(name);
-    if (!dtype_traits(t.dtype()).is_float)
-      throw Error(w.source + ": tensor '" + name + "' has dtype " + std::string(dtype_name(t.dtype())) +
-                  "; expected F32, F16 or BF16");
-    return to_f32(t);
-  };
+  WeightTaker weights(w);
+  auto W = [&](const std::string& name, const Shape& shape) { return weights.take(name, shape); };
   const int64_t C = c.dim, F = c.mlp_hidden;
 
   Graph g;
@@ -269,11 +221,8 @@ Graph build_vit(const VitConfig& c, const WeightStore& w) {
   }
   g.set_output(x);
 
-  for (const auto& [name, t] : w.tensors)
-    if (!used.count(name))
-      throw Error(w.source + ": unexpected tensor '" + name + "' " + shape_str(t.shape()) +
-                  " for a ViT/DeiT with depth " + std::to_string(c.depth) +
-                  (c.distilled ? " (distilled)" : ""));
+  weights.check_all_used("a ViT/DeiT with depth " + std::to_string(c.depth) +
+                         (c.distilled ? " (distilled)" : ""));
   return g;
 }
 

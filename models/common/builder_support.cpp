@@ -1,0 +1,64 @@
+#include "models/common/builder_support.h"
+
+#include <nlohmann/json.hpp>
+
+#include "loaders/safetensors.h"
+#include "shiftadd/error.h"
+
+namespace shiftadd {
+
+using json = nlohmann::json;
+
+const json* config_find(const json* cfg, const char* key) {
+  if (!cfg || !cfg->is_object()) return nullptr;
+  if (cfg->contains(key)) return &(*cfg)[key];
+  for (const char* nest : {"model_args", "pretrained_cfg"})
+    if (cfg->contains(nest) && (*cfg)[nest].is_object() && (*cfg)[nest].contains(key))
+      return &(*cfg)[nest][key];
+  return nullptr;
+}
+
+int64_t config_int(const json* cfg, std::initializer_list<const char*> keys, int64_t fallback) {
+  for (const char* k : keys)
+    if (const json* v = config_find(cfg, k); v && v->is_number_integer()) return v->get<int64_t>();
+  return fallback;
+}
+
+std::vector<std::string> config_labels(const json* cfg, int64_t classes) {
+  std::vector<std::string> labels;
+  if (const json* names = config_find(cfg, "label_names"); names && names->is_array()) {
+    for (const auto& n : *names) labels.push_back(n.is_string() ? n.get<std::string>() : n.dump());
+  } else if (const json* m = config_find(cfg, "id2label"); m && m->is_object()) {
+    labels.assign(classes, "");
+    for (const auto& [k, v] : m->items()) {
+      int64_t id = -1;
+      try {
+        id = std::stoll(k);
+      } catch (...) {
+      }
+      if (id >= 0 && id < classes) labels[id] = v.is_string() ? v.get<std::string>() : v.dump();
+    }
+  }
+  if (!labels.empty() && static_cast<int64_t>(labels.size()) != classes) labels.clear();
+  return labels;
+}
+
+Tensor WeightTaker::take(const std::string& name, const Shape& shape) {
+  const Tensor& t = w_.at(name);  // names the file and the tensor when missing
+  if (t.shape() != shape)
+    throw Error(w_.source + ": tensor '" + name + "' has shape " + shape_str(t.shape()) +
+                ", expected " + shape_str(shape));
+  if (!dtype_traits(t.dtype()).is_float)
+    throw Error(w_.source + ": tensor '" + name + "' has dtype " + std::string(dtype_name(t.dtype())) +
+                "; expected F32, F16 or BF16");
+  used_.insert(name);
+  return to_f32(t);
+}
+
+void WeightTaker::check_all_used(const std::string& model) const {
+  for (const auto& [name, t] : w_.tensors)
+    if (!used_.count(name))
+      throw Error(w_.source + ": unexpected tensor '" + name + "' " + shape_str(t.shape()) + " for " + model);
+}
+
+}  // namespace shiftadd

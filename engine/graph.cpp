@@ -44,48 +44,23 @@ int Graph::input(Shape sample_shape) {
   return input_;
 }
 
-int Graph::conv2d(int x, Tensor w, Tensor b, int64_t stride, int64_t pad, std::string name) {
-  const Shape& s = sample_shape(x);  // [Cin, H, W]
+// Shared by both conv layouts: weight, bias, stride and output-size checks, and the node.
+// grid_h/grid_w are 0 for an NCHW input, else the token grid of a [H*W, C] input.
+int Graph::conv_node(int x, int64_t cin, int64_t h, int64_t wd, int64_t grid_h, int64_t grid_w,
+                     Tensor w, Tensor b, int64_t stride, int64_t pad, std::string name) {
   expect_f32(name, "weight", w);
-  if (s.size() != 3 || w.ndim() != 4 || w.dim(1) != s[0])
-    shape_error(name, "conv2d expects input [C, H, W] and weight [Cout, C, kh, kw]; got input " +
-                          shape_str(s) + " and weight " + shape_str(w.shape()));
-  if (b.defined() && b.numel() > 0 && b.numel() != w.dim(0))
-    shape_error(name, "bias has " + std::to_string(b.numel()) + " elements, expected " +
-                          std::to_string(w.dim(0)));
-  const int64_t oh = (s[1] + 2 * pad - w.dim(2)) / stride + 1;
-  const int64_t ow = (s[2] + 2 * pad - w.dim(3)) / stride + 1;
-  if (oh <= 0 || ow <= 0)
-    shape_error(name, "input " + shape_str(s) + " is smaller than the kernel " + shape_str(w.shape()));
-  const int64_t cout = w.dim(0);
-  Node n;
-  n.op = OpKind::Conv2d;
-  n.name = std::move(name);
-  n.inputs = {x};
-  n.weights = {std::move(w), std::move(b)};
-  n.p.stride = stride;
-  n.p.pad = pad;
-  return add_node(std::move(n), {oh * ow, cout});
-}
-
-int Graph::conv2d_tokens(int x, int64_t grid_h, int64_t grid_w, Tensor w, Tensor b,
-                         int64_t stride, int64_t pad, std::string name) {
-  const Shape& s = sample_shape(x);  // [H*W, Cin]
-  expect_f32(name, "weight", w);
-  if (s.size() != 2 || grid_h <= 0 || grid_w <= 0 || s[0] != grid_h * grid_w)
-    shape_error(name, "conv2d on tokens expects input [" + std::to_string(grid_h) + "*" +
-                          std::to_string(grid_w) + ", C], got " + shape_str(s));
-  if (w.ndim() != 4 || w.dim(1) != s[1])
+  if (w.ndim() != 4 || w.dim(1) != cin)
     shape_error(name, "conv2d weight " + shape_str(w.shape()) + " does not fit input " +
-                          shape_str(s) + " (expected [Cout, " + std::to_string(s[1]) + ", kh, kw])");
+                          shape_str(sample_shape(x)) + " (expected [Cout, " + std::to_string(cin) +
+                          ", kh, kw])");
   if (b.defined() && b.numel() > 0 && b.numel() != w.dim(0))
     shape_error(name, "bias has " + std::to_string(b.numel()) + " elements, expected " +
                           std::to_string(w.dim(0)));
   if (stride < 1 || pad < 0) shape_error(name, "bad stride/padding");
-  const int64_t oh = (grid_h + 2 * pad - w.dim(2)) / stride + 1;
-  const int64_t ow = (grid_w + 2 * pad - w.dim(3)) / stride + 1;
+  const int64_t oh = (h + 2 * pad - w.dim(2)) / stride + 1;
+  const int64_t ow = (wd + 2 * pad - w.dim(3)) / stride + 1;
   if (oh <= 0 || ow <= 0)
-    shape_error(name, "grid " + std::to_string(grid_h) + "x" + std::to_string(grid_w) +
+    shape_error(name, "input " + std::to_string(h) + "x" + std::to_string(wd) +
                           " is smaller than the kernel " + shape_str(w.shape()));
   const int64_t cout = w.dim(0);
   Node n;
@@ -98,6 +73,23 @@ int Graph::conv2d_tokens(int x, int64_t grid_h, int64_t grid_w, Tensor w, Tensor
   n.p.grid_h = grid_h;
   n.p.grid_w = grid_w;
   return add_node(std::move(n), {oh * ow, cout});
+}
+
+int Graph::conv2d(int x, Tensor w, Tensor b, int64_t stride, int64_t pad, std::string name) {
+  const Shape& s = sample_shape(x);  // [Cin, H, W]
+  if (s.size() != 3)
+    shape_error(name, "conv2d expects input [C, H, W], got " + shape_str(s));
+  return conv_node(x, s[0], s[1], s[2], 0, 0, std::move(w), std::move(b), stride, pad, std::move(name));
+}
+
+int Graph::conv2d_tokens(int x, int64_t grid_h, int64_t grid_w, Tensor w, Tensor b,
+                         int64_t stride, int64_t pad, std::string name) {
+  const Shape& s = sample_shape(x);  // [H*W, Cin]
+  if (s.size() != 2 || grid_h <= 0 || grid_w <= 0 || s[0] != grid_h * grid_w)
+    shape_error(name, "conv2d on tokens expects input [" + std::to_string(grid_h) + "*" +
+                          std::to_string(grid_w) + ", C], got " + shape_str(s));
+  return conv_node(x, s[1], grid_h, grid_w, grid_h, grid_w, std::move(w), std::move(b), stride, pad,
+                   std::move(name));
 }
 
 int Graph::embed_tokens(int patches, Tensor prefix, Tensor pos, std::string name) {

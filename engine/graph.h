@@ -108,6 +108,8 @@ class Graph {
 
  private:
   int add_node(Node n, Shape out_shape);
+  int conv_node(int x, int64_t cin, int64_t h, int64_t wd, int64_t grid_h, int64_t grid_w,
+                Tensor w, Tensor b, int64_t stride, int64_t pad, std::string name);
   int input_ = -1, output_ = -1;
   std::vector<Node> nodes_;
   std::vector<ValueInfo> values_;

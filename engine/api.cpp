@@ -313,6 +313,9 @@ struct Session::Impl {
 
 Session::Session(std::shared_ptr<const Model> model, SessionOptions options) {
   if (!model) throw Error("Session: model is null");
+  if (options.device == Device::CUDA)
+    throw Error("Session: --device cuda: this build has no CUDA backend (configure with -DSHIFTADD_CUDA=ON on a "
+                "machine with the CUDA toolkit)");
   impl_ = std::make_unique<Impl>(std::move(model), options.threads,
                                  options.mode == ShiftMode::Fast ? kernels::ShiftMode::Fast
                                                                  : kernels::ShiftMode::Exact);

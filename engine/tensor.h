@@ -8,10 +8,9 @@
 #include <vector>
 
 #include "engine/dtype.h"
+#include "shiftadd/device.h"
 
 namespace shiftadd {
-
-enum class Device : uint8_t { CPU, CUDA };
 
 using Shape = std::vector<int64_t>;
 

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "shiftadd/device.h"
 #include "shiftadd/error.h"
 
 namespace shiftadd {
@@ -68,8 +69,11 @@ class Model {
 enum class ShiftMode { Exact, Fast };
 
 struct SessionOptions {
-  int threads = 0;  // <= 0: all hardware threads
+  int threads = 0;  // <= 0: all hardware threads (CPU work; the CUDA backend uses one stream)
   ShiftMode mode = ShiftMode::Exact;
+  // CUDA needs a build with SHIFTADD_CUDA and an NVIDIA GPU; without either, creating the
+  // Session throws Error saying which is missing.
+  Device device = Device::CPU;
 };
 
 // Tokens one MoE layer sent to each expert (0: dense "Mult", 1: shift) in a run.

@@ -31,7 +31,7 @@ void register_bench(CLI::App& app) {
   sub->callback([o] {
     auto m = Model::load(o->model);
     const ModelInfo& mi = m->info();
-    Session session(m, {o->run.threads, o->run.mode == "fast" ? ShiftMode::Fast : ShiftMode::Exact});
+    Session session(m, session_options(o->run));
     std::vector<float> x(static_cast<size_t>(o->batch * mi.in_chans * mi.image_size * mi.image_size));
     std::mt19937 rng(0);
     std::normal_distribution<float> nd;

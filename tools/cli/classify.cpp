@@ -37,7 +37,7 @@ void register_classify(CLI::App& app) {
     if (images.empty() || (images.size() == 1 && looks_like_model(images[0]) && o->model.empty()))
       throw Error("classify: no image given (usage: shiftadd classify [MODEL] IMAGE...)");
     auto m = Model::load(model);
-    Session session(m, {o->run.threads, o->run.mode == "fast" ? ShiftMode::Fast : ShiftMode::Exact});
+    Session session(m, session_options(o->run));
     for (const std::string& img : images) {
       const auto preds = session.classify(img, o->top);
       if (o->json) {

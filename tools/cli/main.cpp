@@ -13,6 +13,16 @@ void add_threads_option(CLI::App& app, RunOptions& o) {
                  "Shift-layer arithmetic (ShiftAddViT models): exact (upstream float semantics) "
                  "or fast (integer shift-and-add, truncating)")
       ->check(CLI::IsMember({"exact", "fast"}));
+  app.add_option("--device", o.device, "Where to run: cpu, or cuda (needs a CUDA build and an NVIDIA GPU)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+}
+
+SessionOptions session_options(const RunOptions& o) {
+  SessionOptions s;
+  s.threads = o.threads;
+  s.mode = o.mode == "fast" ? ShiftMode::Fast : ShiftMode::Exact;
+  s.device = o.device == "cuda" ? Device::CUDA : Device::CPU;
+  return s;
 }
 
 bool looks_like_model(const std::string& arg) {
@@ -35,6 +45,9 @@ int main(int argc, char** argv) {
   shiftadd::cli::register_run(app);
   shiftadd::cli::register_bench(app);
   shiftadd::cli::register_inspect(app);
+  shiftadd::cli::register_profile(app);
+  shiftadd::cli::register_eval(app);
+  shiftadd::cli::register_convert(app);
 
   app.parse_complete_callback([&] { shiftadd::set_verbosity(verbose); });
   try {

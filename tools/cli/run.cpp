@@ -37,7 +37,7 @@ void register_run(CLI::App& app) {
                   std::to_string(mi.in_chans) + ", " + std::to_string(mi.image_size) + ", " +
                   std::to_string(mi.image_size) + ")");
     }
-    Session session(m, {o->run.threads, o->run.mode == "fast" ? ShiftMode::Fast : ShiftMode::Exact});
+    Session session(m, session_options(o->run));
     Array y;
     y.shape = {x.shape[0], mi.num_classes};
     y.data = session.run(x.data, x.shape[0]);

@@ -24,19 +24,12 @@
 #include "models/pvt/shiftadd_pvt.h"
 #include "models/vit/vit.h"
 #include "shiftadd/shiftadd.h"
+#include "engine/model_impl.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace shiftadd {
-
-struct Model::Impl {
-  WeightStore weights;  // keeps mmaps alive; the graph borrows from it
-  VitConfig config;     // ViT / DeiT only
-  PreprocessConfig preprocess;
-  Graph graph;
-  ModelInfo info;
-};
 
 namespace {
 
@@ -182,6 +175,7 @@ ModelInfo describe(const ModelFiles& files, const WeightStore& stored, const std
                    const VitConfig& c, const Graph& g) {
   ModelInfo info = describe_common(files, stored, naming, g);
   info.architecture = c.distilled ? "deit-distilled" : "vit";
+  if (naming == "shiftadd") info.architecture = "shiftadd_" + info.architecture;
   info.image_size = c.image_size;
   info.patch_size = c.patch_size;
   info.in_chans = c.in_chans;
@@ -224,6 +218,49 @@ Model::~Model() = default;
 
 namespace {
 std::unique_ptr<Model::Impl> load_model(const std::string& path);
+
+// The "__metadata__" of a file written by `shiftadd convert` (docs/format.md).
+struct ShiftaddFile {
+  bool is = false;
+  std::string architecture;
+  json config;
+  std::map<std::string, LayerKind> layers;
+};
+
+ShiftaddFile read_shiftadd_metadata(const WeightStore& w) {
+  ShiftaddFile f;
+  const auto fmt = w.metadata.find("format");
+  if (fmt == w.metadata.end() || fmt->second != "shiftadd") return f;
+  f.is = true;
+  auto get = [&](const char* key) -> const std::string& {
+    const auto it = w.metadata.find(key);
+    if (it == w.metadata.end())
+      throw Error(w.source + ": shiftadd file without metadata '" + key + "' (docs/format.md)");
+    return it->second;
+  };
+  const std::string& version = get("format_version");
+  if (version != "1")
+    throw Error(w.source + ": shiftadd format version '" + version + "' is not supported by this build "
+                "(it reads version 1); convert the model again or update shiftadd");
+  f.architecture = get("architecture");
+  auto parse = [&](const char* key) {
+    try {
+      json j = json::parse(get(key));
+      if (!j.is_object()) throw Error(w.source + ": metadata '" + key + "' must hold a JSON object");
+      return j;
+    } catch (const json::exception& e) {
+      throw Error(w.source + ": metadata '" + key + "' is not valid JSON: " + e.what());
+    }
+  };
+  f.config = parse("config");
+  const json layers = parse("layers");
+  for (const auto& [name, l] : layers.items()) {
+    if (!l.is_object() || !l.contains("kind") || !l["kind"].is_string())
+      throw Error(w.source + ": metadata 'layers' entry '" + name + "' has no \"kind\"");
+    f.layers[name] = {l["kind"].get<std::string>(), l.value("combine", std::string("none"))};
+  }
+  return f;
+}
 }
 
 // Library and filesystem exceptions from malformed configs or unreadable directories become
@@ -261,6 +298,8 @@ std::unique_ptr<Model::Impl> load_model(const std::string& path) {
     impl->weights = stored;
   } else {
     stored = load_safetensors(files.weights.string());
+    const ShiftaddFile converted = read_shiftadd_metadata(stored);
+    if (converted.is) config = converted.config;  // self-describing: a config.json beside it is ignored
     if (looks_like_pvt_v2(stored)) {
       impl->weights = stored;
       PvtConfig pc = infer_pvt_v2_config(impl->weights, config ? &*config : nullptr);
@@ -276,10 +315,19 @@ std::unique_ptr<Model::Impl> load_model(const std::string& path) {
                     pc.stages.back().dim, pc.heads_source);
       return impl;
     }
-    naming = vit_naming_name(detect_vit_naming(stored));
-    impl->weights = canonicalize_vit_names(stored);
+    if (converted.is) {
+      if (converted.architecture != "vit")
+        throw Error(files.weights.string() + ": shiftadd file of architecture '" + converted.architecture +
+                    "' does not hold PVTv2 tensors ('patch_embed1.proj.weight')");
+      naming = "shiftadd";
+      impl->weights = stored;
+    } else {
+      naming = vit_naming_name(detect_vit_naming(stored));
+      impl->weights = canonicalize_vit_names(stored);
+    }
   }
   impl->config = infer_vit_config(impl->weights, config ? &*config : nullptr, pre ? &*pre : nullptr);
+  if (!files.onnx) impl->config.layer_kinds = read_shiftadd_metadata(stored).layers;
   if (impl->config.labels.empty() && impl->config.num_classes == 1000) impl->config.labels = imagenet_labels();
   impl->graph = build_vit(impl->config, impl->weights);
   impl->preprocess = impl->config.preprocess;
@@ -294,31 +342,85 @@ std::unique_ptr<Model::Impl> load_model(const std::string& path) {
 
 const ModelInfo& Model::info() const { return impl_->info; }
 
-std::vector<float> Model::preprocess_image(const std::string& image_path) const {
+int64_t Model::input_size() const {
   const PreprocessConfig& p = impl_->preprocess;
-  std::vector<float> out(static_cast<size_t>(p.channels) * p.size * p.size);
-  shiftadd::preprocess_image(load_image(image_path), p, out.data());
+  return int64_t{p.channels} * p.size * p.size;
+}
+
+std::vector<float> Model::preprocess_image(const std::string& image_path) const {
+  const Image img = load_image(image_path);
+  return preprocess_pixels(img.pixels.data(), img.width, img.height, img.channels);
+}
+
+std::vector<float> Model::preprocess_pixels(const uint8_t* pixels, int width, int height, int channels) const {
+  std::vector<float> out(static_cast<size_t>(input_size()));
+  preprocess_pixels(pixels, width, height, channels, out.data());
   return out;
+}
+
+void Model::preprocess_pixels(const uint8_t* pixels, int width, int height, int channels, float* out) const {
+  if (!pixels || width <= 0 || height <= 0 || (channels != 1 && channels != 3))
+    throw Error("preprocess_pixels: expected 8-bit pixels with width and height > 0 and 1 or 3 channels, got " +
+                std::to_string(width) + "x" + std::to_string(height) + "x" + std::to_string(channels));
+  Image img;
+  img.width = width;
+  img.height = height;
+  img.channels = channels;
+  img.pixels.assign(pixels, pixels + size_t(width) * height * channels);
+  shiftadd::preprocess_image(img, impl_->preprocess, out);
 }
 
 struct Session::Impl {
   std::shared_ptr<const Model> model;
   std::unique_ptr<Backend> backend;
   Executor executor;
-  Impl(std::shared_ptr<const Model> m, int threads)
-      : model(std::move(m)), backend(make_cpu_backend(threads)), executor(model->impl().graph, *backend) {}
-  Impl(std::shared_ptr<const Model> m, int threads, kernels::ShiftMode mode)
-      : model(std::move(m)), backend(make_cpu_backend(threads, mode)), executor(model->impl().graph, *backend) {}
+  Impl(std::shared_ptr<const Model> m, std::unique_ptr<Backend> b)
+      : model(std::move(m)), backend(std::move(b)), executor(model->impl().graph, *backend) {}
 };
+
+namespace {
+#ifdef SHIFTADD_HAS_CUDA
+// CUDA options from the environment: SHIFTADD_CUDA_MATH = fp32 (default) | tf32 | fp16 for the
+// dense GEMMs, SHIFTADD_CUDA_GRAPHS = 0 to run every forward eagerly, SHIFTADD_CUDA_DEVICE = n.
+CudaOptions cuda_options(kernels::ShiftMode mode) {
+  CudaOptions o;
+  o.shift_mode = mode;
+  if (const char* m = std::getenv("SHIFTADD_CUDA_MATH"); m && *m) {
+    const std::string v = m;
+    if (v == "fp32") o.math = CudaMath::F32;
+    else if (v == "tf32") o.math = CudaMath::TF32;
+    else if (v == "fp16") o.math = CudaMath::F16;
+    else throw Error("SHIFTADD_CUDA_MATH='" + v + "': expected fp32, tf32 or fp16");
+  }
+  if (const char* g = std::getenv("SHIFTADD_CUDA_GRAPHS"); g && std::string(g) == "0") o.graphs = false;
+  if (const char* d = std::getenv("SHIFTADD_CUDA_DEVICE"); d && *d) o.device = std::atoi(d);
+  return o;
+}
+#endif
+}  // namespace
 
 Session::Session(std::shared_ptr<const Model> model, SessionOptions options) {
   if (!model) throw Error("Session: model is null");
-  if (options.device == Device::CUDA)
+  const kernels::ShiftMode mode =
+      options.mode == ShiftMode::Fast ? kernels::ShiftMode::Fast : kernels::ShiftMode::Exact;
+  if (options.device == Device::CUDA) {
+#ifdef SHIFTADD_HAS_CUDA
+    std::unique_ptr<Backend> backend;
+    try {
+      backend = make_cuda_backend(cuda_options(mode));
+    } catch (const Error& e) {
+      throw Error(std::string("Session: --device cuda: ") + e.what());
+    }
+    check_supported(model->impl().graph, *backend);
+    impl_ = std::make_unique<Impl>(std::move(model), std::move(backend));
+    logger().info("session: CUDA backend (one stream, cuBLAS)");
+    return;
+#else
     throw Error("Session: --device cuda: this build has no CUDA backend (configure with -DSHIFTADD_CUDA=ON on a "
                 "machine with the CUDA toolkit)");
-  impl_ = std::make_unique<Impl>(std::move(model), options.threads,
-                                 options.mode == ShiftMode::Fast ? kernels::ShiftMode::Fast
-                                                                 : kernels::ShiftMode::Exact);
+#endif
+  }
+  impl_ = std::make_unique<Impl>(std::move(model), make_cpu_backend(options.threads, mode));
   logger().info("session: {} thread(s), CPU kernels {}", options.threads > 0 ? options.threads : static_cast<int>(std::thread::hardware_concurrency()),
                kernels::cpu::simd_name());
 }

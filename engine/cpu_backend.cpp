@@ -7,6 +7,8 @@
 #include <vector>
 
 #include "engine/backend.h"
+#include "engine/node_args.h"
+#include "shiftadd/error.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/kernels.h"
 #include "kernels/shift_kernels.h"
@@ -15,142 +17,7 @@ namespace shiftadd {
 namespace {
 
 using namespace kernels;
-
-// Kernel arguments for a node, shared by both instantiations.
-GemmArgs linear_args(const Graph& g, const Node& n, const NodeBuffers& b) {
-  const Shape& in = g.sample_shape(n.inputs[0]);
-  const Tensor& w = n.weights[0];
-  GemmArgs a;
-  a.M = b.batch * shape_numel(in) / in.back();
-  a.K = in.back();
-  a.N = w.dim(0);
-  a.A = b.in[0];
-  a.lda = a.K;
-  a.B = w.data<float>();
-  a.ldb = a.K;
-  a.b_is_nk = true;
-  a.C = b.out;
-  a.ldc = a.N;
-  a.epi.bias = n.weights[1].defined() ? n.weights[1].data<float>() : nullptr;
-  a.epi.gelu = n.p.gelu;
-  if (n.inputs.size() > 1) {
-    a.epi.residual = b.in[1];
-    a.epi.ldr = a.N;
-  }
-  return a;
-}
-
-AttentionArgs attention_args(const Graph& g, const Node& n, const NodeBuffers& b) {
-  AttentionArgs a;
-  a.B = b.batch;
-  a.H = n.p.heads;
-  a.scale = n.p.scale;
-  int64_t C = 0;
-  if (n.inputs.size() == 2) {  // q [Nq, C], k|v [Nkv, 2C]
-    const Shape& sq = g.sample_shape(n.inputs[0]);
-    const Shape& skv = g.sample_shape(n.inputs[1]);
-    C = sq[1];
-    a.Nq = sq[0];
-    a.Nkv = skv[0];
-    a.q = b.in[0];
-    a.q_ld = C;
-    a.q_bstride = a.Nq * C;
-    a.k = b.in[1];
-    a.v = b.in[1] + C;
-    a.k_ld = a.v_ld = 2 * C;
-    a.k_bstride = a.v_bstride = a.Nkv * 2 * C;
-  } else {  // q|k|v [N, 3C]
-    const Shape& s = g.sample_shape(n.inputs[0]);
-    const int64_t N = s[0];
-    C = s[1] / 3;
-    a.Nq = a.Nkv = N;
-    a.q = b.in[0];
-    a.k = b.in[0] + C;
-    a.v = b.in[0] + 2 * C;
-    a.q_ld = a.k_ld = a.v_ld = 3 * C;
-    a.q_bstride = a.k_bstride = a.v_bstride = N * 3 * C;
-  }
-  a.d = C / n.p.heads;
-  a.out = b.out;
-  a.o_ld = C;
-  a.o_bstride = a.Nq * C;
-  return a;
-}
-
-Conv2dArgs conv_args(const Graph& g, const Node& n, const NodeBuffers& b) {
-  const Shape& s = g.sample_shape(n.inputs[0]);  // [Cin, H, W], or [H*W, Cin] with a grid
-  const Tensor& w = n.weights[0];
-  Conv2dArgs a;
-  a.B = b.batch;
-  a.channels_last = n.p.grid_h > 0;
-  a.Cin = a.channels_last ? s[1] : s[0];
-  a.H = a.channels_last ? n.p.grid_h : s[1];
-  a.W = a.channels_last ? n.p.grid_w : s[2];
-  a.Cout = w.dim(0);
-  a.kh = w.dim(2);
-  a.kw = w.dim(3);
-  a.stride = n.p.stride;
-  a.pad = n.p.pad;
-  a.x = b.in[0];
-  a.w = w.data<float>();
-  a.bias = n.weights[1].numel() > 0 ? n.weights[1].data<float>() : nullptr;
-  a.out = b.out;
-  return a;
-}
-
-DwConv3x3Args dwconv_args(const Graph& g, const Node& n, const NodeBuffers& b) {
-  DwConv3x3Args a;
-  a.B = b.batch;
-  a.H = n.p.grid_h;
-  a.W = n.p.grid_w;
-  a.C = g.sample_shape(n.inputs[0])[1];
-  a.x = b.in[0];
-  a.w = n.weights[0].data<float>();
-  a.bias = n.weights[1].defined() && n.weights[1].numel() > 0 ? n.weights[1].data<float>() : nullptr;
-  a.gelu = n.p.gelu;
-  a.out = b.out;
-  return a;
-}
-
-MeanTokensArgs mean_args(const Graph& g, const Node& n, const NodeBuffers& b) {
-  const Shape& s = g.sample_shape(n.inputs[0]);  // [N, C]
-  MeanTokensArgs a;
-  a.B = b.batch;
-  a.N = s[0];
-  a.C = s[1];
-  a.x = b.in[0];
-  a.out = b.out;
-  return a;
-}
-
-EmbedTokensArgs embed_args(const Graph& g, const Node& n, const NodeBuffers& b) {
-  const Shape& s = g.sample_shape(n.inputs[0]);  // [Np, C]
-  EmbedTokensArgs a;
-  a.B = b.batch;
-  a.Np = s[0];
-  a.C = s[1];
-  a.P = n.weights[0].defined() ? n.weights[0].numel() / s[1] : 0;
-  a.patches = b.in[0];
-  a.prefix = a.P ? n.weights[0].data<float>() : nullptr;
-  a.pos = n.weights[1].defined() ? n.weights[1].data<float>() : nullptr;
-  a.out = b.out;
-  return a;
-}
-
-LayerNormArgs layernorm_args(const Graph& g, const Node& n, const NodeBuffers& b) {
-  const Shape& s = g.sample_shape(n.inputs[0]);
-  LayerNormArgs a;
-  a.cols = s.back();
-  a.rows = b.batch * shape_numel(s) / a.cols;
-  a.x = b.in[0];
-  a.ldx = a.cols;
-  a.gamma = n.weights[0].data<float>();
-  a.beta = n.weights[1].data<float>();
-  a.eps = n.p.eps;
-  a.y = b.out;
-  a.ldy = a.cols;
-  return a;
-}
+using namespace node_args;
 
 // Copies tokens [first, first+count) of every sample: a strided row copy.
 void take_tokens(const Graph& g, const Node& n, const NodeBuffers& b) {
@@ -166,90 +33,14 @@ void take_tokens(const Graph& g, const Node& n, const NodeBuffers& b) {
 // gathered rows) live in `ShiftWork`, sized at reserve time for the worst case, so a run
 // allocates nothing (the ref kernels themselves may).
 
-constexpr size_t align64(size_t n) { return (n + 63) / 64 * 64; }
-
 struct ShiftWork {
   std::vector<std::byte> buf;
   std::vector<std::array<int64_t, 2>> expert_tokens;  // per node index
   kernels::ShiftMode mode = kernels::ShiftMode::Exact;
+  DecisionProbe* probe = nullptr;
 
   std::byte* data() { return buf.data(); }
 };
-
-int64_t rows_of(const Graph& g, const Node& n, int64_t batch) {
-  const Shape& in = g.sample_shape(n.inputs[0]);
-  return batch * shape_numel(in) / in.back();
-}
-
-ShiftLinearArgs shift_args(const Graph& g, const Node& n, const NodeBuffers& b, ShiftMode mode) {
-  ShiftLinearArgs a;
-  const Tensor& codes = n.weights[0];
-  a.M = rows_of(g, n, b.batch);
-  a.K = codes.dim(1);
-  a.N = codes.dim(0);
-  a.x = b.in[0];
-  a.ldx = a.K;
-  a.codes = codes.data<uint8_t>();
-  a.ldw = a.K;
-  a.bias = n.weights[1].defined() && n.weights[1].numel() > 0 ? n.weights[1].data<float>() : nullptr;
-  a.y = b.out;
-  a.ldy = a.N;
-  a.mode = mode;
-  return a;
-}
-
-// MoE layout in the work buffer: expert[M] u8 | perm[M] i32 | gathered x [M, K] | expert out [M, N].
-size_t moe_work_bytes(const Graph& g, const Node& n, int64_t batch) {
-  const int64_t M = rows_of(g, n, batch), K = n.weights[2].dim(1), N = n.weights[2].dim(0);
-  return align64(M) + align64(4 * M) + align64(4 * M * K) + align64(4 * M * N);
-}
-
-// KSH layout: normalised qk [B, N, C] floats | codes [B, H, N] (uint16 or uint64).
-size_t ksh_work_bytes(const Graph& g, const Node& n, int64_t batch) {
-  const Shape& s = g.sample_shape(n.inputs[0]);
-  const int64_t H = n.p.heads;
-  return align64(4 * batch * s[0] * s[1]) +
-         align64((n.p.nbits <= 16 ? 2 : 8) * batch * H * s[0]);
-}
-
-KshArgs ksh_args(const Graph& g, const Node& n, int64_t batch, float* qn, void* codes) {
-  const Shape& s = g.sample_shape(n.inputs[0]);
-  KshArgs a;
-  a.B = batch;
-  a.H = n.p.heads;
-  a.N = s[0];
-  a.d = s[1] / n.p.heads;
-  a.m = n.p.anchors;
-  a.nbits = n.p.nbits;
-  a.qk = qn;
-  a.qk_ld = s[1];
-  a.qk_bstride = s[0] * s[1];
-  a.anchors = n.weights[0].data<float>();
-  a.mvec = n.weights[1].data<float>();
-  a.A = n.weights[2].data<float>();
-  a.codes = codes;
-  return a;
-}
-
-AdditiveAttentionArgs additive_args(const Graph& g, const Node& n, const NodeBuffers& b,
-                                    const void* codes) {
-  const Shape& s = g.sample_shape(n.inputs[0]);
-  AdditiveAttentionArgs a;
-  a.B = b.batch;
-  a.H = n.p.heads;
-  a.N = s[0];
-  a.d = s[1] / n.p.heads;
-  a.nbits = n.p.nbits;
-  a.codes = codes;
-  a.v = b.in[1];
-  a.v_ld = s[1];
-  a.v_bstride = s[0] * s[1];
-  a.taps = n.weights[3].data<float>();
-  a.out = b.out;
-  a.o_ld = s[1];
-  a.o_bstride = s[0] * s[1];
-  return a;
-}
 
 void reserve_work(ShiftWork& w, const Graph& g, const Node& n, int64_t batch) {
   if (w.expert_tokens.size() < g.nodes().size()) w.expert_tokens.resize(g.nodes().size(), {0, 0});
@@ -257,6 +48,18 @@ void reserve_work(ShiftWork& w, const Graph& g, const Node& n, int64_t batch) {
   if (n.op == OpKind::MoeLinear) bytes = moe_work_bytes(g, n, batch);
   if (n.op == OpKind::KshAttention) bytes = ksh_work_bytes(g, n, batch);
   if (bytes > w.buf.size()) w.buf.resize(bytes);
+}
+
+// Overwrites `count` decisions of node `idx` with forced ones, when the probe has them.
+template <class T, class F>
+void force_decisions(const std::map<size_t, std::vector<F>>& forced, size_t idx, T* dst,
+                     int64_t count, const Node& n) {
+  const auto it = forced.find(idx);
+  if (it == forced.end()) return;
+  if (static_cast<int64_t>(it->second.size()) != count)
+    throw Error("decision probe: node '" + n.name + "' makes " + std::to_string(count) +
+                " decisions per run, " + std::to_string(it->second.size()) + " were forced");
+  for (int64_t i = 0; i < count; ++i) dst[i] = static_cast<T>(it->second[static_cast<size_t>(i)]);
 }
 
 template <class K>
@@ -275,10 +78,16 @@ void run_moe(const Graph& g, const Node& n, const NodeBuffers& b, ShiftWork& w, 
   r.Wg = n.weights[0].data<float>();
   r.bg = n.weights[1].defined() && n.weights[1].numel() > 0 ? n.weights[1].data<float>() : nullptr;
   r.expert = expert;
+  const size_t idx = static_cast<size_t>(&n - g.nodes().data());
+  if (w.probe) {
+    auto& logits = w.probe->router_logits[idx];
+    logits.assign(static_cast<size_t>(2 * M), 0.0f);
+    r.logits = logits.data();
+  }
   k.router(r);
+  if (w.probe) force_decisions(w.probe->force_experts, idx, expert, M, n);
   int64_t counts[2];
   k.plan(M, expert, perm, counts);
-  const size_t idx = static_cast<size_t>(&n - g.nodes().data());
   if (idx < w.expert_tokens.size()) w.expert_tokens[idx] = {counts[0], counts[1]};
   int64_t begin = 0;
   for (int e = 0; e < 2; ++e) {
@@ -313,30 +122,78 @@ void run_moe(const Graph& g, const Node& n, const NodeBuffers& b, ShiftWork& w, 
       a.ldy = N;
       a.mode = w.mode;
       k.shift(a);
+      if (const float* scale = shift_scale(n))
+        for (int64_t m = 0; m < cnt; ++m)
+          for (int64_t j = 0; j < N; ++j) gy[m * N + j] *= scale[j];
     }
-    k.scatter(begin, begin + cnt, N, perm, gy, N, b.out, N, /*log_exp_combine=*/true);
+    k.scatter(begin, begin + cnt, N, perm, gy, N, b.out, N, n.p.log_exp_combine);
     begin += cnt;
   }
+  if (n.p.gelu) k.gelu(M * N, b.out, b.out);
+}
+
+// Rows of `src` ([rows, ld], `count` heads of d values starting at column `col`) L2-normalised
+// per head into dst ([rows, ldd] at column `dcol`); a zero row stays zero.
+void normalise_heads(const float* src, int64_t ld, int64_t col, float* dst, int64_t ldd, int64_t dcol,
+                     int64_t rows, int64_t H, int64_t d) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t h = 0; h < H; ++h) {
+      const float* x = src + r * ld + col + h * d;
+      float* y = dst + r * ldd + dcol + h * d;
+      float ss = 0.0f;
+      for (int64_t c = 0; c < d; ++c) ss += x[c] * x[c];
+      const float norm = std::sqrt(ss);
+      for (int64_t c = 0; c < d; ++c) y[c] = norm > 0.0f ? x[c] / norm : 0.0f;
+    }
 }
 
 template <class K>
 void run_ksh(const Graph& g, const Node& n, const NodeBuffers& b, ShiftWork& w, K& k) {
-  const Shape& s = g.sample_shape(n.inputs[0]);
+  const Shape& s = g.sample_shape(n.output);
   const int64_t rows = b.batch * s[0], C = s[1], H = n.p.heads, d = C / H;
+  const bool qkv = ksh_from_qkv(n);
+  const int streams = qkv ? 2 : 1;  // hashed inputs: shared qk, or q then k
   auto* qn = reinterpret_cast<float*>(w.data());
-  void* codes = w.data() + align64(4 * rows * C);
-  // qk <- qk / ||qk|| per token and head (a zero row stays zero).
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t h = 0; h < H; ++h) {
-      const float* src = b.in[0] + r * C + h * d;
-      float* dst = qn + r * C + h * d;
-      float ss = 0.0f;
-      for (int64_t c = 0; c < d; ++c) ss += src[c] * src[c];
-      const float norm = std::sqrt(ss);
-      for (int64_t c = 0; c < d; ++c) dst[c] = norm > 0.0f ? src[c] / norm : 0.0f;
+  for (int i = 0; i < streams; ++i)
+    normalise_heads(b.in[0], qkv ? 3 * C : C, i * C, qn, streams * C, i * C, rows, H, d);
+  const size_t idx = static_cast<size_t>(&n - g.nodes().data());
+  const int64_t count = b.batch * H * s[0];
+  void* codes[2] = {nullptr, nullptr};
+  for (int i = 0; i < streams; ++i) {
+    codes[i] = ksh_codes(g, n, b.batch, w.data(), i);
+    KshArgs ka = ksh_args(g, n, b.batch, qn + i * C, codes[i]);
+    if (!w.probe) {
+      k.ksh(ka);
+      continue;
     }
-  k.ksh(ksh_args(g, n, b.batch, qn, codes));
-  k.additive(additive_args(g, n, b, codes));
+    // Probe: pre-activations and forced codes of all streams, one after the other.
+    auto& pre = w.probe->ksh_preact[idx];
+    pre.resize(static_cast<size_t>(streams * count * n.p.nbits));
+    ka.preact = pre.data() + static_cast<size_t>(i * count * n.p.nbits);
+    k.ksh(ka);
+    const auto it = w.probe->force_codes.find(idx);
+    if (it == w.probe->force_codes.end()) continue;
+    if (static_cast<int64_t>(it->second.size()) != streams * count)
+      throw Error("decision probe: node '" + n.name + "' makes " + std::to_string(streams * count) +
+                  " hash codes per run, " + std::to_string(it->second.size()) + " were forced");
+    for (int64_t t = 0; t < count; ++t) {
+      const uint64_t c = it->second[static_cast<size_t>(i * count + t)];
+      if (n.p.nbits <= 16) static_cast<uint16_t*>(codes[i])[t] = static_cast<uint16_t>(c);
+      else static_cast<uint64_t*>(codes[i])[t] = c;
+    }
+  }
+  // Keys (or the shared codes) build KV; queries read it.
+  if (qkv) k.additive(additive_args(g, n, b, codes[1], codes[0]));
+  else k.additive(additive_args(g, n, b, codes[0]));
+}
+
+// Per-output scale, then GELU, in place on a shift layer's output [M, N].
+template <class K>
+void shift_epilogue(const Node& n, float* y, int64_t M, int64_t N, K& k) {
+  if (const float* scale = shift_scale(n))
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t j = 0; j < N; ++j) y[m * N + j] *= scale[j];
+  if (n.p.gelu) k.gelu(M * N, y, y);
 }
 
 struct CpuK {
@@ -355,6 +212,7 @@ struct CpuK {
   void shift(const ShiftLinearArgs& a) { cpu::shift_linear(a, pool); }
   void ksh(const KshArgs& a) { cpu::ksh_hash(a, pool); }
   void additive(const AdditiveAttentionArgs& a) { cpu::additive_attention(a, pool); }
+  void gelu(int64_t n, const float* x, float* y) { cpu::gelu(n, x, y, pool); }
 };
 
 struct RefK {
@@ -372,6 +230,7 @@ struct RefK {
   void shift(const ShiftLinearArgs& a) { ref::shift_linear(a); }
   void ksh(const KshArgs& a) { ref::ksh_hash(a); }
   void additive(const AdditiveAttentionArgs& a) { ref::additive_attention(a); }
+  void gelu(int64_t n, const float* x, float* y) { ref::gelu(n, x, y); }
 };
 
 int64_t out_numel(const Graph& g, const Node& n, int64_t batch) {
@@ -419,6 +278,10 @@ class CpuBackend final : public Backend {
   std::array<int64_t, 2> expert_tokens(size_t node) const override {
     return node < work_.expert_tokens.size() ? work_.expert_tokens[node] : std::array<int64_t, 2>{0, 0};
   }
+  bool set_decision_probe(DecisionProbe* probe) override {
+    work_.probe = probe;
+    return true;
+  }
 
   void run(const Graph& g, const Node& n, const NodeBuffers& b) override {
     switch (n.op) {
@@ -434,7 +297,13 @@ class CpuBackend final : public Backend {
       case OpKind::TakeTokens: take_tokens(g, n, b); break;
       case OpKind::DwConv3x3: cpu::dwconv3x3(dwconv_args(g, n, b), pool_); break;
       case OpKind::MeanTokens: cpu::mean_tokens(mean_args(g, n, b), pool_); break;
-      case OpKind::ShiftLinear: cpu::shift_linear(shift_args(g, n, b, work_.mode), pool_); break;
+      case OpKind::ShiftLinear: {
+        const ShiftLinearArgs a = shift_args(g, n, b, work_.mode);
+        cpu::shift_linear(a, pool_);
+        CpuK k{pool_};
+        shift_epilogue(n, a.y, a.M, a.N, k);
+        break;
+      }
       case OpKind::MoeLinear: {
         CpuK k{pool_};
         run_moe(g, n, b, work_, k);
@@ -467,6 +336,10 @@ class RefBackend final : public Backend {
   std::array<int64_t, 2> expert_tokens(size_t node) const override {
     return node < work_.expert_tokens.size() ? work_.expert_tokens[node] : std::array<int64_t, 2>{0, 0};
   }
+  bool set_decision_probe(DecisionProbe* probe) override {
+    work_.probe = probe;
+    return true;
+  }
   void run(const Graph& g, const Node& n, const NodeBuffers& b) override {
     switch (n.op) {
       case OpKind::Input: break;
@@ -479,7 +352,13 @@ class RefBackend final : public Backend {
       case OpKind::TakeTokens: take_tokens(g, n, b); break;
       case OpKind::DwConv3x3: ref::dwconv3x3(dwconv_args(g, n, b)); break;
       case OpKind::MeanTokens: ref::mean_tokens(mean_args(g, n, b)); break;
-      case OpKind::ShiftLinear: ref::shift_linear(shift_args(g, n, b, work_.mode)); break;
+      case OpKind::ShiftLinear: {
+        const ShiftLinearArgs a = shift_args(g, n, b, work_.mode);
+        ref::shift_linear(a);
+        RefK k;
+        shift_epilogue(n, a.y, a.M, a.N, k);
+        break;
+      }
       case OpKind::MoeLinear: {
         RefK k;
         run_moe(g, n, b, work_, k);

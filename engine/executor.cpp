@@ -108,7 +108,17 @@ void Executor::prepare(int64_t batch) {
   if (it == plans_.end()) {
     Plan p = make_plan(g_, batch);
     for (const Node& n : g_.nodes()) backend_.reserve(g_, n, batch);
-    if (p.arena_floats > arena_.numel()) arena_ = Tensor::empty(DType::F32, {p.arena_floats});
+    if (backend_.device_memory()) {
+      // The input gets its own slot after the activations (64-byte aligned).
+      p.input_offset = (p.arena_floats + 15) / 16 * 16;
+      const int64_t need = p.input_offset + batch * shape_numel(g_.sample_shape(g_.input_value()));
+      if (need > device_floats_ || !device_arena_) {
+        device_arena_ = backend_.device_arena(need);
+        device_floats_ = need;
+      }
+    } else if (p.arena_floats > arena_.numel()) {
+      arena_ = Tensor::empty(DType::F32, {p.arena_floats});
+    }
     logger().debug("planned batch {}: {} nodes, activation arena {:.2f} MiB", batch, g_.nodes().size(),
                   p.arena_floats * 4.0 / (1 << 20));
     it = plans_.emplace(batch, std::move(p)).first;
@@ -117,13 +127,12 @@ void Executor::prepare(int64_t batch) {
   node_ms_.assign(g_.nodes().size(), 0.0);
 }
 
-void Executor::run(int64_t batch, const float* input, float* output) {
-  prepare(batch);
-  float* base = arena_.data<float>();
+void Executor::run_nodes(int64_t batch, float* base, const float* input) {
   auto ptr = [&](int v) -> float* {
     return v == g_.input_value() ? const_cast<float*>(input) : base + plan_->offset[v];
   };
   const auto& nodes = g_.nodes();
+  const bool device_timing = profiling_ && backend_.device_timing();
   for (size_t i = 0; i < nodes.size(); ++i) {
     const Node& n = nodes[i];
     if (n.op == OpKind::Input) continue;
@@ -131,7 +140,10 @@ void Executor::run(int64_t batch, const float* input, float* output) {
     b.batch = batch;
     for (size_t k = 0; k < n.inputs.size() && k < 2; ++k) b.in[k] = ptr(n.inputs[k]);
     b.out = ptr(n.output);
-    if (profiling_) {
+    if (device_timing) {
+      backend_.mark_node(i);
+      backend_.run(g_, n, b);
+    } else if (profiling_) {
       const auto t0 = std::chrono::steady_clock::now();
       backend_.run(g_, n, b);
       node_ms_[i] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -139,8 +151,29 @@ void Executor::run(int64_t batch, const float* input, float* output) {
       backend_.run(g_, n, b);
     }
   }
+  if (device_timing) backend_.mark_node(nodes.size());
+}
+
+void Executor::run(int64_t batch, const float* input, float* output) {
+  prepare(batch);
   const int out = g_.output_value();
-  std::memcpy(output, ptr(out), sizeof(float) * batch * shape_numel(g_.sample_shape(out)));
+  const int64_t out_numel = batch * shape_numel(g_.sample_shape(out));
+  if (!backend_.device_memory()) {
+    float* base = arena_.data<float>();
+    run_nodes(batch, base, input);
+    const float* src = out == g_.input_value() ? input : base + plan_->offset[out];
+    std::memcpy(output, src, sizeof(float) * out_numel);
+    return;
+  }
+  // Device backend: input into its arena slot, the forward (eager, captured or replayed), output back.
+  float* base = device_arena_;
+  float* dev_input = base + plan_->input_offset;
+  backend_.copy_input(dev_input, input, batch * shape_numel(g_.sample_shape(g_.input_value())));
+  const Backend::Forward f = backend_.begin_forward(batch, profiling_);
+  if (f != Backend::Forward::Replayed) run_nodes(batch, base, dev_input);
+  if (!backend_.end_forward(batch, f)) run_nodes(batch, base, dev_input);
+  backend_.copy_output(output, out == g_.input_value() ? dev_input : base + plan_->offset[out], out_numel);
+  if (profiling_ && backend_.device_timing()) backend_.node_ms(node_ms_);
 }
 
 }  // namespace shiftadd

@@ -19,6 +19,9 @@ struct Plan {
   int64_t batch = 0;
   std::vector<int64_t> offset;  // per value, in floats into the arena; -1 for the graph input
   int64_t arena_floats = 0;
+  // Device backends only: where the graph input is copied to (floats into the device arena);
+  // -1 for host backends, which read the caller's input in place.
+  int64_t input_offset = -1;
 };
 
 // Throws Error naming node, op and shape when the backend cannot run some node.
@@ -37,7 +40,9 @@ class Executor {
   void run(int64_t batch, const float* input, float* output);
 
   int64_t planned_batch() const { return plan_ ? plan_->batch : 0; }
-  size_t arena_bytes() const { return arena_.nbytes(); }
+  size_t arena_bytes() const {
+    return backend_.device_memory() ? static_cast<size_t>(device_floats_) * sizeof(float) : arena_.nbytes();
+  }
 
   // Per-node wall time of the last run, collected only while profiling is on (a branch per
   // node otherwise).
@@ -49,7 +54,10 @@ class Executor {
   Backend& backend_;
   std::map<int64_t, Plan> plans_;
   const Plan* plan_ = nullptr;
-  Tensor arena_;  // 64-byte aligned
+  Tensor arena_;  // 64-byte aligned (host backends)
+  float* device_arena_ = nullptr;  // device backends: owned by the backend
+  int64_t device_floats_ = 0;
+  void run_nodes(int64_t batch, float* base, const float* input);
   bool profiling_ = false;
   std::vector<double> node_ms_;
 };

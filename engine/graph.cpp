@@ -276,24 +276,50 @@ void expect_bias(const std::string& node, const char* what, const Tensor& b, int
 }
 }  // namespace
 
-int Graph::shift_linear(int x, const Tensor& shift, const Tensor& sign, Tensor b, std::string name) {
+ShiftWeights ShiftWeights::from_raw(const std::string& node, const Tensor& shift, const Tensor& sign,
+                                    Tensor bias) {
+  return {pack_codes(node, shift, sign), std::move(bias), Tensor()};
+}
+
+namespace {
+// Checks one shift expert against input width K; returns its output width.
+int64_t check_shift(const std::string& node, const char* what, const ShiftWeights& w, const Shape& in) {
+  const int64_t K = in.back();
+  if (!w.codes.defined() || w.codes.dtype() != DType::U8 || w.codes.ndim() != 2 || !w.codes.is_contiguous())
+    shape_error(node, std::string(what) + " codes must be a contiguous U8 [out, in] tensor");
+  if (w.codes.dim(1) != K)
+    shape_error(node, std::string(what) + " codes " + shape_str(w.codes.shape()) + " do not fit input " +
+                          shape_str(in) + " (expected [out, " + std::to_string(K) + "])");
+  const int64_t N = w.codes.dim(0);
+  expect_bias(node, (std::string(what) + " bias").c_str(), w.bias, N);
+  if (w.scale.defined()) {
+    expect_f32(node, "scale", w.scale);
+    if (w.scale.numel() != N)
+      shape_error(node, std::string(what) + " scale " + shape_str(w.scale.shape()) + " has " +
+                            std::to_string(w.scale.numel()) + " elements, expected " + std::to_string(N));
+  }
+  return N;
+}
+}  // namespace
+
+int Graph::shift_linear(int x, ShiftWeights w, std::string name, bool gelu) {
   Shape s = sample_shape(x);
-  Tensor codes = pack_codes(name, shift, sign);
-  if (codes.dim(1) != s.back())
-    shape_error(name, "shift weight " + shape_str(shift.shape()) + " does not fit input " +
-                          shape_str(s) + " (expected [out, " + std::to_string(s.back()) + "])");
-  expect_bias(name, "bias", b, codes.dim(0));
-  s.back() = codes.dim(0);
+  s.back() = check_shift(name, "shift", w, s);
   Node n;
   n.op = OpKind::ShiftLinear;
   n.name = std::move(name);
   n.inputs = {x};
-  n.weights = {std::move(codes), std::move(b)};
+  n.weights = {std::move(w.codes), std::move(w.bias), std::move(w.scale)};
+  n.p.gelu = gelu;
   return add_node(std::move(n), s);
 }
 
-int Graph::moe_linear(int x, Tensor wg, Tensor bg, Tensor w0, Tensor b0, const Tensor& shift1,
-                      const Tensor& sign1, Tensor b1, std::string name) {
+int Graph::shift_linear(int x, const Tensor& shift, const Tensor& sign, Tensor b, std::string name) {
+  return shift_linear(x, ShiftWeights::from_raw(name, shift, sign, std::move(b)), std::move(name));
+}
+
+int Graph::moe_linear(int x, Tensor wg, Tensor bg, Tensor w0, Tensor b0, ShiftWeights w1,
+                      std::string name, bool log_exp_combine, bool gelu) {
   Shape s = sample_shape(x);
   const int64_t K = s.back();
   expect_f32(name, "router weight", wg);
@@ -307,20 +333,53 @@ int Graph::moe_linear(int x, Tensor wg, Tensor bg, Tensor w0, Tensor b0, const T
                           shape_str(s) + " (expected [out, " + std::to_string(K) + "])");
   const int64_t N = w0.dim(0);
   expect_bias(name, "expert 0 bias", b0, N);
-  Tensor codes = pack_codes(name, shift1, sign1);
-  if (codes.shape() != w0.shape())
-    shape_error(name, "expert 1 shift " + shape_str(shift1.shape()) + " does not match expert 0 " +
+  if (check_shift(name, "expert 1", w1, s) != N)
+    shape_error(name, "expert 1 codes " + shape_str(w1.codes.shape()) + " do not match expert 0 " +
                           shape_str(w0.shape()));
-  expect_bias(name, "expert 1 bias", b1, N);
   s.back() = N;
   Node n;
   n.op = OpKind::MoeLinear;
   n.name = std::move(name);
   n.inputs = {x};
-  n.weights = {std::move(wg), std::move(bg), std::move(w0), std::move(b0), std::move(codes),
-               std::move(b1)};
+  n.weights = {std::move(wg), std::move(bg), std::move(w0), std::move(b0), std::move(w1.codes),
+               std::move(w1.bias), std::move(w1.scale)};
+  n.p.log_exp_combine = log_exp_combine;
+  n.p.gelu = gelu;
   return add_node(std::move(n), s);
 }
+
+int Graph::moe_linear(int x, Tensor wg, Tensor bg, Tensor w0, Tensor b0, const Tensor& shift1,
+                      const Tensor& sign1, Tensor b1, std::string name) {
+  ShiftWeights w1 = ShiftWeights::from_raw(name, shift1, sign1, std::move(b1));
+  if (w0.defined() && w1.codes.shape() != w0.shape())
+    shape_error(name, "expert 1 shift " + shape_str(shift1.shape()) + " does not match expert 0 " +
+                          shape_str(w0.shape()));
+  return moe_linear(x, std::move(wg), std::move(bg), std::move(w0), std::move(b0), std::move(w1),
+                    std::move(name));
+}
+
+namespace {
+// KSH buffers in the engine's layout: anchor [H, m, d], mvec [H, m], A [H, nbits, m], taps [H, 9].
+void check_ksh(const std::string& name, int64_t H, int64_t d, const Tensor& anchor, const Tensor& mvec,
+               const Tensor& A, const Tensor& taps) {
+  for (auto [what, t] : {std::pair<const char*, const Tensor*>{"anchor", &anchor},
+                         {"mvec", &mvec}, {"A", &A}, {"dconv weight", &taps}})
+    expect_f32(name, what, *t);
+  if (A.ndim() != 3 || A.dim(0) != H || A.dim(1) < 1 || A.dim(1) > 64 || A.dim(2) < 1)
+    shape_error(name, "KSH A " + shape_str(A.shape()) + " must be [" + std::to_string(H) +
+                          ", nbits <= 64, m]");
+  const int64_t m = A.dim(2);
+  if (anchor.numel() != H * m * d)
+    shape_error(name, "KSH anchor " + shape_str(anchor.shape()) + ", expected " + std::to_string(H) +
+                          " x " + std::to_string(m) + " x " + std::to_string(d) + " values");
+  if (mvec.numel() != H * m)
+    shape_error(name, "KSH mvec " + shape_str(mvec.shape()) + ", expected " + std::to_string(H) +
+                          " x " + std::to_string(m) + " values");
+  if (taps.numel() != H * 9)
+    shape_error(name, "dconv weight " + shape_str(taps.shape()) + ", expected " + std::to_string(H) +
+                          " x 9 values");
+}
+}  // namespace
 
 int Graph::ksh_attention(int qk, int v, int64_t heads, const Tensor& anchor, const Tensor& mvec,
                          const Tensor& A, const Tensor& dconv, std::string name) {
@@ -331,13 +390,9 @@ int Graph::ksh_attention(int qk, int v, int64_t heads, const Tensor& anchor, con
                           std::to_string(heads) + ", got qk " + shape_str(sq) + " and v " +
                           shape_str(sv));
   const int64_t H = heads, d = sq[1] / heads;
-  for (auto [what, t] : {std::pair<const char*, const Tensor*>{"anchor", &anchor},
-                         {"mvec", &mvec}, {"A", &A}, {"dconv weight", &dconv}})
-    expect_f32(name, what, *t);
-  if (A.ndim() != 3 || A.dim(0) != H || A.dim(1) < 1 || A.dim(1) > 64 || A.dim(2) < 1)
-    shape_error(name, "KSH A " + shape_str(A.shape()) + " must be [" + std::to_string(H) +
-                          ", nbits <= 64, m]");
+  check_ksh(name, H, d, anchor, mvec, A, dconv);
   const int64_t nbits = A.dim(1), m = A.dim(2);
+  // Upstream layouts, checked exactly.
   if (anchor.shape() != Shape{1, H, m, d})
     shape_error(name, "KSH anchor " + shape_str(anchor.shape()) + ", expected " +
                           shape_str(Shape{1, H, m, d}));
@@ -356,6 +411,26 @@ int Graph::ksh_attention(int qk, int v, int64_t heads, const Tensor& anchor, con
   n.p.nbits = nbits;
   n.p.anchors = m;
   return add_node(std::move(n), sq);
+}
+
+int Graph::ksh_attention_qkv(int qkv, int64_t heads, const Tensor& anchor, const Tensor& mvec,
+                             const Tensor& A, const Tensor& taps, std::string name) {
+  const Shape& s = sample_shape(qkv);
+  if (s.size() != 2 || s[1] % 3 != 0 || heads <= 0 || (s[1] / 3) % heads != 0)
+    shape_error(name, "KSH attention expects a packed q|k|v [N, 3C] with C divisible by heads=" +
+                          std::to_string(heads) + ", got " + shape_str(s));
+  const int64_t C = s[1] / 3, H = heads, d = C / heads;
+  check_ksh(name, H, d, anchor, mvec, A, taps);
+  const int64_t nbits = A.dim(1), m = A.dim(2);
+  Node n;
+  n.op = OpKind::KshAttention;
+  n.name = std::move(name);
+  n.inputs = {qkv};
+  n.weights = {anchor.reshape({H, m, d}), mvec.reshape({H, m}), A, taps.reshape({H, 9})};
+  n.p.heads = H;
+  n.p.nbits = nbits;
+  n.p.anchors = m;
+  return add_node(std::move(n), {s[0], C});
 }
 
 int64_t Graph::weight_params() const {

@@ -24,12 +24,14 @@ enum class OpKind : uint8_t {
   DwConv3x3,    // depthwise 3x3 conv (pad 1, bias) over the [H*W, C] token grid, optional GELU
   MeanTokens,   // mean over tokens [N, C] -> [1, C]
   ShiftLinear,  // DeepShift-PS linear q(x) W^T + q(b), W = g * 2^s packed as 5-bit codes
-                // (engine/shift_codes.h); weights: codes U8 [out, in], bias [out] (raw)
-  MoeLinear,    // top-1 mixture of a dense (expert 0) and a shift (expert 1) linear, then
-                // log(exp(y) + eps); weights: Wg [2, in], bg [2], W0 [out, in], b0 [out],
-                // codes1 U8 [out, in], b1 [out]
-  KshAttention, // LinAngular attention from qk [N, C] and v [N, C]: per image and head L2-norm
-                // qk rows, KSH codes, additive attention, L2 norm, 9-tap dconv; merged [N, C].
+                // (engine/shift_codes.h), times an optional per-output scale, optional GELU;
+                // weights: codes U8 [out, in], bias [out] (raw), scale [out] (or undefined)
+  MoeLinear,    // top-1 mixture of a dense (expert 0) and a shift (expert 1) linear, combined
+                // by log(exp(y) + eps) when p.log_exp_combine, optional GELU; weights: Wg [2, in],
+                // bg [2], W0 [out, in], b0 [out], codes1 U8 [out, in], b1 [out], scale1 [out]
+  KshAttention, // LinAngular attention: per image and head L2-norm rows, KSH codes, additive
+                // attention, L2 norm, 9-tap dconv; merged [N, C]. Inputs qk [N, C] and v [N, C]
+                // (upstream: q = k), or one packed q|k|v [N, 3C] (ViT: q and k hashed apart).
                 // weights: anchor [H, m, d], mvec [H, m], A [H, nbits, m], taps [H, 9]
   Count
 };
@@ -51,6 +53,17 @@ struct OpParams {
   int64_t first = 0, count = 0; // TakeTokens
   float alpha = 1.0f;        // Add
   int64_t nbits = 0, anchors = 0;  // KshAttention: hash bits, anchors m (heads in `heads`)
+  bool log_exp_combine = true;     // MoeLinear: upstream's log(exp(y) + eps) combine
+};
+
+// A shift linear's weights: packed codes U8 [out, in], raw bias [out] (may be undefined) and an
+// optional per-output-channel scale [out] (shiftadd's extension; undefined = 1).
+struct ShiftWeights {
+  Tensor codes, bias, scale;
+  // Packs raw upstream float `shift` and `sign` [out, in] (exponent clamped to [-14, 0], round
+  // half to even) once.
+  static ShiftWeights from_raw(const std::string& node, const Tensor& shift, const Tensor& sign,
+                               Tensor bias);
 };
 
 struct Node {
@@ -84,17 +97,24 @@ class Graph {
   int dwconv3x3(int x, int64_t grid_h, int64_t grid_w, const Tensor& w, Tensor b, bool gelu,
                 std::string name);
   int mean_tokens(int x, std::string name);
-  // Shift linear from raw upstream float `shift` and `sign` [out, in] (packed here once into
-  // 5-bit codes: exponent clamped to [-14, 0], round half to even) and bias [out].
+  int shift_linear(int x, ShiftWeights w, std::string name, bool gelu = false);
+  // Shift linear from raw upstream float `shift` and `sign` [out, in] and bias [out].
   int shift_linear(int x, const Tensor& shift, const Tensor& sign, Tensor b, std::string name);
   // MoE linear: router gate Wg [2, in], bg [2]; expert 0 dense W0 [out, in], b0 [out];
-  // expert 1 shift from raw shift1/sign1 [out, in] and b1 [out].
+  // expert 1 shift.
+  int moe_linear(int x, Tensor wg, Tensor bg, Tensor w0, Tensor b0, ShiftWeights w1, std::string name,
+                 bool log_exp_combine = true, bool gelu = false);
+  // ... with expert 1 from raw upstream shift1/sign1 [out, in] and b1 [out].
   int moe_linear(int x, Tensor wg, Tensor bg, Tensor w0, Tensor b0, const Tensor& shift1,
                  const Tensor& sign1, Tensor b1, std::string name);
   // KSH (LinAngular) attention; anchor [1, H, m, d], mvec [1, H, 1, m], A [H, nbits, m],
   // dconv [H, 1, 9, 1] as upstream stores them.
   int ksh_attention(int qk, int v, int64_t heads, const Tensor& anchor, const Tensor& mvec,
                     const Tensor& A, const Tensor& dconv, std::string name);
+  // KSH attention of a ViT block from its packed q|k|v [N, 3C]: q and k hashed apart with the
+  // same hash (docs/format.md); anchor [H, m, d], mvec [H, m], A [H, nbits, m], taps [H, 9].
+  int ksh_attention_qkv(int qkv, int64_t heads, const Tensor& anchor, const Tensor& mvec,
+                        const Tensor& A, const Tensor& taps, std::string name);
   int add(int a, int b, float alpha, std::string name);
   int take_tokens(int x, int64_t first, int64_t count, std::string name);
   void set_output(int v) { output_ = v; }

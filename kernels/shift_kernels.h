@@ -73,9 +73,14 @@ struct KshArgs {
 //   Z[n]  = 0.5 * v[n] + Y[n] / pi;  Z[n] /= ||Z[n]||_2 (left as is when the norm is 0)
 //   Z[n] += sum_t taps[h, t] * v[n - 4 + t]   (t < 9, zero outside [0, N))
 //   out[b, n, h*d + c] = Z[n, c]   at out + b*o_bstride + n*o_ld + h*d + c
+//
+// With separate query codes qcodes (ViT blocks hash q and k apart; docs/format.md), KV is summed
+// over the key codes `codes` and Y over the query codes: Y[n] = sum of KV[k] over set bits of
+// qcodes[n]. qcodes == nullptr means the same codes (upstream's shared q = k).
 struct AdditiveAttentionArgs {
   int64_t B = 0, H = 0, N = 0, d = 0, nbits = 16;
-  const void* codes = nullptr;  // [B, H, N] uint16 (nbits <= 16) or uint64
+  const void* codes = nullptr;   // [B, H, N] uint16 (nbits <= 16) or uint64
+  const void* qcodes = nullptr;  // same layout, or nullptr
   const float* v = nullptr;
   int64_t v_ld = 0, v_bstride = 0;
   const float* taps = nullptr;  // [H, 9] (Conv2d weight (H, 1, 9, 1))

@@ -12,7 +12,10 @@ export DEBIAN_FRONTEND=noninteractive
 
 pkgs=(cmake g++ ninja-build pkg-config
       libprotobuf-dev protobuf-compiler libonnx-dev
-      libspdlog-dev libcli11-dev libgtest-dev nlohmann-json3-dev libstb-dev)
+      libspdlog-dev libcli11-dev libgtest-dev nlohmann-json3-dev libstb-dev zlib1g-dev)
+# Headless Chromium renders the profiler's HTML report in tests/test_profile.cpp (CI runs
+# --build-only, so it is part of this set).
+pkgs+=(chromium)
 if [[ $build_only -eq 0 ]]; then
   # PyTorch (goldens, training), OpenBLAS so it is not 17x slower, the Fashion-MNIST data,
   # ONNX export support.

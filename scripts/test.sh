@@ -12,7 +12,7 @@ ctest --test-dir build --output-on-failure
 
 # Bad inputs must give named errors, never memory errors or UB: the whole suite again under
 # ASan + UBSan.
-cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHIFTADD_SANITIZE=ON
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHIFTADD_SANITIZE=ON -DSHIFTADD_CUDA=OFF
 cmake --build build-asan -j "$jobs" --target shiftadd_tests shiftadd_cli
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest --test-dir build-asan --output-on-failure -E '^install\.'

@@ -216,6 +216,48 @@ TEST(ShiftLinear, ExactAgainstFloatFormulaAndFastDeviation) {
               worst_exact, worst_fast_abs, worst_fast);
 }
 
+// Fast mode's deviation per layer for PVTv2-b0 / b1 ShiftAddViT layer shapes (M = tokens of one
+// 224x224 image), activations ~ N(0, 1) as after a LayerNorm, weights the shift codes of
+// N(0, 1/K) dense weights (upstream's init: round(log2|w|)). Error relative to max |y| of the layer;
+// docs/shiftadd.md quotes this table.
+TEST(ShiftLinear, FastDeviationPerLayer) {
+  ThreadPool pool(2);
+  struct L { const char* name; int64_t M, K, N; };
+  const L layers[] = {{"b0 stage1 to_qk/to_v/proj", 3136, 32, 32},   {"b0 stage1 fc1", 3136, 32, 256},
+                      {"b0 stage1 fc2", 3136, 256, 32},              {"b0 stage2 fc1", 784, 64, 512},
+                      {"b0 stage3 fc2", 196, 640, 160},              {"b0 stage4 fc2", 49, 1024, 256},
+                      {"b1 stage1 fc1", 3136, 64, 512},              {"b1 stage4 fc2", 49, 2048, 512}};
+  Rng rng(2024);
+  for (const L& l : layers) {
+    std::vector<float> x = rnd(rng, l.M * l.K), bias = rnd(rng, l.N, 0.1f);
+    std::vector<uint8_t> codes(static_cast<size_t>(l.N * l.K));
+    std::normal_distribution<float> nd(0.0f, 1.0f / std::sqrt(static_cast<float>(l.K)));
+    for (uint8_t& c : codes) {
+      const float w = nd(rng);
+      c = pack_shift_weight(std::log2(std::fabs(w)), w > 0 ? 1.0f : -1.0f);
+    }
+    ShiftLinearArgs a;
+    a.M = l.M, a.N = l.N, a.K = l.K, a.x = x.data(), a.ldx = l.K, a.codes = codes.data(), a.ldw = l.K;
+    a.bias = bias.data(), a.ldy = l.N;
+    std::vector<float> ye(static_cast<size_t>(l.M * l.N)), yf = ye;
+    pool.reserve_scratch(cpu::shift_linear_scratch_bytes(a));
+    a.y = ye.data(), a.mode = ShiftMode::Exact;
+    cpu::shift_linear(a, pool);
+    a.y = yf.data(), a.mode = ShiftMode::Fast;
+    cpu::shift_linear(a, pool);
+    double diff = 0, mean_diff = 0, ref = 0;
+    for (size_t i = 0; i < ye.size(); ++i) {
+      const double d = std::fabs(static_cast<double>(yf[i]) - ye[i]);
+      diff = std::max(diff, d), mean_diff += d, ref = std::max(ref, std::fabs(static_cast<double>(ye[i])));
+    }
+    mean_diff /= static_cast<double>(ye.size());
+    std::printf("[ fast vs exact ] %-28s M=%-5lld K=%-5lld N=%-4lld max abs %.2e  mean abs %.2e  "
+                "max rel %.2e\n", l.name, (long long)l.M, (long long)l.K, (long long)l.N, diff, mean_diff,
+                diff / ref);
+    EXPECT_LE(diff, (l.K + 1) * 0x1p-16);
+  }
+}
+
 TEST(ShiftLinear, Speed) {
   ThreadPool pool(1);
   Rng rng(7);
@@ -332,22 +374,26 @@ TEST(AdditiveAttention, MatchesRef) {
     for (int threads : {1, 2}) {
       ThreadPool pool(threads);
       double worst = 0;
-      for (const S& s : shapes) {
-        Rng rng(static_cast<unsigned>(s.N + s.d));
+      for (const S& s : shapes)
+      for (bool separate : {false, true}) {  // shared q = k codes (upstream), or query codes apart (ViT)
+        Rng rng(static_cast<unsigned>(s.N + s.d + separate));
         const int64_t C = s.H * s.d, vld = 2 * C + 1, old = C + 2;
         std::vector<float> v = rnd(rng, s.B * s.N * vld), taps = rnd(rng, s.H * 9);
         const int64_t T = s.B * s.H * s.N;
-        std::vector<uint16_t> c16(T);
-        std::vector<uint64_t> c64(T);
+        std::vector<uint16_t> c16(T), q16(T);
+        std::vector<uint64_t> c64(T), q64(T);
         std::uniform_int_distribution<uint64_t> bits;
         for (int64_t t = 0; t < T; ++t) {
-          const uint64_t r = bits(rng) | 1;  // never an all-zero code
+          const uint64_t r = bits(rng) | 1, rq = bits(rng);  // key codes never all zero
           c16[t] = static_cast<uint16_t>(r);
           c64[t] = s.nbits == 64 ? r : r & ((1ull << s.nbits) - 1);
+          q16[t] = static_cast<uint16_t>(rq);
+          q64[t] = s.nbits == 64 ? rq : rq & ((1ull << s.nbits) - 1);
         }
         AdditiveAttentionArgs a;
         a.B = s.B, a.H = s.H, a.N = s.N, a.d = s.d, a.nbits = s.nbits;
         a.codes = s.nbits <= 16 ? static_cast<const void*>(c16.data()) : c64.data();
+        if (separate) a.qcodes = s.nbits <= 16 ? static_cast<const void*>(q16.data()) : q64.data();
         a.v = v.data() + C, a.v_ld = vld, a.v_bstride = s.N * vld;  // v is the 2nd half of a kv buffer
         a.taps = taps.data();
         a.o_ld = old, a.o_bstride = s.N * old;

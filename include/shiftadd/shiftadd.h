@@ -54,6 +54,14 @@ class Model {
   const ModelInfo& info() const;
   // Preprocesses an image file into [C, H, W] floats as the model expects.
   std::vector<float> preprocess_image(const std::string& image_path) const;
+  // The same pipeline on decoded 8-bit pixels (HWC interleaved, `channels` 1 = gray or 3 = RGB,
+  // rows of width * channels bytes): resize and center-crop as the model's config says, convert
+  // channels (gray is replicated for 3-channel models, RGB becomes PIL's "L" luma for 1-channel
+  // ones) and normalise. Returns input_size() floats; the overload writes them to `out`.
+  std::vector<float> preprocess_pixels(const uint8_t* pixels, int width, int height, int channels) const;
+  void preprocess_pixels(const uint8_t* pixels, int width, int height, int channels, float* out) const;
+  // Floats in one preprocessed input: in_chans x image_size x image_size.
+  int64_t input_size() const;
 
   struct Impl;
   const Impl& impl() const { return *impl_; }

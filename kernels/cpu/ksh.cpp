@@ -106,11 +106,13 @@ struct AttnHead {
   SA_INLINE const float* vrow(int64_t n) const {
     return a->v + b * a->v_bstride + n * a->v_ld + h * a->d;
   }
-  SA_INLINE uint64_t code(int64_t n) const {
+  SA_INLINE uint64_t code_in(const void* codes, int64_t n) const {
     const int64_t i = (b * a->H + h) * a->N + n;
-    return a->nbits <= 16 ? static_cast<const uint16_t*>(a->codes)[i]
-                          : static_cast<const uint64_t*>(a->codes)[i];
+    return a->nbits <= 16 ? static_cast<const uint16_t*>(codes)[i]
+                          : static_cast<const uint64_t*>(codes)[i];
   }
+  SA_INLINE uint64_t code(int64_t n) const { return code_in(a->codes, n); }  // key side
+  SA_INLINE uint64_t qcode(int64_t n) const { return code_in(a->qcodes ? a->qcodes : a->codes, n); }
 };
 
 SA_INLINE void add_row(float* dst, const float* src, int64_t d) {
@@ -134,7 +136,7 @@ SA_INLINE void out_body(const AttnHead& hd, int64_t n0, int64_t n1, const float*
   const float pi = static_cast<float>(M_PI);
   for (int64_t n = n0; n < n1; ++n) {
     for (int64_t c = 0; c < d; ++c) Z[c] = 0.0f;
-    for (uint64_t bits = hd.code(n); bits; bits &= bits - 1)
+    for (uint64_t bits = hd.qcode(n); bits; bits &= bits - 1)
       add_row(Z, KV + __builtin_ctzll(bits) * d, d);
     const float* v = hd.vrow(n);
     float norm2 = 0.0f;

@@ -53,11 +53,13 @@ void additive_attention(const AdditiveAttentionArgs& a) {
   std::vector<double> KV(static_cast<size_t>(a.nbits * a.d)), Z(static_cast<size_t>(a.d));
   for (int64_t b = 0; b < a.B; ++b) {
     for (int64_t h = 0; h < a.H; ++h) {
-      auto code = [&](int64_t n) -> uint64_t {
+      auto code_in = [&](const void* codes, int64_t n) -> uint64_t {
         const int64_t i = (b * a.H + h) * a.N + n;
-        return a.nbits <= 16 ? static_cast<const uint16_t*>(a.codes)[i]
-                             : static_cast<const uint64_t*>(a.codes)[i];
+        return a.nbits <= 16 ? static_cast<const uint16_t*>(codes)[i]
+                             : static_cast<const uint64_t*>(codes)[i];
       };
+      auto code = [&](int64_t n) { return code_in(a.codes, n); };
+      auto qcode = [&](int64_t n) { return code_in(a.qcodes ? a.qcodes : a.codes, n); };
       auto vrow = [&](int64_t n) { return a.v + b * a.v_bstride + n * a.v_ld + h * a.d; };
       std::fill(KV.begin(), KV.end(), 0.0);
       for (int64_t n = 0; n < a.N; ++n)
@@ -69,7 +71,7 @@ void additive_attention(const AdditiveAttentionArgs& a) {
         for (int64_t c = 0; c < a.d; ++c) {
           double y = 0.0;
           for (int64_t k = 0; k < a.nbits; ++k)
-            if ((code(n) >> k) & 1) y += KV[k * a.d + c];
+            if ((qcode(n) >> k) & 1) y += KV[k * a.d + c];
           Z[c] = 0.5 * vrow(n)[c] + y / pi;
           norm2 += Z[c] * Z[c];
         }

@@ -55,6 +55,23 @@ Tensor WeightTaker::take(const std::string& name, const Shape& shape) {
   return to_f32(t);
 }
 
+Tensor WeightTaker::take_codes(const std::string& name, const Shape& shape) {
+  const Tensor& t = w_.at(name);
+  if (t.shape() != shape)
+    throw Error(w_.source + ": tensor '" + name + "' has shape " + shape_str(t.shape()) +
+                ", expected " + shape_str(shape));
+  if (t.dtype() != DType::U8)
+    throw Error(w_.source + ": tensor '" + name + "' has dtype " + std::string(dtype_name(t.dtype())) +
+                "; expected U8 (5-bit shift codes)");
+  const uint8_t* c = t.data<uint8_t>();
+  for (int64_t i = 0; i < t.numel(); ++i)
+    if (c[i] & 0xE0)
+      throw Error(w_.source + ": tensor '" + name + "' holds " + std::to_string(c[i]) + " at element " +
+                  std::to_string(i) + "; shift codes are 5-bit (0..31)");
+  used_.insert(name);
+  return t;
+}
+
 void WeightTaker::check_all_used(const std::string& model) const {
   for (const auto& [name, t] : w_.tensors)
     if (!used_.count(name))

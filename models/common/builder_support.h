@@ -29,6 +29,8 @@ class WeightTaker {
   // The tensor as float32 (F16/BF16 converted, F32 borrowed); Error unless it exists with
   // exactly this shape and a float dtype.
   Tensor take(const std::string& name, const Shape& shape);
+  // Packed 5-bit shift codes: Error unless a U8 tensor of exactly this shape, every value < 32.
+  Tensor take_codes(const std::string& name, const Shape& shape);
   // Counts a tensor as used without taking it (e.g. stored but unused upstream buffers).
   void skip(const std::string& name) { used_.insert(name); }
   // Error naming the first tensor nobody took, for a model described as `model`.

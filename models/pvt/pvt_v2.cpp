@@ -106,6 +106,18 @@ PvtConfig infer_pvt_v2_config(const WeightStore& w, const json* cfg) {
     heads.resize(ns, 8);
     c.heads_source = "PVTv2 convention [1, 2, 5, 8]";
   }
+  // ShiftAddViT stages with KSH attention do carry their head count: ksh.A is [H, bits, m].
+  for (size_t i = 0; i < ns; ++i) {
+    const std::string a = "block" + S(static_cast<int64_t>(i + 1)) + ".0.attn.qk_quant.ksh.A";
+    const auto it = w.tensors.find(a);
+    if (it == w.tensors.end() || it->second.ndim() != 3) continue;
+    const int64_t h = it->second.dim(0);
+    if (c.heads_source == "config" && heads[i] != h)
+      throw Error(w.source + ": config num_heads says " + S(heads[i]) + " heads for stage " +
+                  S(static_cast<int64_t>(i + 1)) + " but '" + a + "' has " + S(h));
+    if (heads[i] != h && c.heads_source != "config") c.heads_source += " (stages with KSH: from ksh.A)";
+    heads[i] = h;
+  }
   for (size_t i = 0; i < ns; ++i) {
     c.stages[i].heads = heads[i];
     if (heads[i] <= 0 || c.stages[i].dim % heads[i] != 0)

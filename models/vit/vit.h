@@ -1,6 +1,7 @@
 #pragma once
 // ViT / DeiT (spec section 1): configuration inferred from canonical (timm-named) tensors and
 // optional config files, and the graph builder.
+#include <map>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,12 @@
 
 namespace shiftadd {
 
+// How a converted layer is stored (shiftadd files' "layers" metadata, docs/format.md).
+struct LayerKind {
+  std::string kind;     // dense | shift | moe | softmax | ksh
+  std::string combine;  // moe: "log_exp" | "none"
+};
+
 struct VitConfig {
   int64_t image_size = 0, patch_size = 0, in_chans = 0;
   int64_t dim = 0, depth = 0, heads = 0, mlp_hidden = 0, num_classes = 0;
@@ -22,6 +29,7 @@ struct VitConfig {
   std::string heads_source;   // where `heads` came from, for inspect / logs
   std::vector<std::string> labels;
   PreprocessConfig preprocess;
+  std::map<std::string, LayerKind> layer_kinds;  // converted files only
 
   int64_t tokens() const { return prefix_tokens + (image_size / patch_size) * (image_size / patch_size); }
 };

@@ -7,8 +7,11 @@ the dense PVTv2 reference pvt_v2.py, with upstream tensor names:
 - MLP: fc1 -> DWConv 3x3 -> exact GELU -> fc2 (`mlp.fc1`, `mlp.dwconv.dwconv`, `mlp.fc2`);
 - `kind` picks the projections of the LinAngular attention and of every MLP: "dense"
   (nn.Linear), "moe" (MoELinear) or "shift" (LinearShift); `attn_kind` / `mlp_kind` override it
-  per part.
+  per part; `stage4_proj` the stage-4 softmax attention's `proj` ("dense" or "shift", as
+  upstream's --shift_training makes it).
 """
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -22,12 +25,13 @@ LINEAR = {"dense": nn.Linear, "moe": MoELinear, "shift": LinearShift}
 class SoftmaxAttention(nn.Module):
     """Stage-4 attention: fused q|k|v, softmax(q k^T d^-0.5) v, proj."""
 
-    def __init__(self, dim, heads):
+    def __init__(self, dim, heads, proj_kind="dense"):
         super().__init__()
         self.heads = heads
         self.scale = (dim // heads) ** -0.5
         self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        # Upstream's --shift_training converts every Linear named `proj` (stage 4's too).
+        self.proj = LINEAR[proj_kind](dim, dim)
 
     def forward(self, x):
         B, N, C = x.shape
@@ -49,15 +53,17 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim, heads, mlp_ratio, linangular, attn_kind, mlp_kind):
+    def __init__(self, dim, heads, mlp_ratio, linangular, attn_kind, mlp_kind, stage4_proj="dense"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         if linangular:
             self.attn = LinAngularAttention(dim, heads, lin=LINEAR[attn_kind])
-            # Upstream stores this buffer; it is unused at inference.
-            self.attn.qk_quant.register_buffer("projection_matrix", torch.zeros(4, dim // heads))
+            # Upstream stores this buffer (its EcoFormer-style projection, shape
+            # [int(d ln d), d]); it is unused at inference.
+            d = dim // heads
+            self.attn.qk_quant.register_buffer("projection_matrix", torch.zeros(int(d * math.log(d)), d))
         else:
-            self.attn = SoftmaxAttention(dim, heads)
+            self.attn = SoftmaxAttention(dim, heads, stage4_proj)
         self.linangular = linangular
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), mlp_kind)
@@ -69,7 +75,7 @@ class Block(nn.Module):
 
 class ShiftAddPVTv2(nn.Module):
     def __init__(self, dims, heads, mlp_ratios, depths, kind="moe", attn_kind=None, mlp_kind=None,
-                 in_chans=3, num_classes=1000):
+                 in_chans=3, num_classes=1000, stage4_proj="dense"):
         super().__init__()
         self.num_stages = len(dims)
         for i in range(self.num_stages):
@@ -78,7 +84,7 @@ class ShiftAddPVTv2(nn.Module):
                     OverlapPatchEmbed(7 if i == 0 else 3, 4 if i == 0 else 2, cin, dims[i]))
             setattr(self, f"block{i + 1}", nn.ModuleList(
                 [Block(dims[i], heads[i], mlp_ratios[i], i < self.num_stages - 1,
-                       attn_kind or kind, mlp_kind or kind) for _ in range(depths[i])]))
+                       attn_kind or kind, mlp_kind or kind, stage4_proj) for _ in range(depths[i])]))
             setattr(self, f"norm{i + 1}", nn.LayerNorm(dims[i], eps=1e-6))
         self.head = nn.Linear(dims[-1], num_classes)
 

@@ -1,0 +1,622 @@
+// The CUDA backend: the same node dispatch as the CPU backend (engine/cpu_backend.cpp, kernel
+// arguments from engine/node_args.h) over device memory, cuBLAS for the dense GEMMs and our own
+// kernels (kernels/cuda/) for everything else.
+//
+// - Weights are uploaded once per session (first reserve() of each node) and looked up by their
+//   host address; the fp16 math mode keeps an extra fp16 copy of the dense GEMM weights.
+// - Activations live in one device arena owned by this backend (Backend::device_arena); per-node
+//   scratch (im2col columns, KSH codes, MoE permutation and gathered rows, fp16 staging) is one
+//   device buffer sized at planning time for the worst case, so a run allocates nothing.
+// - One stream per backend (so per session); cuBLAS runs on it with a fixed workspace.
+// - CUDA graphs: the first forward of a batch size runs eagerly, the second is captured and
+//   launched, later ones replay it. MoE routing never leaves the device: the expert GEMMs read
+//   the token counts on the device, so one captured graph is valid for any routing. Any device
+//   buffer that moves (a larger batch size) drops the captured graphs.
+// - Profiling (Session::layer_ms) runs eagerly with a cudaEvent before each node.
+//
+// Plain C++ over the CUDA runtime and cuBLAS APIs: compiled only when SHIFTADD_HAS_CUDA.
+#ifdef SHIFTADD_HAS_CUDA
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/log.h"
+#include "engine/node_args.h"
+#include "kernels/cuda/cuda_kernels.h"
+#include "shiftadd/error.h"
+
+namespace shiftadd {
+namespace {
+
+using namespace kernels;
+using namespace node_args;
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw Error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e));
+}
+void check(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS)
+    throw Error(std::string("cuBLAS error in ") + what + ": " + cublasGetStatusString(s));
+}
+// After every kernel launch: launch-configuration errors surface here, execution errors at the
+// next synchronisation (copy_output).
+void check_launch(const char* what) { check(cudaGetLastError(), what); }
+
+constexpr size_t align256(size_t n) { return (n + 255) / 256 * 256; }
+
+// Carves consecutive 256-byte aligned pieces out of one scratch buffer.
+struct Carver {
+  char* base;
+  size_t off = 0;
+  template <class T>
+  T* take(size_t count) {
+    T* p = reinterpret_cast<T*>(base + off);
+    off += align256(count * sizeof(T));
+    return p;
+  }
+};
+
+// Scratch bytes node `n` needs at this batch size (0 for most ops); mirrors run() below.
+size_t scratch_bytes(const Graph& g, const Node& n, int64_t batch, CudaMath math) {
+  NodeBuffers b;
+  b.batch = batch;
+  switch (n.op) {
+    case OpKind::Linear: {
+      const GemmArgs a = linear_args(g, n, b);
+      // GEMM output when the residual aliases C and GELU comes before it (the planner never
+      // aliases, but the kernel contract allows it).
+      size_t s = n.inputs.size() > 1 && n.p.gelu ? align256(sizeof(float) * a.M * a.N) : 0;
+      if (math == CudaMath::F16) s += align256(2 * a.M * a.K);
+      return s;
+    }
+    case OpKind::Conv2d: {
+      const Conv2dArgs a = conv_args(g, n, b);
+      const int64_t M = a.B * a.OH() * a.OW(), K = a.Cin * a.kh * a.kw;
+      size_t s = align256(sizeof(float) * M * K);
+      if (math == CudaMath::F16) s += align256(2 * M * K);
+      return s;
+    }
+    case OpKind::MoeLinear: {
+      const int64_t M = rows_of(g, n, batch), K = n.weights[2].dim(1), N = n.weights[2].dim(0);
+      return align256(M) + align256(4 * M) + align256(8) + align256(16) +
+             align256(4 * cuda::moe_plan_scratch_ints(M)) + align256(4 * M * K) + align256(4 * M * N);
+    }
+    case OpKind::KshAttention: {
+      const Shape& s = g.sample_shape(n.inputs[0]);
+      const int64_t rows = batch * s[0];
+      KshArgs k = ksh_args(g, n, batch, nullptr, nullptr);
+      return align256(4 * rows * s[1]) + align256((n.p.nbits <= 16 ? 2 : 8) * batch * n.p.heads * s[0]) +
+             align256(4 * cuda::ksh_scratch_floats(k)) +
+             align256(4 * cuda::additive_scratch_floats(additive_args(g, n, b, nullptr)));
+    }
+    default: return 0;
+  }
+}
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(const CudaOptions& o) : opt_(o) {
+    check(cudaSetDevice(o.device), "cudaSetDevice");
+    check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    check(cublasCreate(&blas_), "cublasCreate");
+    check(cublasSetStream(blas_, stream_), "cublasSetStream");
+    check(cublasSetMathMode(blas_, o.math == CudaMath::TF32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH),
+          "cublasSetMathMode");
+    // A fixed workspace: cuBLAS must not allocate while a forward is being captured.
+    check(cudaMalloc(&blas_ws_, kBlasWorkspace), "cudaMalloc (cuBLAS workspace)");
+    check(cublasSetWorkspace(blas_, blas_ws_, kBlasWorkspace), "cublasSetWorkspace");
+  }
+
+  ~CudaBackend() override {
+    cudaStreamSynchronize(stream_);
+    drop_graphs();
+    for (cudaEvent_t e : events_) cudaEventDestroy(e);
+    for (auto& [host, dev] : weights_) cudaFree(dev);
+    for (auto& [host, dev] : weights16_) cudaFree(dev);
+    cudaFree(arena_);
+    cudaFree(scratch_);
+    cudaFree(blas_ws_);
+    if (counts_host_) cudaFreeHost(counts_host_);
+    cublasDestroy(blas_);
+    cudaStreamDestroy(stream_);
+  }
+
+  const char* name() const override { return "cuda"; }
+
+  bool supports_op(const Graph& g, const Node& n, std::string* why) const override {
+    return cuda_supports_op(g, n, why);
+  }
+
+  void reserve(const Graph& g, const Node& n, int64_t batch) override {
+    check(cudaSetDevice(opt_.device), "cudaSetDevice");  // the current device is per host thread
+    const size_t nodes = g.nodes().size();
+    if (events_.size() < nodes + 1) {
+      const size_t old = events_.size();
+      events_.resize(nodes + 1);
+      for (size_t i = old; i < events_.size(); ++i) check(cudaEventCreate(&events_[i]), "cudaEventCreate");
+    }
+    if (counts_nodes_ < nodes) {
+      if (counts_host_) {
+        check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+        cudaFreeHost(counts_host_);
+        drop_graphs();  // captured copies point at the old pinned buffer
+      }
+      check(cudaHostAlloc(reinterpret_cast<void**>(&counts_host_), sizeof(int64_t) * 2 * nodes,
+                          cudaHostAllocDefault),
+            "cudaHostAlloc");
+      std::memset(counts_host_, 0, sizeof(int64_t) * 2 * nodes);
+      counts_nodes_ = nodes;
+    }
+    upload_weights(n);
+    grow(scratch_, scratch_bytes_, scratch_bytes(g, n, batch, opt_.math), "scratch");
+  }
+
+  std::array<int64_t, 2> expert_tokens(size_t node) const override {
+    if (!counts_host_ || node >= counts_nodes_) return {0, 0};
+    return {counts_host_[2 * node], counts_host_[2 * node + 1]};
+  }
+
+  void run(const Graph& g, const Node& n, const NodeBuffers& b) override {
+    try {
+      dispatch(g, n, b);
+    } catch (...) {
+      abort_capture();
+      throw;
+    }
+  }
+
+  // ----- device memory, copies, forward capture and replay ----------------------------------
+  bool device_memory() const override { return true; }
+
+  float* device_arena(int64_t floats) override {
+    grow(arena_, arena_bytes_, sizeof(float) * static_cast<size_t>(floats), "activation arena");
+    return static_cast<float*>(arena_);
+  }
+
+  void copy_input(float* dst, const float* host, int64_t n) override {
+    check(cudaSetDevice(opt_.device), "cudaSetDevice");  // sessions may move between threads
+    check(cudaMemcpyAsync(dst, host, sizeof(float) * n, cudaMemcpyHostToDevice, stream_), "copy input");
+  }
+
+  void copy_output(float* host, const float* src, int64_t n) override {
+    check(cudaMemcpyAsync(host, src, sizeof(float) * n, cudaMemcpyDeviceToHost, stream_), "copy output");
+    check(cudaStreamSynchronize(stream_), "forward");
+  }
+
+  Forward begin_forward(int64_t batch, bool profiling) override {
+    if (profiling || !opt_.graphs) return Forward::Eager;
+    GraphState& st = graphs_[batch];
+    if (st.exec) {
+      check(cudaGraphLaunch(st.exec, stream_), "cudaGraphLaunch");
+      return Forward::Replayed;
+    }
+    if (st.failed || st.runs++ == 0) return Forward::Eager;  // the first run of a batch size is eager
+    if (cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+      cudaGetLastError();
+      st.failed = true;
+      return Forward::Eager;
+    }
+    capturing_ = true;
+    return Forward::Capturing;
+  }
+
+  bool end_forward(int64_t batch, Forward f) override {
+    if (f != Forward::Capturing) return true;
+    capturing_ = false;
+    GraphState& st = graphs_[batch];
+    cudaGraph_t graph = nullptr;
+    cudaError_t e = cudaStreamEndCapture(stream_, &graph);
+    if (e == cudaSuccess) e = cudaGraphInstantiate(&st.exec, graph, 0);
+    if (graph) cudaGraphDestroy(graph);
+    if (e == cudaSuccess) e = cudaGraphLaunch(st.exec, stream_);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      if (st.exec) cudaGraphExecDestroy(st.exec);
+      st.exec = nullptr;
+      st.failed = true;
+      logger().warn("cuda: capturing the forward at batch {} failed ({}); running it eagerly", batch,
+                    cudaGetErrorString(e));
+      return false;
+    }
+    logger().debug("cuda: captured the forward at batch {} as a CUDA graph", batch);
+    return true;
+  }
+
+  bool device_timing() const override { return true; }
+  void mark_node(size_t i) override {
+    if (i < events_.size()) check(cudaEventRecord(events_[i], stream_), "cudaEventRecord");
+    marked_.push_back(i);
+  }
+  void node_ms(std::vector<double>& ms) override {
+    check(cudaStreamSynchronize(stream_), "profiling");
+    for (size_t k = 0; k + 1 < marked_.size(); ++k) {
+      float t = 0.0f;
+      const size_t i = marked_[k], j = marked_[k + 1];
+      if (i < events_.size() && j < events_.size() &&
+          cudaEventElapsedTime(&t, events_[i], events_[j]) == cudaSuccess && i < ms.size())
+        ms[i] = t;
+    }
+    marked_.clear();
+  }
+
+ private:
+  static constexpr size_t kBlasWorkspace = size_t{32} << 20;
+
+  struct GraphState {
+    cudaGraphExec_t exec = nullptr;
+    int runs = 0;
+    bool failed = false;
+  };
+
+  void drop_graphs() {
+    for (auto& [batch, st] : graphs_)
+      if (st.exec) cudaGraphExecDestroy(st.exec);
+    graphs_.clear();
+  }
+
+  void abort_capture() {
+    if (!capturing_) return;
+    capturing_ = false;
+    cudaGraph_t graph = nullptr;
+    cudaStreamEndCapture(stream_, &graph);
+    if (graph) cudaGraphDestroy(graph);
+    cudaGetLastError();
+  }
+
+  // Grows a device buffer (contents are not kept); captured graphs die with the old one.
+  void grow(void*& buf, size_t& have, size_t need, const char* what) {
+    if (need <= have && buf) return;
+    check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+    drop_graphs();
+    cudaFree(buf);
+    buf = nullptr;
+    have = 0;
+    const size_t bytes = std::max<size_t>(need, 256);
+    if (cudaMalloc(&buf, bytes) != cudaSuccess) {
+      cudaGetLastError();
+      throw Error(std::string("cuda: out of device memory allocating the ") + what + " (" +
+                  std::to_string(bytes >> 20) + " MiB)");
+    }
+    have = bytes;
+    // Poisoned with NaN: a kernel reading memory nothing wrote shows up in every comparison.
+    kernels::cuda::fill(static_cast<int64_t>(bytes / sizeof(float)), std::numeric_limits<float>::quiet_NaN(),
+                        static_cast<float*>(buf), stream_);
+    check_launch("fill");
+  }
+
+  void upload_weights(const Node& n) {
+    for (size_t i = 0; i < n.weights.size(); ++i) {
+      const Tensor& t = n.weights[i];
+      if (!t.defined() || t.numel() == 0 || weights_.count(t.raw())) continue;
+      void* d = nullptr;
+      check(cudaMalloc(&d, t.nbytes()), "cudaMalloc (weights)");
+      check(cudaMemcpy(d, t.raw(), t.nbytes(), cudaMemcpyHostToDevice), "upload weights");
+      weights_[t.raw()] = d;
+    }
+    // fp16 copies of the cuBLAS GEMM weights (Linear and Conv2d weight 0).
+    if (opt_.math == CudaMath::F16 && (n.op == OpKind::Linear || n.op == OpKind::Conv2d)) {
+      const Tensor& t = n.weights[0];
+      if (!weights16_.count(t.raw())) {
+        void* d = nullptr;
+        check(cudaMalloc(&d, 2 * t.numel()), "cudaMalloc (fp16 weights)");
+        cuda::to_half(t.numel(), static_cast<const float*>(weights_.at(t.raw())), d, stream_);
+        check_launch("to_half");
+        check(cudaStreamSynchronize(stream_), "fp16 weights");
+        weights16_[t.raw()] = d;
+      }
+    }
+  }
+
+  // The device copy of a weight given its host address (null stays null).
+  template <class T>
+  const T* dev(const T* host) const {
+    if (!host) return nullptr;
+    auto it = weights_.find(static_cast<const void*>(host));
+    if (it == weights_.end()) throw Error("cuda: weight not uploaded (reserve() was not called for this node)");
+    return static_cast<const T*>(it->second);
+  }
+
+  // C = A op(B) + epilogue on cuBLAS (fp32, TF32 or fp16 inputs with fp32 accumulation) and
+  // our epilogue kernel. A is [M, K] with lda == K when fp16 is used; b16 is B in fp16 or null.
+  void gemm(const GemmArgs& a, const void* b16, Carver& scratch) {
+    float* G = a.C;
+    Epilogue epi = a.epi;
+    float beta = 0.0f;
+    if (epi.residual && epi.residual == a.C) {
+      if (epi.gelu) {
+        G = scratch.take<float>(a.M * a.N);  // gelu(AB + bias) + C needs C after the GEMM
+      } else {
+        beta = 1.0f;  // C = AB + C on cuBLAS, then + bias
+        epi.residual = nullptr;
+      }
+    }
+    const float alpha = a.alpha;
+    const int M = static_cast<int>(a.M), N = static_cast<int>(a.N), K = static_cast<int>(a.K);
+    const cublasOperation_t opb = a.b_is_nk ? CUBLAS_OP_T : CUBLAS_OP_N;
+    const int ldg = static_cast<int>(G == a.C ? a.ldc : a.N);
+    if (opt_.math == CudaMath::F16 && b16 && a.lda == a.K) {
+      void* a16 = scratch.take<uint16_t>(a.M * a.K);
+      cuda::to_half(a.M * a.K, a.A, a16, stream_);
+      check_launch("to_half");
+      check(cublasGemmEx(blas_, opb, CUBLAS_OP_N, N, M, K, &alpha, b16, CUDA_R_16F, static_cast<int>(a.ldb), a16,
+                         CUDA_R_16F, K, &beta, G, CUDA_R_32F, ldg, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+            "cublasGemmEx");
+    } else {
+      check(cublasSgemm(blas_, opb, CUBLAS_OP_N, N, M, K, &alpha, a.B, static_cast<int>(a.ldb), a.A,
+                        static_cast<int>(a.lda), &beta, G, ldg),
+            "cublasSgemm");
+    }
+    cuda::epilogue(a.M, a.N, G, ldg, a.C, a.ldc, epi, stream_);
+    check_launch("epilogue");
+  }
+
+  const void* w16(const Tensor& t) const {
+    if (opt_.math != CudaMath::F16) return nullptr;
+    auto it = weights16_.find(t.raw());
+    return it == weights16_.end() ? nullptr : it->second;
+  }
+
+  void dispatch(const Graph& g, const Node& n, const NodeBuffers& b) {
+    Carver scratch{static_cast<char*>(scratch_)};
+    cudaStream_t s = stream_;
+    switch (n.op) {
+      case OpKind::Input: break;
+      case OpKind::Conv2d: {
+        Conv2dArgs a = conv_args(g, n, b);
+        a.w = dev(a.w);
+        a.bias = dev(a.bias);
+        const int64_t M = a.B * a.OH() * a.OW(), K = a.Cin * a.kh * a.kw;
+        float* col = scratch.take<float>(M * K);
+        cuda::im2col(a, col, s);
+        check_launch("im2col");
+        GemmArgs ga;
+        ga.M = M;
+        ga.N = a.Cout;
+        ga.K = K;
+        ga.A = col;
+        ga.lda = K;
+        ga.B = a.w;
+        ga.ldb = K;
+        ga.b_is_nk = true;
+        ga.C = a.out;
+        ga.ldc = a.Cout;
+        ga.epi.bias = a.bias;
+        gemm(ga, w16(n.weights[0]), scratch);
+        break;
+      }
+      case OpKind::EmbedTokens: {
+        EmbedTokensArgs a = embed_args(g, n, b);
+        a.prefix = dev(a.prefix);
+        a.pos = dev(a.pos);
+        cuda::embed_tokens(a, s);
+        check_launch("embed_tokens");
+        break;
+      }
+      case OpKind::LayerNorm: {
+        LayerNormArgs a = layernorm_args(g, n, b);
+        a.gamma = dev(a.gamma);
+        a.beta = dev(a.beta);
+        cuda::layernorm(a, s);
+        check_launch("layernorm");
+        break;
+      }
+      case OpKind::Linear: {
+        GemmArgs a = linear_args(g, n, b);
+        a.B = dev(a.B);
+        a.epi.bias = dev(a.epi.bias);
+        gemm(a, w16(n.weights[0]), scratch);
+        break;
+      }
+      case OpKind::Attention:
+        cuda::attention(attention_args(g, n, b), s);
+        check_launch("attention");
+        break;
+      case OpKind::Add:
+        cuda::add(b.batch * shape_numel(g.sample_shape(n.output)), b.in[0], b.in[1], n.p.alpha, b.out, s);
+        check_launch("add");
+        break;
+      case OpKind::TakeTokens: {
+        const Shape& sh = g.sample_shape(n.inputs[0]);
+        cuda::take_tokens(b.batch, sh[0], sh[1], n.p.first, n.p.count, b.in[0], b.out, s);
+        check_launch("take_tokens");
+        break;
+      }
+      case OpKind::DwConv3x3: {
+        DwConv3x3Args a = dwconv_args(g, n, b);
+        a.w = dev(a.w);
+        a.bias = dev(a.bias);
+        cuda::dwconv3x3(a, s);
+        check_launch("dwconv3x3");
+        break;
+      }
+      case OpKind::MeanTokens:
+        cuda::mean_tokens(mean_args(g, n, b), s);
+        check_launch("mean_tokens");
+        break;
+      case OpKind::ShiftLinear: {
+        ShiftLinearArgs a = shift_args(g, n, b, opt_.shift_mode);
+        a.codes = dev(a.codes);
+        a.bias = dev(a.bias);
+        cuda::shift_linear(a, nullptr, s);
+        check_launch("shift_linear");
+        break;
+      }
+      case OpKind::MoeLinear: run_moe(g, n, b, scratch); break;
+      case OpKind::KshAttention: run_ksh(g, n, b, scratch); break;
+      case OpKind::Count: break;
+    }
+  }
+
+  void run_moe(const Graph& g, const Node& n, const NodeBuffers& b, Carver& scratch) {
+    const int64_t M = rows_of(g, n, b.batch), K = n.weights[2].dim(1), N = n.weights[2].dim(0);
+    auto* expert = scratch.take<uint8_t>(M);
+    auto* perm = scratch.take<int32_t>(M);
+    auto* counts = scratch.take<int32_t>(2);
+    auto* counts64 = scratch.take<int64_t>(2);
+    auto* tiles = scratch.take<int32_t>(cuda::moe_plan_scratch_ints(M));
+    auto* gx = scratch.take<float>(M * K);
+    auto* gy = scratch.take<float>(M * N);
+    const auto bias_of = [&](size_t i) -> const float* {
+      const Tensor& t = n.weights[i];
+      return t.defined() && t.numel() > 0 ? dev(t.data<float>()) : nullptr;
+    };
+    RouterArgs r;
+    r.M = M;
+    r.K = K;
+    r.x = b.in[0];
+    r.ldx = K;
+    r.Wg = dev(n.weights[0].data<float>());
+    r.bg = bias_of(1);
+    r.expert = expert;
+    cuda::moe_router(r, stream_);
+    check_launch("moe_router");
+    cuda::moe_plan(M, expert, perm, counts, counts64, tiles, stream_);
+    check_launch("moe_plan");
+    const size_t idx = static_cast<size_t>(&n - g.nodes().data());
+    if (counts_host_ && idx < counts_nodes_)
+      check(cudaMemcpyAsync(counts_host_ + 2 * idx, counts64, 2 * sizeof(int64_t), cudaMemcpyDeviceToHost, stream_),
+            "expert counts");
+    cuda::moe_gather(M, K, perm, b.in[0], gx, stream_);
+    check_launch("moe_gather");
+    // Expert 0 (dense) on rows [0, counts[0]), expert 1 (shift) on rows [counts[0], M): both
+    // kernels are launched for the worst case and read the split on the device.
+    GemmArgs a;
+    a.M = M;
+    a.K = K;
+    a.N = N;
+    a.A = gx;
+    a.lda = K;
+    a.B = dev(n.weights[2].data<float>());
+    a.ldb = K;
+    a.b_is_nk = true;
+    a.C = gy;
+    a.ldc = N;
+    a.epi.bias = bias_of(3);
+    cuda::gemm_rows(a, counts, stream_);
+    check_launch("moe expert 0");
+    ShiftLinearArgs sa;
+    sa.M = M;
+    sa.K = K;
+    sa.N = N;
+    sa.x = gx;
+    sa.ldx = K;
+    sa.codes = dev(n.weights[4].data<uint8_t>());
+    sa.ldw = K;
+    sa.bias = bias_of(5);
+    sa.y = gy;
+    sa.ldy = N;
+    sa.mode = opt_.shift_mode;
+    cuda::shift_linear(sa, counts, stream_);
+    check_launch("moe expert 1");
+    cuda::moe_scatter_combine(M, N, perm, gy, b.out, stream_);
+    check_launch("moe_scatter_combine");
+  }
+
+  void run_ksh(const Graph& g, const Node& n, const NodeBuffers& b, Carver& scratch) {
+    const Shape& s = g.sample_shape(n.inputs[0]);
+    const int64_t rows = b.batch * s[0], C = s[1], H = n.p.heads;
+    float* qn = scratch.take<float>(rows * C);
+    void* codes = n.p.nbits <= 16 ? static_cast<void*>(scratch.take<uint16_t>(b.batch * H * s[0]))
+                                  : static_cast<void*>(scratch.take<uint64_t>(b.batch * H * s[0]));
+    cuda::l2norm_heads(rows, H, C / H, b.in[0], qn, stream_);
+    check_launch("l2norm_heads");
+    KshArgs k = ksh_args(g, n, b.batch, qn, codes);
+    k.anchors = dev(k.anchors);
+    k.mvec = dev(k.mvec);
+    k.A = dev(k.A);
+    float* D = scratch.take<float>(cuda::ksh_scratch_floats(k));
+    cuda::ksh_hash(k, D, stream_);
+    check_launch("ksh_hash");
+    AdditiveAttentionArgs a = additive_args(g, n, b, codes);
+    a.taps = dev(a.taps);
+    cuda::additive_attention(a, scratch.take<float>(cuda::additive_scratch_floats(a)), stream_);
+    check_launch("additive_attention");
+  }
+
+  CudaOptions opt_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  void* blas_ws_ = nullptr;
+  std::unordered_map<const void*, void*> weights_, weights16_;
+  void* arena_ = nullptr;
+  size_t arena_bytes_ = 0;
+  void* scratch_ = nullptr;
+  size_t scratch_bytes_ = 0;
+  int64_t* counts_host_ = nullptr;  // pinned: [node][2] tokens per expert of the last run
+  size_t counts_nodes_ = 0;
+  std::map<int64_t, GraphState> graphs_;
+  bool capturing_ = false;
+  std::vector<cudaEvent_t> events_;
+  std::vector<size_t> marked_;
+};
+
+}  // namespace
+
+bool cuda_supports_op(const Graph& g, const Node& n, std::string* why) {
+  auto no = [&](std::string reason) {
+    if (why) *why = std::move(reason);
+    return false;
+  };
+  switch (n.op) {
+    case OpKind::Input:
+    case OpKind::Conv2d:
+    case OpKind::EmbedTokens:
+    case OpKind::LayerNorm:
+    case OpKind::Linear:
+    case OpKind::Add:
+    case OpKind::TakeTokens:
+    case OpKind::DwConv3x3:
+    case OpKind::MeanTokens:
+    case OpKind::ShiftLinear:
+    case OpKind::MoeLinear: return true;
+    case OpKind::Attention: {
+      const int64_t C = g.sample_shape(n.inputs[0])[1] / (n.inputs.size() == 2 ? 1 : 3);
+      const int64_t d = n.p.heads > 0 ? C / n.p.heads : 0;
+      if (d <= 0 || d > kernels::cuda::kMaxHeadDim)
+        return no("head dim " + std::to_string(d) + " outside the CUDA attention kernel's 1.." +
+                  std::to_string(kernels::cuda::kMaxHeadDim));
+      return true;
+    }
+    case OpKind::KshAttention: {
+      const int64_t C = g.sample_shape(n.inputs[0])[1];
+      const int64_t d = n.p.heads > 0 ? C / n.p.heads : 0;
+      if (d <= 0 || d > 128) return no("KSH head dim " + std::to_string(d) + " outside 1..128");
+      if (n.p.nbits < 1 || n.p.nbits > 64) return no("KSH bits " + std::to_string(n.p.nbits) + " outside 1..64");
+      if (n.p.nbits * d * 4 > 48 * 1024) return no("KSH bits x head dim too large for shared memory");
+      return true;
+    }
+    case OpKind::Count: break;
+  }
+  return no("no CUDA kernel for this op");
+}
+
+bool cuda_device_available(std::string* why) {
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess || count == 0) {
+    if (why) *why = e != cudaSuccess ? cudaGetErrorString(e) : "no CUDA device present";
+    cudaGetLastError();
+    return false;
+  }
+  return true;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(const CudaOptions& options) {
+  std::string why;
+  if (!cuda_device_available(&why)) throw Error("no CUDA device/driver found: " + why);
+  return std::make_unique<CudaBackend>(options);
+}
+
+}  // namespace shiftadd
+
+#endif  // SHIFTADD_HAS_CUDA

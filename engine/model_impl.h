@@ -1,0 +1,20 @@
+#pragma once
+// What a loaded Model holds, for the engine's own tools (converter, profiler) and tests: the
+// public header keeps it opaque.
+#include "engine/graph.h"
+#include "loaders/image.h"
+#include "loaders/weight_store.h"
+#include "models/vit/vit.h"
+#include "shiftadd/shiftadd.h"
+
+namespace shiftadd {
+
+struct Model::Impl {
+  WeightStore weights;  // keeps mmaps alive; the graph borrows from it
+  VitConfig config;     // ViT / DeiT only
+  PreprocessConfig preprocess;
+  Graph graph;
+  ModelInfo info;
+};
+
+}  // namespace shiftadd

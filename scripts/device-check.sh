@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# The GPU check, in one command on a machine with an NVIDIA GPU (and PyTorch with CUDA for the
+# peer timings):
+#   1. configures and builds the CUDA backend for this GPU's architecture (nvidia-smi compute_cap),
+#   2. runs every CUDA test (tests/test_cuda_backend.cpp; none may be skipped here),
+#   3. prints a latency table: DeiT-Tiny/Small/Base-shaped ViTs and PVTv2-b0/b1 (dense) plus
+#      their ShiftAddViT (MoE) counterparts, random weights, 224x224, batch 1, 8 and 64:
+#      engine dense fp32 / fp16 (SHIFTADD_CUDA_MATH), engine ShiftAdd exact / fast, and PyTorch
+#      eager fp32 / fp16 timed in the same script. Median ms per batch.
+# Budget: under 5 minutes on a 16-core machine (one architecture, -j nproc, short timing runs).
+#
+# Environment: BUILD_DIR (default build-device), BATCHES (default "1 8 64"), SKIP_BENCH=1 to stop
+# after the tests, PYTHON (default python3). Results: $BUILD_DIR/device-check.md (also copied to
+# $OUT when that is set), for docs/benchmarks.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+t0=$(date +%s)
+B=${BUILD_DIR:-build-device}
+BATCHES=${BATCHES:-"1 8 64"}
+PY=${PYTHON:-python3}
+jobs=$(nproc)
+elapsed() { echo "$(( $(date +%s) - t0 ))s"; }
+
+if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi >/dev/null 2>&1; then
+  echo "device-check: no NVIDIA GPU or driver here (nvidia-smi failed); nothing to check" >&2
+  exit 2
+fi
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d '. ')
+driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1)
+echo "== device-check on $gpu (sm_$cc, driver $driver)"
+
+gen=()
+command -v ninja >/dev/null 2>&1 && gen=(-G Ninja)
+cmake -S . -B "$B" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DSHIFTADD_CUDA=ON \
+  -DSHIFTADD_CUDA_ARCHS="$cc" -DCMAKE_CUDA_ARCHITECTURES="$cc" >"$B.configure.log" 2>&1 ||
+  { cat "$B.configure.log"; exit 1; }
+cmake --build "$B" -j "$jobs" --target shiftadd_tests shiftadd_cli
+echo "== built ($(elapsed))"
+
+# Every CUDA test; with a GPU present none may skip.
+log="$B/cuda-tests.log"
+set +e
+"$B/tests/shiftadd_tests" --gtest_filter='Cuda*' 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+if [ "$rc" -ne 0 ]; then echo "device-check: CUDA tests FAILED" >&2; exit 1; fi
+if grep -q '^\[  SKIPPED \] Cuda\(Backend\|Models\)' "$log"; then
+  echo "device-check: CUDA tests were skipped on a machine with a GPU" >&2
+  exit 1
+fi
+echo "== CUDA tests passed ($(elapsed))"
+[ "${SKIP_BENCH:-0}" = 1 ] && exit 0
+
+models="$B/bench_models"
+if [ ! -f "$models/shiftadd_pvt_v2_b1/model.safetensors" ]; then
+  "$PY" scripts/gen_bench_models.py write "$models"
+fi
+echo "== models ready ($(elapsed))"
+
+res="$B/device-check.jsonl"
+: >"$res"
+bench() {  # tag model batch math [extra bench args...]
+  local tag=$1 model=$2 batch=$3 math=$4
+  shift 4
+  local runs=20 warm=5
+  [ "$batch" -ge 64 ] && runs=10 && warm=3
+  local line
+  if line=$(SHIFTADD_CUDA_MATH=$math "$B/shiftadd" bench "$models/$model" --device cuda -b "$batch" -r "$runs" -w "$warm" --json "$@" 2>/dev/null | tail -1) && [ -n "$line" ]; then
+    echo "{\"engine\":\"$tag\",\"name\":\"$model\",\"result\":$line}" >>"$res"
+  else
+    echo "{\"engine\":\"$tag\",\"name\":\"$model\",\"batch\":$batch,\"error\":true}" >>"$res"
+  fi
+}
+for batch in $BATCHES; do
+  for m in deit_tiny deit_small deit_base pvt_v2_b0 pvt_v2_b1; do
+    bench dense_fp32 "$m" "$batch" fp32
+    bench dense_fp16 "$m" "$batch" fp16
+  done
+  for v in b0 b1; do
+    bench shiftadd_exact "shiftadd_pvt_v2_$v" "$batch" fp32 --mode exact
+    bench shiftadd_fast "shiftadd_pvt_v2_$v" "$batch" fp32 --mode fast
+  done
+  echo "== engine batch $batch timed ($(elapsed))"
+done
+"$PY" scripts/gen_bench_models.py torch "$models" $BATCHES >"$B/torch.jsonl" || echo "device-check: PyTorch timing failed" >&2
+echo "== PyTorch timed ($(elapsed))"
+
+"$PY" - "$res" "$B/torch.jsonl" "$gpu" "$B/device-check.md" <<'EOF'
+import json, sys
+res, torch_res, gpu, out = sys.argv[1:5]
+eng = {}
+for line in open(res):
+    r = json.loads(line)
+    name = r["name"]
+    if r.get("error"):
+        eng[(r["engine"], name, r["batch"])] = None
+        continue
+    eng[(r["engine"], name, r["result"]["batch"])] = r["result"]["median_ms"]
+tor = {}
+try:
+    for line in open(torch_res):
+        r = json.loads(line)
+        tor[(r["dtype"], r["model"], r["batch"])] = r["median_ms"]
+except FileNotFoundError:
+    pass
+batches = sorted({k[2] for k in eng})
+def f(v):
+    return "—" if v is None else ("%.3f" % v)
+rows = ["| model | batch | engine dense fp32 | engine dense fp16 | engine ShiftAdd exact | engine ShiftAdd fast | PyTorch eager fp32 | PyTorch eager fp16 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+for m in ["deit_tiny", "deit_small", "deit_base", "pvt_v2_b0", "pvt_v2_b1"]:
+    sa = "shiftadd_" + m if m.startswith("pvt") else None
+    for b in batches:
+        rows.append("| %s | %d | %s | %s | %s | %s | %s | %s |" % (
+            m + (" / ShiftAdd" if sa else ""), b, f(eng.get(("dense_fp32", m, b))), f(eng.get(("dense_fp16", m, b))),
+            f(eng.get(("shiftadd_exact", sa, b))) if sa else "—", f(eng.get(("shiftadd_fast", sa, b))) if sa else "—",
+            f(tor.get(("fp32", m, b))), f(tor.get(("fp16", m, b)))))
+text = ("Latency on %s, median ms per batch (224x224, random weights; host input to host logits for both: "
+        "engine `shiftadd bench --device cuda` with CUDA graphs, PyTorch eager in the same script; "
+        "PVT rows: dense PVTv2 for the dense and PyTorch columns, ShiftAddViT MoE model for the ShiftAdd "
+        "columns).\n\n" % gpu) + "\n".join(rows) + "\n"
+open(out, "w").write(text)
+print(text)
+EOF
+if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
+  cp "$B/device-check.md" "$res" "$B/torch.jsonl" "$log" "$OUT/" 2>/dev/null || true
+fi
+echo "== device-check done in $(elapsed)"

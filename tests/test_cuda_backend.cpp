@@ -1,0 +1,575 @@
+// The CUDA backend.
+//
+// Host side (always runs, no GPU needed): the __host__ __device__ arithmetic shared with the
+// CUDA kernels (engine/shift_codes.h), the CUDA backend's dispatch table (it must support every
+// op the CPU backend supports), the executor's device-backend protocol (arena slot for the
+// input, copies, forward capture and the eager re-run after a failed capture) through a fake
+// device backend over host memory, and the Session error without a GPU.
+//
+// Device side (skipped, visibly, without a GPU): every op through the CUDA backend against the
+// ref backend on random data (never zeros) over several shapes and batch sizes, the device
+// arena and scratch poisoned with NaN by the backend at allocation; CUDA-graph replay with
+// changing MoE routing; the fp16 / TF32 modes; and whole models (the golden fixtures), with
+// the ShiftAddViT MoE model in exact mode within 1e-3 relative of the CPU.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <tuple>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/executor.h"
+#include "engine/graph.h"
+#include "engine/model_impl.h"
+#include "engine/shift_codes.h"
+#include "shiftadd/shiftadd.h"
+
+namespace fs = std::filesystem;
+
+namespace shiftadd {
+namespace {
+
+const fs::path kFixtures = fs::path(SHIFTADD_SOURCE_DIR) / "tests/fixtures";
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+// Values in +-[0.05, 1] * scale + offset: never zero.
+Tensor random_tensor(Shape s, std::mt19937& rng, float scale, float offset = 0.0f) {
+  Tensor t = Tensor::empty(DType::F32, std::move(s));
+  std::uniform_real_distribution<float> mag(0.05f, 1.0f);
+  std::bernoulli_distribution neg(0.5);
+  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = offset + scale * (neg(rng) ? -mag(rng) : mag(rng));
+  return t;
+}
+
+std::vector<float> random_input(int64_t n, std::mt19937& rng, float scale = 1.0f) {
+  std::uniform_real_distribution<float> mag(0.05f, 1.0f);
+  std::bernoulli_distribution neg(0.5);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = scale * (neg(rng) ? -mag(rng) : mag(rng));
+  return v;
+}
+
+// max |a - b| / max |b|; NaN anywhere counts as infinite error.
+[[maybe_unused]] double rel_error(const std::vector<float>& a, const std::vector<float>& b) {
+  double diff = 0, ref = 0;
+  for (size_t i = 0; i < b.size(); ++i) {
+    if (!std::isfinite(a[i]) && std::isfinite(b[i])) return INFINITY;
+    diff = std::max(diff, std::abs(static_cast<double>(a[i]) - b[i]));
+    ref = std::max(ref, std::abs(static_cast<double>(b[i])));
+  }
+  return diff / std::max(ref, 1e-12);
+}
+
+// ----- graphs covering every op ----------------------------------------------------------------
+
+Tensor unit_anchors(std::mt19937& rng, int64_t H, int64_t m, int64_t d) {
+  Tensor anchor = random_tensor({1, H, m, d}, rng, 1.0f);
+  for (int64_t r = 0; r < H * m; ++r) {
+    float* a = anchor.data<float>() + r * d;
+    float ss = 0;
+    for (int64_t c = 0; c < d; ++c) ss += a[c] * a[c];
+    for (int64_t c = 0; c < d; ++c) a[c] /= std::sqrt(ss);
+  }
+  return anchor;
+}
+
+// ViT block ops: conv (NCHW), embed, layernorm, linear (+GELU, +residual), attention (packed),
+// take tokens, add.
+[[maybe_unused]] Graph vit_graph(std::mt19937& rng, int64_t C, int64_t heads, int64_t img, int64_t p) {
+  Graph g;
+  const int64_t T = 1 + (img / p) * (img / p);
+  const float ws = 1.0f / std::sqrt(static_cast<float>(C));
+  int x = g.input({3, img, img});
+  x = g.conv2d(x, random_tensor({C, 3, p, p}, rng, 0.1f), random_tensor({C}, rng, 0.1f), p, 0, "patch");
+  x = g.embed_tokens(x, random_tensor({1, C}, rng, 0.5f), random_tensor({T, C}, rng, 0.2f), "embed");
+  int h = g.layernorm(x, random_tensor({C}, rng, 0.1f, 1.0f), random_tensor({C}, rng, 0.1f), 1e-6f, "norm1");
+  h = g.linear(h, random_tensor({3 * C, C}, rng, ws), random_tensor({3 * C}, rng, 0.1f), "qkv");
+  h = g.attention(h, heads, 1.0f / std::sqrt(static_cast<float>(C / heads)), "attn");
+  x = g.linear(h, random_tensor({C, C}, rng, ws), random_tensor({C}, rng, 0.1f), "proj", false, x);
+  h = g.layernorm(x, random_tensor({C}, rng, 0.1f, 1.0f), random_tensor({C}, rng, 0.1f), 1e-6f, "norm2");
+  h = g.linear(h, random_tensor({2 * C, C}, rng, ws), random_tensor({2 * C}, rng, 0.1f), "fc1", true);
+  x = g.linear(h, random_tensor({C, 2 * C}, rng, ws), random_tensor({C}, rng, 0.1f), "fc2", false, x);
+  x = g.take_tokens(x, 0, 1, "cls");
+  const int a = g.linear(x, random_tensor({5, C}, rng, ws), random_tensor({5}, rng, 0.1f), "head");
+  const int b = g.linear(x, random_tensor({5, C}, rng, ws), random_tensor({5}, rng, 0.1f), "head2");
+  g.set_output(g.add(a, b, 0.5f, "mean"));
+  return g;
+}
+
+// PVT ops: stem conv with padding, conv on the token grid (spatial reduction), q / kv
+// attention, depthwise 3x3 (+GELU), mean over tokens.
+[[maybe_unused]] Graph pvt_graph(std::mt19937& rng, int64_t C, int64_t heads, int64_t img, int64_t sr) {
+  Graph g;
+  const float ws = 1.0f / std::sqrt(static_cast<float>(C));
+  const int64_t grid = img / 4;
+  int x = g.input({3, img, img});
+  x = g.conv2d(x, random_tensor({C, 3, 7, 7}, rng, 0.05f), random_tensor({C}, rng, 0.1f), 4, 3, "stem");
+  const int q = g.linear(x, random_tensor({C, C}, rng, ws), random_tensor({C}, rng, 0.1f), "q");
+  int kv = g.conv2d_tokens(x, grid, grid, random_tensor({C, C, sr, sr}, rng, 0.05f), random_tensor({C}, rng, 0.1f),
+                           sr, 0, "sr");
+  kv = g.linear(kv, random_tensor({2 * C, C}, rng, ws), random_tensor({2 * C}, rng, 0.1f), "kv");
+  int h = g.attention(q, kv, heads, 1.0f / std::sqrt(static_cast<float>(C / heads)), "attn");
+  x = g.add(x, h, 1.0f, "res");
+  h = g.dwconv3x3(x, grid, grid, random_tensor({C, 1, 3, 3}, rng, 0.3f), random_tensor({C}, rng, 0.1f), true, "dw");
+  h = g.dwconv3x3(h, grid, grid, random_tensor({C, 1, 3, 3}, rng, 0.3f), random_tensor({C}, rng, 0.1f), false, "dw2");
+  x = g.conv2d_tokens(h, grid, grid, random_tensor({2 * C, C, 3, 3}, rng, 0.05f), random_tensor({2 * C}, rng, 0.1f),
+                      2, 1, "down");
+  x = g.mean_tokens(x, "pool");
+  g.set_output(g.linear(x, random_tensor({7, 2 * C}, rng, ws), random_tensor({7}, rng, 0.1f), "head"));
+  return g;
+}
+
+// ShiftAddViT ops: MoE, shift linear, KSH attention (nbits 16 or 64).
+Graph shiftadd_graph(std::mt19937& rng, int64_t C, int64_t heads, int64_t img, int64_t nbits) {
+  Graph g;
+  const int64_t p = 4, H = heads, d = C / heads, m = 25;
+  const float ws = 1.0f / std::sqrt(static_cast<float>(C));
+  auto shift = [&](Shape s) { return random_tensor(std::move(s), rng, 3.0f, -4.0f); };
+  auto sign = [&](Shape s) { return random_tensor(std::move(s), rng, 1.2f); };
+  auto moe = [&](int x, const std::string& name) {
+    return g.moe_linear(x, random_tensor({2, C}, rng, 1.0f), random_tensor({2}, rng, 0.1f),
+                        random_tensor({C, C}, rng, ws), random_tensor({C}, rng, 0.1f), shift({C, C}), sign({C, C}),
+                        random_tensor({C}, rng, 0.1f), name);
+  };
+  int x = g.input({3, img, img});
+  x = g.conv2d(x, random_tensor({C, 3, p, p}, rng, 0.1f), random_tensor({C}, rng, 0.1f), p, 0, "patch");
+  const int qk = moe(x, "attn.to_qk");
+  const int v = g.shift_linear(x, shift({C, C}), sign({C, C}), random_tensor({C}, rng, 0.1f), "attn.to_v");
+  int h = g.ksh_attention(qk, v, H, unit_anchors(rng, H, m, d), random_tensor({1, H, 1, m}, rng, 0.1f, 0.5f),
+                          random_tensor({H, nbits, m}, rng, 1.0f), random_tensor({H, 1, 9, 1}, rng, 0.3f), "attn");
+  h = moe(h, "attn.proj");
+  x = g.add(x, h, 1.0f, "residual");
+  x = g.mean_tokens(x, "pool");
+  g.set_output(g.linear(x, random_tensor({5, C}, rng, ws), random_tensor({5}, rng, 0.1f), "head"));
+  return g;
+}
+
+// A graph whose output is one shift linear over a [N, K] input: for bit-exact comparisons.
+[[maybe_unused]] Graph shift_graph(std::mt19937& rng, int64_t N, int64_t K, int64_t out) {
+  Graph g;
+  const int x = g.input({N, K});
+  g.set_output(g.shift_linear(x, random_tensor({out, K}, rng, 7.0f, -7.0f), random_tensor({out, K}, rng, 1.2f),
+                              random_tensor({out}, rng, 0.5f), "shift"));
+  return g;
+}
+
+std::vector<float> run_graph(const Graph& g, Backend& backend, int64_t batch, const std::vector<float>& x) {
+  Executor e(g, backend);
+  std::vector<float> y(static_cast<size_t>(batch * shape_numel(g.sample_shape(g.output_value()))), kNaN);
+  e.run(batch, x.data(), y.data());
+  return y;
+}
+
+int64_t input_numel(const Graph& g, int64_t batch) { return batch * shape_numel(g.sample_shape(g.input_value())); }
+
+// ----- host side: shared __host__ __device__ arithmetic ------------------------------------------
+
+TEST(CudaHost, SharedShiftArithmetic) {
+  // Every 5-bit code decodes consistently through the HD helpers the CUDA kernels use.
+  for (int c = 0; c < 32; ++c) {
+    const auto code = static_cast<uint8_t>(c);
+    const float w = decode_shift_weight(code);
+    if (shift_code_is_zero(code)) {
+      EXPECT_EQ(w, 0.0f);
+      continue;
+    }
+    EXPECT_EQ(w, shift_code_sign(code) * std::ldexp(1.0f, shift_code_exponent(code)));
+    EXPECT_EQ(shift_code_lshift(code), 14 + shift_code_exponent(code));
+    EXPECT_EQ(encode_shift(shift_code_sign(code), shift_code_exponent(code)), code);
+  }
+  // Ties to even, independent of the rounding mode.
+  for (float x : {-2.5f, -1.5f, -0.5f, 0.5f, 1.5f, 2.5f, 3.5f, -13.5f, 1e9f, -7.25f, 7.75f})
+    EXPECT_EQ(round_half_even(x), std::nearbyint(x)) << x;
+  // Q16.16: floor(x * 2^16), clamped, NaN -> 0; equals the double formula.
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<double> u(-40000.0, 40000.0);
+  for (int i = 0; i < 20000; ++i) {
+    const float x = static_cast<float>(u(rng) * (i % 3 == 0 ? 1e-4 : 1.0));
+    const double want = std::clamp(std::floor(static_cast<double>(x) * 65536.0), -2147483648.0, 2147418112.0);
+    ASSERT_EQ(static_cast<double>(quantize_q16(x)), want) << x;
+  }
+  EXPECT_EQ(quantize_q16(kNaN), 0);
+  EXPECT_EQ(quantize_q16(INFINITY), 2147418112);
+  EXPECT_EQ(quantize_q16(-INFINITY), std::numeric_limits<int32_t>::min());
+  EXPECT_EQ(pack_shift_weight(kNaN, 1.0f), kShiftZeroCode);
+}
+
+// ----- host side: the executor's device-backend protocol ------------------------------------------
+
+// A "device" backend over host memory: delegates kernels to the ref backend, owns the arena,
+// and captures like the CUDA backend (eager first run, capture on the second, replay after),
+// replaying by re-running the recorded node list. Optionally fails the first capture.
+class FakeDevice final : public Backend {
+ public:
+  explicit FakeDevice(bool fail_first_capture) : ref_(make_ref_backend()), fail_(fail_first_capture) {}
+  const char* name() const override { return "fake-device"; }
+  bool supports_op(const Graph& g, const Node& n, std::string* why) const override { return ref_->supports_op(g, n, why); }
+  void reserve(const Graph& g, const Node& n, int64_t batch) override { ref_->reserve(g, n, batch); }
+  void run(const Graph& g, const Node& n, const NodeBuffers& b) override {
+    if (state_ == Forward::Capturing) {
+      recorded_[b.batch].push_back({&g, &n, b});
+      return;
+    }
+    ref_->run(g, n, b);
+    ++eager_nodes;
+  }
+  bool device_memory() const override { return true; }
+  float* device_arena(int64_t floats) override {
+    arena_.assign(static_cast<size_t>(floats), kNaN);  // poisoned, like the CUDA backend's
+    recorded_.clear();                                  // captured pointers die with the arena
+    runs_.clear();
+    ++arena_allocs;
+    return arena_.data();
+  }
+  void copy_input(float* dst, const float* host, int64_t n) override { std::copy(host, host + n, dst); ++copies_in; }
+  void copy_output(float* host, const float* src, int64_t n) override { std::copy(src, src + n, host); }
+  Forward begin_forward(int64_t batch, bool profiling) override {
+    if (profiling) return state_ = Forward::Eager;
+    if (recorded_.count(batch) && !recorded_[batch].empty()) {
+      for (const Rec& r : recorded_[batch]) ref_->run(*r.g, *r.n, r.b);
+      ++replays;
+      return state_ = Forward::Replayed;
+    }
+    if (runs_[batch]++ == 0 || failed_.count(batch)) return state_ = Forward::Eager;
+    recorded_[batch].clear();
+    return state_ = Forward::Capturing;
+  }
+  bool end_forward(int64_t batch, Forward f) override {
+    state_ = Forward::Eager;
+    if (f != Forward::Capturing) return true;
+    if (fail_) {
+      fail_ = false;
+      failed_.insert(batch);
+      recorded_.erase(batch);
+      ++failed_captures;
+      return false;
+    }
+    for (const Rec& r : recorded_[batch]) ref_->run(*r.g, *r.n, r.b);
+    ++captures;
+    return true;
+  }
+  int eager_nodes = 0, replays = 0, captures = 0, failed_captures = 0, arena_allocs = 0, copies_in = 0;
+
+ private:
+  struct Rec {
+    const Graph* g;
+    const Node* n;
+    NodeBuffers b;
+  };
+  std::unique_ptr<Backend> ref_;
+  bool fail_;
+  std::vector<float> arena_;
+  Forward state_ = Forward::Eager;
+  std::map<int64_t, std::vector<Rec>> recorded_;
+  std::map<int64_t, int> runs_;
+  std::set<int64_t> failed_;
+};
+
+TEST(CudaHost, ExecutorDeviceProtocolMatchesReference) {
+  for (bool fail : {false, true}) {
+    std::mt19937 rng(11);
+    const Graph g = shiftadd_graph(rng, 32, 2, 32, 16);
+    auto refb = make_ref_backend();
+    FakeDevice dev(fail);
+    Executor e(g, dev);
+    for (int round = 0; round < 4; ++round)
+      for (int64_t batch : {2, 1}) {
+        const std::vector<float> x = random_input(input_numel(g, batch), rng);
+        const std::vector<float> want = run_graph(g, *refb, batch, x);
+        std::vector<float> got(want.size(), kNaN);
+        e.run(batch, x.data(), got.data());
+        ASSERT_EQ(got, want) << "round " << round << " batch " << batch << (fail ? " (failed capture)" : "");
+      }
+    EXPECT_EQ(dev.failed_captures, fail ? 1 : 0);
+    EXPECT_EQ(dev.copies_in, 8);
+    EXPECT_EQ(dev.replays, fail ? 2 : 4);
+    EXPECT_EQ(dev.captures, fail ? 1 : 2);
+    EXPECT_GE(dev.arena_allocs, 1);
+    // The input has its own slot after the activations.
+    EXPECT_GE(e.arena_bytes(), sizeof(float) * (make_plan(g, 2).arena_floats + input_numel(g, 2)));
+  }
+}
+
+// ----- host side: dispatch table and the Session error --------------------------------------------
+
+#ifdef SHIFTADD_HAS_CUDA
+TEST(CudaHost, SupportsEveryOpTheCpuBackendSupports) {
+  std::mt19937 rng(5);
+  std::vector<Graph> graphs;
+  graphs.push_back(vit_graph(rng, 48, 3, 32, 8));
+  graphs.push_back(pvt_graph(rng, 32, 2, 32, 2));
+  graphs.push_back(shiftadd_graph(rng, 32, 2, 32, 16));
+  graphs.push_back(shiftadd_graph(rng, 32, 2, 32, 64));
+  std::set<OpKind> seen;
+  auto cpu = make_cpu_backend(1);
+  for (const Graph& g : graphs)
+    for (const Node& n : g.nodes()) {
+      std::string why;
+      ASSERT_TRUE(cpu->supports_op(g, n, &why));
+      EXPECT_TRUE(cuda_supports_op(g, n, &why)) << n.name << ": " << why;
+      seen.insert(n.op);
+    }
+  for (int op = 0; op < static_cast<int>(OpKind::Count); ++op)
+    EXPECT_TRUE(seen.count(static_cast<OpKind>(op))) << "no test graph has op " << op_traits(static_cast<OpKind>(op)).name;
+  // Head dims beyond the attention kernel are refused by name, not at run time.
+  Graph big;
+  const int x = big.input({4, 3 * 256});
+  big.set_output(big.attention(x, 1, 1.0f, "wide"));
+  std::string why;
+  EXPECT_FALSE(cuda_supports_op(big, big.nodes().back(), &why));
+  EXPECT_NE(why.find("head dim"), std::string::npos) << why;
+}
+
+// Model paths of the golden fixtures (tests/fixtures/{goldens,goldens_real}), as test_models.cpp reads them.
+std::vector<fs::path> golden_model_paths(const char* set) {
+  std::vector<fs::path> out;
+  const nlohmann::json m = nlohmann::json::parse(std::ifstream(kFixtures / set / "manifest.json"));
+  for (const auto& c : m["cases"]) {
+    const std::string name = c.is_string() ? c.get<std::string>() : c.value("dir", c["name"].get<std::string>());
+    const fs::path dir = kFixtures / set / name;
+    const nlohmann::json cs = nlohmann::json::parse(std::ifstream(dir / "case.json"));
+    out.push_back(dir / cs["model"].get<std::string>());
+  }
+  return out;
+}
+
+// Every golden fixture model: each node is accepted by the CUDA dispatch table (no GPU needed).
+TEST(CudaHost, FixtureModelsAreFullySupported) {
+  std::vector<fs::path> paths = golden_model_paths("goldens");
+  for (const fs::path& p : golden_model_paths("goldens_real")) paths.push_back(p);
+  ASSERT_GE(paths.size(), 10u);
+  for (const fs::path& path : paths) {
+    const std::string name = path.string();
+    const auto model = Model::load(name);
+    const Graph& g = model->impl().graph;
+    for (const Node& n : g.nodes()) {
+      std::string why;
+      EXPECT_TRUE(cuda_supports_op(g, n, &why)) << name << " " << n.name << ": " << why;
+    }
+  }
+}
+#endif
+
+bool have_gpu(std::string* why) {
+#ifdef SHIFTADD_HAS_CUDA
+  return cuda_device_available(why);
+#else
+  *why = "this build has no CUDA backend (SHIFTADD_CUDA=OFF or no nvcc)";
+  return false;
+#endif
+}
+
+TEST(CudaHost, SessionOnCudaWithoutGpuIsAClearError) {
+  std::string why;
+  if (have_gpu(&why)) GTEST_SKIP() << "a GPU is present: the no-GPU error path cannot be exercised";
+  const auto model = Model::load(default_model_path());
+  SessionOptions o;
+  o.device = Device::CUDA;
+  try {
+    Session s(model, o);
+    FAIL() << "Session on CUDA without a GPU did not throw";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+#ifdef SHIFTADD_HAS_CUDA
+    EXPECT_NE(msg.find("no CUDA device/driver found: "), std::string::npos) << msg;
+#else
+    EXPECT_NE(msg.find("no CUDA backend"), std::string::npos) << msg;
+#endif
+  }
+}
+
+// ----- device side ----------------------------------------------------------------------------------
+
+#ifdef SHIFTADD_HAS_CUDA
+#define REQUIRE_GPU()                                                                         \
+  do {                                                                                        \
+    std::string why_;                                                                         \
+    if (!have_gpu(&why_)) GTEST_SKIP() << "no CUDA GPU: " << why_ << " (CUDA tests skipped)"; \
+  } while (0)
+
+// Runs g through the CUDA backend and the ref backend at several batch sizes, three times each
+// (eager, captured, replayed) with fresh inputs, and compares.
+void compare_with_ref(const Graph& g, double tol, std::mt19937& rng, CudaOptions o = {},
+                      std::vector<int64_t> batches = {1, 3, 8}) {
+  auto refb = make_ref_backend(o.shift_mode);
+  auto cud = make_cuda_backend(o);
+  check_supported(g, *cud);
+  Executor e(g, *cud);
+  for (int round = 0; round < 3; ++round)
+    for (int64_t batch : batches) {
+      std::vector<float> x, want;
+      // Discrete decisions (hash bits, expert choices) must not sit on a boundary that fp32
+      // and the ref's double arithmetic could resolve differently: redraw such inputs.
+      for (int attempt = 0;; ++attempt) {
+        ASSERT_LT(attempt, 200) << "no well-posed input found";
+        x = random_input(input_numel(g, batch), rng);
+        DecisionProbe probe;
+        refb->set_decision_probe(&probe);
+        want = run_graph(g, *refb, batch, x);
+        refb->set_decision_probe(nullptr);
+        bool ok = true;
+        for (const auto& [node, pre] : probe.ksh_preact)
+          for (float y : pre) ok = ok && std::abs(y) >= 2e-5f;
+        for (const auto& [node, l] : probe.router_logits)
+          for (size_t i = 0; i + 1 < l.size(); i += 2) ok = ok && std::abs(l[i + 1] - l[i]) >= 1e-4f;
+        if (ok) break;
+      }
+      std::vector<float> got(want.size(), kNaN);
+      e.run(batch, x.data(), got.data());
+      const double err = rel_error(got, want);
+      EXPECT_LE(err, tol) << "batch " << batch << " round " << round;
+      if (tol == 0.0) {
+        EXPECT_EQ(got, want) << "batch " << batch << " round " << round;
+      }
+      for (size_t i = 0; i < g.nodes().size(); ++i) {
+        if (g.nodes()[i].op == OpKind::MoeLinear) {
+          EXPECT_EQ(cud->expert_tokens(i), refb->expert_tokens(i)) << i;
+        }
+      }
+    }
+}
+
+TEST(CudaBackend, VitOps) {
+  REQUIRE_GPU();
+  std::mt19937 rng(21);
+  compare_with_ref(vit_graph(rng, 48, 3, 32, 8), 2e-5, rng);
+  compare_with_ref(vit_graph(rng, 64, 1, 48, 16), 2e-5, rng);   // head dim 64
+  compare_with_ref(vit_graph(rng, 256, 2, 32, 8), 2e-5, rng);   // head dim 128
+  compare_with_ref(vit_graph(rng, 40, 5, 64, 8), 2e-5, rng);    // head dim 8, 65 tokens
+}
+
+TEST(CudaBackend, PvtOps) {
+  REQUIRE_GPU();
+  std::mt19937 rng(22);
+  compare_with_ref(pvt_graph(rng, 32, 1, 32, 2), 2e-5, rng);
+  compare_with_ref(pvt_graph(rng, 64, 2, 64, 8), 2e-5, rng);
+  compare_with_ref(pvt_graph(rng, 40, 5, 32, 4), 2e-5, rng);
+}
+
+TEST(CudaBackend, ShiftLinearIsBitExact) {
+  REQUIRE_GPU();
+  std::mt19937 rng(23);
+  for (auto mode : {kernels::ShiftMode::Exact, kernels::ShiftMode::Fast}) {
+    CudaOptions o;
+    o.shift_mode = mode;
+    for (auto [N, K, out] : std::initializer_list<std::tuple<int, int, int>>{
+             {1, 1, 1}, {7, 33, 65}, {64, 64, 64}, {100, 256, 96}, {3, 1280, 70}})
+      compare_with_ref(shift_graph(rng, N, K, out), 0.0, rng, o, {1, 2, 5});
+  }
+}
+
+TEST(CudaBackend, ShiftAddOps) {
+  REQUIRE_GPU();
+  std::mt19937 rng(24);
+  for (auto mode : {kernels::ShiftMode::Exact, kernels::ShiftMode::Fast}) {
+    CudaOptions o;
+    o.shift_mode = mode;
+    compare_with_ref(shiftadd_graph(rng, 32, 2, 32, 16), 1e-4, rng, o);
+    compare_with_ref(shiftadd_graph(rng, 64, 4, 32, 64), 1e-4, rng, o);
+    compare_with_ref(shiftadd_graph(rng, 40, 1, 48, 8), 1e-4, rng, o);
+  }
+}
+
+TEST(CudaBackend, EagerWithoutGraphsMatchesToo) {
+  REQUIRE_GPU();
+  std::mt19937 rng(25);
+  CudaOptions o;
+  o.graphs = false;
+  compare_with_ref(shiftadd_graph(rng, 32, 2, 32, 16), 1e-4, rng, o);
+  compare_with_ref(vit_graph(rng, 48, 3, 32, 8), 2e-5, rng, o);
+}
+
+TEST(CudaBackend, ReducedPrecisionModes) {
+  REQUIRE_GPU();
+  std::mt19937 rng(26);
+  CudaOptions o;
+  o.math = CudaMath::TF32;  // 10-bit significands in the products
+  compare_with_ref(vit_graph(rng, 64, 2, 32, 8), 1e-2, rng, o);
+  o.math = CudaMath::F16;  // fp16 inputs (11-bit significands), fp32 accumulation
+  compare_with_ref(vit_graph(rng, 64, 2, 32, 8), 2e-2, rng, o);
+  compare_with_ref(pvt_graph(rng, 32, 1, 32, 2), 2e-2, rng, o);
+}
+
+// Whole models: every golden fixture on CUDA against its PyTorch logits, and the ShiftAddViT
+// models against the CPU exact mode.
+TEST(CudaModels, GoldensMatchPyTorch) {
+  REQUIRE_GPU();
+  for (const char* set : {"goldens", "goldens_real"})
+    for (const fs::path& path : golden_model_paths(set)) {
+      const fs::path dir = fs::is_directory(path) ? path : path.parent_path();
+      const auto model = Model::load(path.string());
+      const Array x = load_npy_f32((dir / "input.npy").string());
+      const Array want = load_npy_f32((dir / "logits.npy").string());
+      SessionOptions o;
+      o.device = Device::CUDA;
+      Session s(model, o);
+      for (int r = 0; r < 3; ++r) {  // eager, captured, replayed
+        const std::vector<float> got = s.run(x.data, x.shape[0]);
+        EXPECT_LE(rel_error(got, want.data), 1e-4) << path << " run " << r;
+      }
+    }
+}
+
+TEST(CudaModels, ShiftAddPvtMoeExactMatchesCpu) {
+  REQUIRE_GPU();
+  for (const char* name : {"shiftadd_pvt_moe_64", "shiftadd_pvt_linangular_64", "shiftadd_pvt_shift_64"}) {
+    const fs::path dir = kFixtures / "goldens" / name;
+    const auto model = Model::load(dir.string());
+    const Array x = load_npy_f32((dir / "input.npy").string());
+    Session cpu(model, {2});
+    const std::vector<float> want = cpu.run(x.data, x.shape[0]);
+    SessionOptions o;
+    o.device = Device::CUDA;
+    Session gpu(model, o);
+    for (int r = 0; r < 3; ++r) {
+      const std::vector<float> got = gpu.run(x.data, x.shape[0]);
+      EXPECT_LE(rel_error(got, want), 1e-3) << name << " run " << r;
+      const auto a = cpu.expert_tokens(), b = gpu.expert_tokens();
+      ASSERT_EQ(a.size(), b.size());
+      for (size_t i = 0; i < a.size(); ++i)
+        EXPECT_EQ(a[i].tokens[0], b[i].tokens[0]) << name << " " << a[i].layer;
+    }
+    // Per-layer device timing (a profiling pass outside graph replay).
+    gpu.set_profiling(true);
+    gpu.run(x.data, x.shape[0]);
+    const std::vector<double> ms = gpu.layer_ms();
+    EXPECT_EQ(ms.size(), model->impl().graph.nodes().size() - 1);
+    double total = 0;
+    for (double t : ms) total += t;
+    EXPECT_GT(total, 0.0);
+    gpu.set_profiling(false);
+    EXPECT_LE(rel_error(gpu.run(x.data, x.shape[0]), want), 1e-3);
+  }
+}
+
+TEST(CudaModels, ShiftAddPvtMoeFastModeStaysClose) {
+  REQUIRE_GPU();
+  const fs::path dir = kFixtures / "goldens/shiftadd_pvt_moe_64";
+  const auto model = Model::load(dir.string());
+  const Array x = load_npy_f32((dir / "input.npy").string());
+  SessionOptions co;
+  co.threads = 2;
+  co.mode = ShiftMode::Fast;
+  Session cpu(model, co);
+  SessionOptions o = co;
+  o.device = Device::CUDA;
+  Session gpu(model, o);
+  EXPECT_LE(rel_error(gpu.run(x.data, x.shape[0]), cpu.run(x.data, x.shape[0])), 1e-3);
+}
+#else
+TEST(CudaBackend, NotBuilt) { GTEST_SKIP() << "this build has no CUDA backend: CUDA tests skipped"; }
+#endif
+
+}  // namespace
+}  // namespace shiftadd

@@ -193,8 +193,8 @@ ModelInfo describe(const ModelFiles& files, const WeightStore& stored, const std
 // PVTv2: dim, heads, mlp_hidden and tokens describe the last stage; depth counts all blocks;
 // patch_size is the stem's stride (4).
 ModelInfo describe(const ModelFiles& files, const WeightStore& stored, const PvtConfig& c,
-                   const Graph& g, const char* architecture) {
-  ModelInfo info = describe_common(files, stored, "upstream", g);
+                   const Graph& g, const char* architecture, const char* naming) {
+  ModelInfo info = describe_common(files, stored, naming, g);
   const PvtStage& last = c.stages.back();
   info.architecture = architecture;
   info.image_size = c.image_size;
@@ -300,15 +300,17 @@ std::unique_ptr<Model::Impl> load_model(const std::string& path) {
     stored = load_safetensors(files.weights.string());
     const ShiftaddFile converted = read_shiftadd_metadata(stored);
     if (converted.is) config = converted.config;  // self-describing: a config.json beside it is ignored
-    if (looks_like_pvt_v2(stored)) {
-      impl->weights = stored;
+    const bool timm_pvt = looks_like_timm_pvt_v2(stored);
+    if (timm_pvt || looks_like_pvt_v2(stored)) {
+      impl->weights = timm_pvt ? timm_pvt_v2_to_upstream(stored) : stored;
       PvtConfig pc = infer_pvt_v2_config(impl->weights, config ? &*config : nullptr);
       if (pc.labels.empty() && pc.num_classes == 1000) pc.labels = imagenet_labels();
-      const bool shiftadd = looks_like_shiftadd_pvt(stored);
+      const bool shiftadd = looks_like_shiftadd_pvt(impl->weights);
       impl->graph = shiftadd ? build_shiftadd_pvt(pc, impl->weights) : build_pvt_v2(pc, impl->weights);
       check_supported(impl->graph, *make_cpu_backend(1));
       impl->preprocess = pc.preprocess;
-      impl->info = describe(files, stored, pc, impl->graph, shiftadd ? "shiftadd_pvt_v2" : "pvt_v2");
+      impl->info = describe(files, stored, pc, impl->graph, shiftadd ? "shiftadd_pvt_v2" : "pvt_v2",
+                            timm_pvt ? "timm" : converted.is ? "shiftadd" : "upstream");
       logger().info("loaded {} ({}, {} stages, depth {}, last dim {}, heads from {})",
                     files.weights.string(), shiftadd ? "ShiftAddViT PVTv2" : "PVTv2",
                     pc.stages.size(), pc.total_depth(),

@@ -91,11 +91,12 @@ size_t scratch_bytes(const Graph& g, const Node& n, int64_t batch, CudaMath math
       return align256(M) + align256(4 * M) + align256(8) + align256(16) +
              align256(4 * cuda::moe_plan_scratch_ints(M)) + align256(4 * M * K) + align256(4 * M * N);
     }
-    case OpKind::KshAttention: {
-      const Shape& s = g.sample_shape(n.inputs[0]);
-      const int64_t rows = batch * s[0];
+    case OpKind::KshAttention: {  // mirrors run_ksh
+      const Shape& s = g.sample_shape(n.output);
+      const int64_t rows = batch * s[0], streams = ksh_from_qkv(n) ? 2 : 1;
       KshArgs k = ksh_args(g, n, batch, nullptr, nullptr);
-      return align256(4 * rows * s[1]) + align256((n.p.nbits <= 16 ? 2 : 8) * batch * n.p.heads * s[0]) +
+      return align256(4 * rows * streams * s[1]) +
+             streams * align256((n.p.nbits <= 16 ? 2 : 8) * batch * n.p.heads * s[0]) +
              align256(4 * cuda::ksh_scratch_floats(k)) +
              align256(4 * cuda::additive_scratch_floats(additive_args(g, n, b, nullptr)));
     }
@@ -447,7 +448,7 @@ class CudaBackend final : public Backend {
         ShiftLinearArgs a = shift_args(g, n, b, opt_.shift_mode);
         a.codes = dev(a.codes);
         a.bias = dev(a.bias);
-        cuda::shift_linear(a, nullptr, s);
+        cuda::shift_linear(a, nullptr, dev(shift_scale(n)), n.p.gelu, s);
         check_launch("shift_linear");
         break;
       }
@@ -516,28 +517,45 @@ class CudaBackend final : public Backend {
     sa.y = gy;
     sa.ldy = N;
     sa.mode = opt_.shift_mode;
-    cuda::shift_linear(sa, counts, stream_);
+    cuda::shift_linear(sa, counts, dev(shift_scale(n)), /*gelu=*/false, stream_);
     check_launch("moe expert 1");
-    cuda::moe_scatter_combine(M, N, perm, gy, b.out, stream_);
-    check_launch("moe_scatter_combine");
+    cuda::moe_scatter(M, N, perm, gy, b.out, n.p.log_exp_combine, stream_);
+    check_launch("moe_scatter");
+    if (n.p.gelu) {
+      Epilogue e;
+      e.gelu = true;
+      cuda::epilogue(M, N, b.out, N, b.out, N, e, stream_);
+      check_launch("moe gelu");
+    }
   }
 
+  // Both KSH forms: qk and v (upstream, q = k: one hash), or a packed q|k|v (q and k hashed
+  // apart: KV over the key codes, Y over the query codes).
   void run_ksh(const Graph& g, const Node& n, const NodeBuffers& b, Carver& scratch) {
-    const Shape& s = g.sample_shape(n.inputs[0]);
-    const int64_t rows = b.batch * s[0], C = s[1], H = n.p.heads;
-    float* qn = scratch.take<float>(rows * C);
-    void* codes = n.p.nbits <= 16 ? static_cast<void*>(scratch.take<uint16_t>(b.batch * H * s[0]))
-                                  : static_cast<void*>(scratch.take<uint64_t>(b.batch * H * s[0]));
-    cuda::l2norm_heads(rows, H, C / H, b.in[0], qn, stream_);
-    check_launch("l2norm_heads");
-    KshArgs k = ksh_args(g, n, b.batch, qn, codes);
-    k.anchors = dev(k.anchors);
-    k.mvec = dev(k.mvec);
-    k.A = dev(k.A);
-    float* D = scratch.take<float>(cuda::ksh_scratch_floats(k));
-    cuda::ksh_hash(k, D, stream_);
-    check_launch("ksh_hash");
-    AdditiveAttentionArgs a = additive_args(g, n, b, codes);
+    const Shape& s = g.sample_shape(n.output);
+    const int64_t rows = b.batch * s[0], C = s[1], H = n.p.heads, d = C / H;
+    const bool qkv = ksh_from_qkv(n);
+    const int streams = qkv ? 2 : 1;
+    float* qn = scratch.take<float>(rows * streams * C);  // [rows, streams * C]
+    void* codes[2] = {nullptr, nullptr};
+    for (int i = 0; i < streams; ++i)
+      codes[i] = n.p.nbits <= 16 ? static_cast<void*>(scratch.take<uint16_t>(b.batch * H * s[0]))
+                                 : static_cast<void*>(scratch.take<uint64_t>(b.batch * H * s[0]));
+    for (int i = 0; i < streams; ++i) {
+      cuda::l2norm_heads(rows, H, d, b.in[0] + i * C, qkv ? 3 * C : C, qn + i * C, streams * C, stream_);
+      check_launch("l2norm_heads");
+    }
+    KshArgs k0 = ksh_args(g, n, b.batch, qn, codes[0]);
+    float* D = scratch.take<float>(cuda::ksh_scratch_floats(k0));  // reused by both streams (stream order)
+    for (int i = 0; i < streams; ++i) {
+      KshArgs k = ksh_args(g, n, b.batch, qn + i * C, codes[i]);
+      k.anchors = dev(k.anchors);
+      k.mvec = dev(k.mvec);
+      k.A = dev(k.A);
+      cuda::ksh_hash(k, D, stream_);
+      check_launch("ksh_hash");
+    }
+    AdditiveAttentionArgs a = qkv ? additive_args(g, n, b, codes[1], codes[0]) : additive_args(g, n, b, codes[0]);
     a.taps = dev(a.taps);
     cuda::additive_attention(a, scratch.take<float>(cuda::additive_scratch_floats(a)), stream_);
     check_launch("additive_attention");
@@ -588,7 +606,7 @@ bool cuda_supports_op(const Graph& g, const Node& n, std::string* why) {
       return true;
     }
     case OpKind::KshAttention: {
-      const int64_t C = g.sample_shape(n.inputs[0])[1];
+      const int64_t C = g.sample_shape(n.output)[1];
       const int64_t d = n.p.heads > 0 ? C / n.p.heads : 0;
       if (d <= 0 || d > 128) return no("KSH head dim " + std::to_string(d) + " outside 1..128");
       if (n.p.nbits < 1 || n.p.nbits > 64) return no("KSH bits " + std::to_string(n.p.nbits) + " outside 1..64");

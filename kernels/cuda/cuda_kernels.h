@@ -47,8 +47,9 @@ void im2col(const Conv2dArgs& a, float* col, cudaStream_t stream);
 void dwconv3x3(const DwConv3x3Args& a, cudaStream_t stream);
 
 // ----- KSH hash and additive attention (ksh_additive.cu) -------------------------------------
-// y[r, h*d + c] = x[r, h*d + c] / ||x[r, h*d : h*d + d]||  (zero rows stay zero), rows x C.
-void l2norm_heads(int64_t rows, int64_t H, int64_t d, const float* x, float* y, cudaStream_t stream);
+// y[r*ldy + h*d + c] = x[r*ldx + h*d + c] / ||x[r*ldx + h*d : ... + d]||  (zero rows stay zero).
+void l2norm_heads(int64_t rows, int64_t H, int64_t d, const float* x, int64_t ldx, float* y, int64_t ldy,
+                  cudaStream_t stream);
 // Scratch floats ksh_hash needs: D[B, H, N, m] plus sigma[B, H].
 size_t ksh_scratch_floats(const KshArgs& a);
 void ksh_hash(const KshArgs& a, float* scratch, cudaStream_t stream);
@@ -59,8 +60,10 @@ void additive_attention(const AdditiveAttentionArgs& a, float* kv_scratch, cudaS
 // ----- shift linear (shift_linear.cu) --------------------------------------------------------
 // Exact mode is bit-for-bit ref::shift_linear (int64 shift-and-add of Q16.16 activations);
 // fast mode is bit-for-bit ref's fast mode (int32 arithmetic right shifts). When row_lo is not
-// null, rows m < *row_lo (read on the device) are skipped: the MoE shift expert.
-void shift_linear(const ShiftLinearArgs& a, const int32_t* row_lo, cudaStream_t stream);
+// null, rows m < *row_lo (read on the device) are skipped: the MoE shift expert. Then, as the
+// ops' shift epilogue: y *= scale[n] (scale may be null), and exact GELU when `gelu`.
+void shift_linear(const ShiftLinearArgs& a, const int32_t* row_lo, const float* scale, bool gelu,
+                  cudaStream_t stream);
 
 // ----- MoE (moe.cu) ---------------------------------------------------------------------------
 // expert[m] = logits1 > logits0 (double accumulation rounded to fp32, as ref::moe_router).
@@ -74,9 +77,9 @@ void moe_plan(int64_t M, const uint8_t* expert, int32_t* perm, int32_t* counts, 
 // dst[i] = src[perm[i]], i < M, cols floats per row.
 void moe_gather(int64_t M, int64_t cols, const int32_t* perm, const float* src, float* dst,
                 cudaStream_t stream);
-// dst[perm[i]] = log(exp(src[i]) + 2.220446e-16f), i < M.
-void moe_scatter_combine(int64_t M, int64_t cols, const int32_t* perm, const float* src, float* dst,
-                         cudaStream_t stream);
+// dst[perm[i]] = src[i], i < M; with log_exp_combine dst[perm[i]] = log(exp(src[i]) + 2.220446e-16f).
+void moe_scatter(int64_t M, int64_t cols, const int32_t* perm, const float* src, float* dst, bool log_exp_combine,
+                 cudaStream_t stream);
 
 // Fills n floats with `value` (test poisoning and debugging).
 void fill(int64_t n, float value, float* y, cudaStream_t stream);

@@ -10,10 +10,12 @@
 namespace shiftadd::kernels::cuda {
 namespace {
 
-__global__ void l2norm_heads_kernel(int64_t rows, int64_t H, int64_t d, const float* x, float* y) {
+__global__ void l2norm_heads_kernel(int64_t rows, int64_t H, int64_t d, const float* x, int64_t ldx, float* y,
+                                    int64_t ldy) {
   SHIFTADD_GRID_LOOP(i, rows * H) {
-    const float* s = x + i * d;  // row r, head h: (r * H + h) * d
-    float* o = y + i * d;
+    const int64_t r = i / H, h = i - r * H;
+    const float* s = x + r * ldx + h * d;
+    float* o = y + r * ldy + h * d;
     float ss = 0.0f;
     for (int64_t c = 0; c < d; ++c) ss = fmaf(s[c], s[c], ss);
     const float norm = sqrtf(ss);
@@ -119,7 +121,8 @@ __global__ void __launch_bounds__(kAddThreads) additive_kv_kernel(AdditiveAttent
   }
 }
 
-// Grid (ceil(N / 16), B * H), warp per token: Y = sum of KV[k] over the token's set bits,
+// Grid (ceil(N / 16), B * H), warp per token: Y = sum of KV[k] over the set bits of the token's
+// (query) code,
 // Z = 0.5 v + Y / pi, Z /= ||Z||, plus the 9-tap conv of v along the tokens.
 __global__ void __launch_bounds__(kAddThreads) additive_out_kernel(AdditiveAttentionArgs a, const float* kv_in) {
   extern __shared__ float KV[];  // [nbits][d]
@@ -133,7 +136,11 @@ __global__ void __launch_bounds__(kAddThreads) additive_out_kernel(AdditiveAtten
   const float* v = a.v + b * a.v_bstride + h * a.d;
   const float* taps = a.taps + h * 9;
   const float inv_pi = static_cast<float>(1.0 / M_PI);
-  const uint64_t code = load_code(a, bh * a.N + n);
+  // Queries read KV through their own codes when q and k were hashed apart.
+  const int64_t ci = bh * a.N + n;
+  const uint64_t code = a.qcodes ? (a.nbits <= 16 ? static_cast<const uint16_t*>(a.qcodes)[ci]
+                                                  : static_cast<const uint64_t*>(a.qcodes)[ci])
+                                 : load_code(a, ci);
   float z[kMaxLanes];
   float ss = 0.0f;
 #pragma unroll
@@ -165,9 +172,10 @@ __global__ void __launch_bounds__(kAddThreads) additive_out_kernel(AdditiveAtten
 
 }  // namespace
 
-void l2norm_heads(int64_t rows, int64_t H, int64_t d, const float* x, float* y, cudaStream_t stream) {
+void l2norm_heads(int64_t rows, int64_t H, int64_t d, const float* x, int64_t ldx, float* y, int64_t ldy,
+                  cudaStream_t stream) {
   if (rows * H <= 0) return;
-  l2norm_heads_kernel<<<blocks_for(rows * H), kThreads, 0, stream>>>(rows, H, d, x, y);
+  l2norm_heads_kernel<<<blocks_for(rows * H), kThreads, 0, stream>>>(rows, H, d, x, ldx, y, ldy);
 }
 
 size_t ksh_scratch_floats(const KshArgs& a) {

@@ -1,5 +1,5 @@
 // MoE on the device (spec section 4): router, a stable partition into per-expert row lists (counts stay on the device, so a captured CUDA graph stays valid whatever the routing),
-// row gather, and scatter back with the log(exp(y) + eps) combine. The expert GEMMs read the
+// row gather, and scatter back (with the log(exp(y) + eps) combine when the op asks for it). The expert GEMMs read the
 // counts on the device (gemm_rows, shift_linear with row bounds).
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
@@ -109,10 +109,11 @@ __global__ void gather_kernel(int64_t M, int64_t cols, const int32_t* perm, cons
   }
 }
 
-__global__ void scatter_combine_kernel(int64_t M, int64_t cols, const int32_t* perm, const float* src, float* dst) {
+__global__ void scatter_kernel(int64_t M, int64_t cols, const int32_t* perm, const float* src, float* dst,
+                               bool combine) {
   SHIFTADD_GRID_LOOP(i, M * cols) {
     const int64_t r = i / cols, c = i - r * cols;
-    dst[static_cast<int64_t>(perm[r]) * cols + c] = logf(expf(src[i]) + 2.220446e-16f);
+    dst[static_cast<int64_t>(perm[r]) * cols + c] = combine ? logf(expf(src[i]) + 2.220446e-16f) : src[i];
   }
 }
 
@@ -138,10 +139,10 @@ void moe_gather(int64_t M, int64_t cols, const int32_t* perm, const float* src, 
   gather_kernel<<<blocks_for(M * cols), kThreads, 0, stream>>>(M, cols, perm, src, dst);
 }
 
-void moe_scatter_combine(int64_t M, int64_t cols, const int32_t* perm, const float* src, float* dst,
-                         cudaStream_t stream) {
+void moe_scatter(int64_t M, int64_t cols, const int32_t* perm, const float* src, float* dst, bool log_exp_combine,
+                 cudaStream_t stream) {
   if (M * cols <= 0) return;
-  scatter_combine_kernel<<<blocks_for(M * cols), kThreads, 0, stream>>>(M, cols, perm, src, dst);
+  scatter_kernel<<<blocks_for(M * cols), kThreads, 0, stream>>>(M, cols, perm, src, dst, log_exp_combine);
 }
 
 }  // namespace shiftadd::kernels::cuda

@@ -25,7 +25,8 @@ constexpr int TM = 64, TN = 64, TK = 32;
 // integer T as ref's int64 shift-and-add, so bit for bit the same y. The fp64 pipe does the
 // power-of-two scaling (one DFMA per term instead of ~8 integer ops for an int64 shift,
 // conditional negate and add).
-__global__ void __launch_bounds__(256) shift_exact_kernel(ShiftLinearArgs a, const int32_t* row_lo) {
+__global__ void __launch_bounds__(256) shift_exact_kernel(ShiftLinearArgs a, const int32_t* row_lo, const float* scale,
+                                                        bool gelu) {
   const int64_t lo = row_lo ? static_cast<int64_t>(*row_lo) : 0;
   const int64_t m0 = int64_t{blockIdx.y} * TM, n0 = int64_t{blockIdx.x} * TN;
   if (m0 + TM <= lo) return;
@@ -70,13 +71,16 @@ __global__ void __launch_bounds__(256) shift_exact_kernel(ShiftLinearArgs a, con
       const int64_t n = n0 + tx + 16 * j;
       if (n >= a.N) continue;
       const int64_t B = a.bias ? quantize_q16(a.bias[n]) : 0;
-      a.y[m * a.ldy + n] = static_cast<float>(acc[i][j] + B * (int64_t{1} << 14)) * 0x1p-30f;
+      float y = static_cast<float>(acc[i][j] + B * (int64_t{1} << 14)) * 0x1p-30f;
+      if (scale) y *= scale[n];
+      a.y[m * a.ldy + n] = gelu ? gelu_erf(y) : y;
     }
   }
 }
 
 // Fast mode: ref's fast semantics in int32 lanes, shift-and-add only.
-__global__ void __launch_bounds__(256) shift_fast_kernel(ShiftLinearArgs a, const int32_t* row_lo) {
+__global__ void __launch_bounds__(256) shift_fast_kernel(ShiftLinearArgs a, const int32_t* row_lo, const float* scale,
+                                                        bool gelu) {
   const int64_t lo = row_lo ? static_cast<int64_t>(*row_lo) : 0;
   const int64_t m0 = int64_t{blockIdx.y} * TM, n0 = int64_t{blockIdx.x} * TN;
   if (m0 + TM <= lo) return;
@@ -131,20 +135,23 @@ __global__ void __launch_bounds__(256) shift_fast_kernel(ShiftLinearArgs a, cons
       const int64_t n = n0 + tx + 16 * j;
       if (n >= a.N) continue;
       const int64_t B = a.bias ? quantize_q16(a.bias[n]) : 0;
-      a.y[m * a.ldy + n] = static_cast<float>(acc[i][j] + B) * 0x1p-16f;
+      float y = static_cast<float>(acc[i][j] + B) * 0x1p-16f;
+      if (scale) y *= scale[n];
+      a.y[m * a.ldy + n] = gelu ? gelu_erf(y) : y;
     }
   }
 }
 
 }  // namespace
 
-void shift_linear(const ShiftLinearArgs& a, const int32_t* row_lo, cudaStream_t stream) {
+void shift_linear(const ShiftLinearArgs& a, const int32_t* row_lo, const float* scale, bool gelu,
+                  cudaStream_t stream) {
   if (a.M <= 0 || a.N <= 0) return;
   const dim3 grid(static_cast<unsigned>((a.N + TN - 1) / TN), static_cast<unsigned>((a.M + TM - 1) / TM));
   if (a.mode == ShiftMode::Exact)
-    shift_exact_kernel<<<grid, 256, 0, stream>>>(a, row_lo);
+    shift_exact_kernel<<<grid, 256, 0, stream>>>(a, row_lo, scale, gelu);
   else
-    shift_fast_kernel<<<grid, 256, 0, stream>>>(a, row_lo);
+    shift_fast_kernel<<<grid, 256, 0, stream>>>(a, row_lo, scale, gelu);
 }
 
 }  // namespace shiftadd::kernels::cuda

@@ -39,6 +39,44 @@ bool looks_like_pvt_v2(const WeightStore& w) {
   return w.has("patch_embed1.proj.weight") && w.has("block1.0.norm1.weight");
 }
 
+bool looks_like_timm_pvt_v2(const WeightStore& w) {
+  return w.has("patch_embed.proj.weight") && w.has("stages.0.blocks.0.norm1.weight");
+}
+
+WeightStore timm_pvt_v2_to_upstream(const WeightStore& w) {
+  WeightStore out;
+  out.source = w.source;
+  out.metadata = w.metadata;
+  auto starts = [](const std::string& s, const std::string& p) { return s.compare(0, p.size(), p) == 0; };
+  for (const auto& [name, t] : w.tensors) {
+    std::string n = name;
+    if (starts(n, "patch_embed.")) {
+      n = "patch_embed1." + n.substr(12);
+    } else if (starts(n, "stages.")) {
+      const size_t dot = n.find('.', 7);
+      const std::string stage = n.substr(7, dot - 7);
+      const std::string rest = dot == std::string::npos ? "" : n.substr(dot + 1);
+      int i = -1;
+      try {
+        i = std::stoi(stage);
+      } catch (const std::exception&) {
+      }
+      if (i >= 0) {
+        const std::string s1 = std::to_string(i + 1);
+        if (starts(rest, "downsample.")) n = "patch_embed" + s1 + "." + rest.substr(11);
+        else if (starts(rest, "norm.")) n = "norm" + s1 + "." + rest.substr(5);
+        else if (starts(rest, "blocks.")) {
+          n = "block" + s1 + "." + rest.substr(7);
+          const size_t dw = n.find(".mlp.dwconv.");
+          if (dw != std::string::npos) n.insert(dw + 12, "dwconv.");
+        }
+      }
+    }
+    out.tensors[n] = t;
+  }
+  return out;
+}
+
 PvtConfig infer_pvt_v2_config(const WeightStore& w, const json* cfg) {
   PvtConfig c;
   if (const json* v = config_find(cfg, "img_size"); v && v->is_number_integer()) c.image_size = v->get<int64_t>();

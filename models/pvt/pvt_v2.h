@@ -34,6 +34,13 @@ struct PvtConfig {
 
 // True if the tensor names look like an upstream PVTv2 checkpoint.
 bool looks_like_pvt_v2(const WeightStore& w);
+// timm's PVTv2 names (`patch_embed.*`, `stages.{i}.downsample.*`, `stages.{i}.blocks.{j}.*`,
+// `stages.{i}.norm.*`, `mlp.dwconv.*`)?
+bool looks_like_timm_pvt_v2(const WeightStore& w);
+// The same tensors under upstream names (`patch_embed{i+1}`, `block{i+1}.{j}`, `norm{i+1}`,
+// `mlp.dwconv.dwconv`); tensors are shared, not copied. Unknown names are kept as they are (the
+// builder then reports them as unexpected).
+WeightStore timm_pvt_v2_to_upstream(const WeightStore& w);
 
 // Dims, depths, sr ratios and MLP widths from the tensors; heads (`num_heads`, a list or one
 // number), image size (`img_size`/`image_size`, default 224) and labels from `config` (may be

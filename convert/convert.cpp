@@ -442,6 +442,24 @@ json config_json(const VitConfig& c, const ModelInfo& info) {
   return j;
 }
 
+// PVTv2: what infer_pvt_v2_config needs beside the tensors (heads per stage from the graph).
+json pvt_config_json(const Graph& g, const ModelInfo& info, const PreprocessConfig& p) {
+  json heads = json::array();
+  for (int s = 1;; ++s) {
+    const std::string name = "block" + std::to_string(s) + ".0.attn";
+    const auto it = std::find_if(g.nodes().begin(), g.nodes().end(), [&](const Node& n) { return n.name == name; });
+    if (it == g.nodes().end()) break;
+    heads.push_back(it->p.heads);
+  }
+  json j{{"architecture", "pvt_v2"}, {"img_size", info.image_size}, {"in_chans", info.in_chans},
+         {"num_classes", info.num_classes}, {"num_heads", heads}};
+  if (!info.labels.empty()) j["label_names"] = info.labels;
+  j["shiftadd_preprocess"] = {{"crop_pct", p.crop_pct}, {"resize_exact", p.resize_exact},
+                              {"resize_exact_size", p.resize_exact_size}, {"interpolation", p.interpolation},
+                              {"mean", p.mean}, {"std", p.std}};
+  return j;
+}
+
 int find_node(const Graph& g, const std::string& name) {
   const auto& nodes = g.nodes();
   for (size_t i = 0; i < nodes.size(); ++i)
@@ -462,13 +480,31 @@ Report convert_model(const Options& o) {
   const auto model = Model::load(o.input);
   const Model::Impl& mi = model->impl();
   const ModelInfo& info = model->info();
-  if (info.architecture.rfind("shiftadd", 0) == 0)
+  if (info.architecture.rfind("shiftadd", 0) == 0 || info.naming == "shiftadd")
     throw Error(o.input + ": is already a ShiftAddViT model (" + info.architecture + "); convert the dense model");
-  if (info.architecture != "vit" && info.architecture != "deit-distilled")
+  const bool pvt = info.architecture == "pvt_v2";
+  if (info.architecture != "vit" && info.architecture != "deit-distilled" && !pvt)
     throw Error(o.input + ": architecture '" + info.architecture +
-                "' cannot be converted yet (supported: ViT / DeiT from timm, Hugging Face or ONNX)");
+                "' cannot be converted (supported: ViT / DeiT from timm, Hugging Face or ONNX; PVTv2)");
+  if (pvt && o.attn != "dense")
+    throw Error("convert: --attn " + o.attn + " is for ViT / DeiT: PVTv2's spatial-reduction attention has no "
+                "LinAngular counterpart to convert to without retraining (upstream trains to_qk / to_v); keep "
+                "--attn dense for PVTv2");
   const VitConfig& c = mi.config;
   const Graph& dense = mi.graph;
+  // Blocks ("blocks.{i}." or PVTv2's "block{s}.{j}.") and their linear layers.
+  std::vector<std::string> blocks;
+  for (const Node& n : dense.nodes())
+    if (n.name.size() > 6 && n.name.compare(n.name.size() - 6, 6, ".norm1") == 0)
+      blocks.push_back(n.name.substr(0, n.name.size() - 5));
+  const std::vector<std::pair<std::string, const std::string*>> linears =
+      pvt ? std::vector<std::pair<std::string, const std::string*>>{{"attn.q", &o.attn_proj},
+                                                                     {"attn.kv", &o.attn_proj},
+                                                                     {"attn.proj", &o.attn_proj},
+                                                                     {"mlp.fc1", &o.mlp},
+                                                                     {"mlp.fc2", &o.mlp}}
+          : std::vector<std::pair<std::string, const std::string*>>{
+                {"attn.qkv", &o.attn_proj}, {"attn.proj", &o.attn_proj}, {"mlp.fc1", &o.mlp}, {"mlp.fc2", &o.mlp}};
 
   // Which layers change.
   std::set<int64_t> ksh_blocks;
@@ -486,10 +522,8 @@ Report convert_model(const Options& o) {
       throw Error("convert: too few calibration tokens for " + std::to_string(o.anchors) + " anchors");
   }
   std::vector<LinearJob> jobs;
-  for (int64_t i = 0; i < c.depth; ++i) {
-    const std::string b = "blocks." + std::to_string(i) + ".";
-    for (auto [suffix, kind] : {std::pair<const char*, const std::string*>{"attn.qkv", &o.attn_proj},
-                                {"attn.proj", &o.attn_proj}, {"mlp.fc1", &o.mlp}, {"mlp.fc2", &o.mlp}}) {
+  for (const std::string& b : blocks) {
+    for (const auto& [suffix, kind] : linears) {
       if (*kind == "dense") continue;
       LinearJob j;
       j.name = b + suffix;
@@ -543,7 +577,7 @@ Report convert_model(const Options& o) {
   for (LinearJob& j : jobs) j.x.reserve(static_cast<size_t>(rows * j.K));
   const int64_t ksh_images = std::min(N, kMaxKshImages);
   std::vector<float> dense_logits;
-  dense_logits.reserve(static_cast<size_t>(N * c.num_classes));
+  dense_logits.reserve(static_cast<size_t>(N * info.num_classes));
   for (int64_t i0 = 0; i0 < N; i0 += chunk) {
     const int64_t nb = std::min(chunk, N - i0);
     const auto vals = run_all_values(dense, *backend, nb, images.data() + i0 * in_size);
@@ -622,10 +656,9 @@ Report convert_model(const Options& o) {
     j.x.shrink_to_fit();
     progress("layers", ++done, total);
   }
-  for (int64_t i = 0; i < c.depth; ++i) {
-    const std::string b = "blocks." + std::to_string(i) + ".";
-    for (const char* s : {"attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"})
-      if (!layers.contains(b + s)) layers[b + s] = json::object({{"kind", "dense"}});
+  for (const std::string& b : blocks) {
+    for (const auto& [suffix, kind] : linears)
+      if (!layers.contains(b + suffix)) layers[b + suffix] = json::object({{"kind", "dense"}});
     if (!layers.contains(b + "attn")) layers[b + "attn"] = json::object({{"kind", "softmax"}});
   }
   std::sort(rep.layers.begin(), rep.layers.end(), [&](const LayerReport& a, const LayerReport& b) {
@@ -638,8 +671,9 @@ Report convert_model(const Options& o) {
               {"shift_ratio", o.latency_aware ? json("latency-aware") : json(o.shift_ratio)}};
   std::map<std::string, std::string> meta{{"format", "shiftadd"},
                                           {"format_version", "1"},
-                                          {"architecture", "vit"},
-                                          {"config", config_json(c, info).dump()},
+                                          {"architecture", pvt ? "pvt_v2" : "vit"},
+                                          {"config", (pvt ? pvt_config_json(dense, info, mi.preprocess)
+                                                          : config_json(c, info)).dump()},
                                           {"layers", layers.dump()},
                                           {"source", "shiftadd " + version() + " convert " + source.dump()}};
   save_safetensors(o.output, out, meta, o.force);
@@ -647,7 +681,7 @@ Report convert_model(const Options& o) {
   Session s(converted, {o.threads});
   int64_t agree = 0;
   double diff = 0, ref = 0;
-  const int64_t K = c.num_classes;
+  const int64_t K = info.num_classes;
   for (int64_t i0 = 0; i0 < N; i0 += 32) {
     const int64_t nb = std::min<int64_t>(32, N - i0);
     std::vector<float> y(static_cast<size_t>(nb * K));

@@ -302,8 +302,12 @@ std::unique_ptr<Model::Impl> load_model(const std::string& path) {
     if (converted.is) config = converted.config;  // self-describing: a config.json beside it is ignored
     const bool timm_pvt = looks_like_timm_pvt_v2(stored);
     if (timm_pvt || looks_like_pvt_v2(stored)) {
+      if (converted.is && converted.architecture != "pvt_v2" && converted.architecture != "shiftadd_pvt_v2")
+        throw Error(files.weights.string() + ": shiftadd file of architecture '" + converted.architecture +
+                    "' holds PVTv2 tensors");
       impl->weights = timm_pvt ? timm_pvt_v2_to_upstream(stored) : stored;
       PvtConfig pc = infer_pvt_v2_config(impl->weights, config ? &*config : nullptr);
+      pc.layer_kinds = converted.layers;
       if (pc.labels.empty() && pc.num_classes == 1000) pc.labels = imagenet_labels();
       const bool shiftadd = looks_like_shiftadd_pvt(impl->weights);
       impl->graph = shiftadd ? build_shiftadd_pvt(pc, impl->weights) : build_pvt_v2(pc, impl->weights);

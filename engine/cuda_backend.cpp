@@ -87,9 +87,9 @@ size_t scratch_bytes(const Graph& g, const Node& n, int64_t batch, CudaMath math
       return s;
     }
     case OpKind::MoeLinear: {
-      const int64_t M = rows_of(g, n, batch), K = n.weights[2].dim(1), N = n.weights[2].dim(0);
+      const int64_t M = rows_of(g, n, batch);
       return align256(M) + align256(4 * M) + align256(8) + align256(16) +
-             align256(4 * cuda::moe_plan_scratch_ints(M)) + align256(4 * M * K) + align256(4 * M * N);
+             align256(4 * cuda::moe_plan_scratch_ints(M));
     }
     case OpKind::KshAttention: {  // mirrors run_ksh
       const Shape& s = g.sample_shape(n.output);
@@ -448,7 +448,10 @@ class CudaBackend final : public Backend {
         ShiftLinearArgs a = shift_args(g, n, b, opt_.shift_mode);
         a.codes = dev(a.codes);
         a.bias = dev(a.bias);
-        cuda::shift_linear(a, nullptr, dev(shift_scale(n)), n.p.gelu, s);
+        cuda::RowMap rows;
+        rows.scale = dev(shift_scale(n));
+        rows.gelu = n.p.gelu;
+        cuda::shift_linear(a, rows, s);
         check_launch("shift_linear");
         break;
       }
@@ -458,6 +461,11 @@ class CudaBackend final : public Backend {
     }
   }
 
+  // Router -> plan (tile counts, tile writes) -> the two experts, each launched for the worst
+  // case (all M rows) and reading the split point and the permutation on the device: the dense
+  // expert handles plan positions [0, counts[0]), the shift expert [counts[0], M); each reads
+  // its rows of x through the permutation and writes them back in token order with the
+  // combine and GELU applied (gather and scatter fused, no host round trip, capture-safe).
   void run_moe(const Graph& g, const Node& n, const NodeBuffers& b, Carver& scratch) {
     const int64_t M = rows_of(g, n, b.batch), K = n.weights[2].dim(1), N = n.weights[2].dim(0);
     auto* expert = scratch.take<uint8_t>(M);
@@ -465,8 +473,6 @@ class CudaBackend final : public Backend {
     auto* counts = scratch.take<int32_t>(2);
     auto* counts64 = scratch.take<int64_t>(2);
     auto* tiles = scratch.take<int32_t>(cuda::moe_plan_scratch_ints(M));
-    auto* gx = scratch.take<float>(M * K);
-    auto* gy = scratch.take<float>(M * N);
     const auto bias_of = [&](size_t i) -> const float* {
       const Tensor& t = n.weights[i];
       return t.defined() && t.numel() > 0 ? dev(t.data<float>()) : nullptr;
@@ -487,46 +493,42 @@ class CudaBackend final : public Backend {
     if (counts_host_ && idx < counts_nodes_)
       check(cudaMemcpyAsync(counts_host_ + 2 * idx, counts64, 2 * sizeof(int64_t), cudaMemcpyDeviceToHost, stream_),
             "expert counts");
-    cuda::moe_gather(M, K, perm, b.in[0], gx, stream_);
-    check_launch("moe_gather");
-    // Expert 0 (dense) on rows [0, counts[0]), expert 1 (shift) on rows [counts[0], M): both
-    // kernels are launched for the worst case and read the split on the device.
+    cuda::RowMap rows;
+    rows.perm = perm;
+    rows.combine = n.p.log_exp_combine;
+    rows.gelu = n.p.gelu;
+    rows.hi = counts;  // expert 0: positions [0, counts[0])
     GemmArgs a;
     a.M = M;
     a.K = K;
     a.N = N;
-    a.A = gx;
+    a.A = b.in[0];
     a.lda = K;
     a.B = dev(n.weights[2].data<float>());
     a.ldb = K;
     a.b_is_nk = true;
-    a.C = gy;
+    a.C = b.out;
     a.ldc = N;
     a.epi.bias = bias_of(3);
-    cuda::gemm_rows(a, counts, stream_);
+    cuda::gemm_rows(a, rows, stream_);
     check_launch("moe expert 0");
+    rows.hi = nullptr;
+    rows.lo = counts;  // expert 1: positions [counts[0], M)
+    rows.scale = dev(shift_scale(n));
     ShiftLinearArgs sa;
     sa.M = M;
     sa.K = K;
     sa.N = N;
-    sa.x = gx;
+    sa.x = b.in[0];
     sa.ldx = K;
     sa.codes = dev(n.weights[4].data<uint8_t>());
     sa.ldw = K;
     sa.bias = bias_of(5);
-    sa.y = gy;
+    sa.y = b.out;
     sa.ldy = N;
     sa.mode = opt_.shift_mode;
-    cuda::shift_linear(sa, counts, dev(shift_scale(n)), /*gelu=*/false, stream_);
+    cuda::shift_linear(sa, rows, stream_);
     check_launch("moe expert 1");
-    cuda::moe_scatter(M, N, perm, gy, b.out, n.p.log_exp_combine, stream_);
-    check_launch("moe_scatter");
-    if (n.p.gelu) {
-      Epilogue e;
-      e.gelu = true;
-      cuda::epilogue(M, N, b.out, N, b.out, N, e, stream_);
-      check_launch("moe gelu");
-    }
   }
 
   // Both KSH forms: qk and v (upstream, q = k: one hash), or a packed q|k|v (q and k hashed

@@ -243,6 +243,35 @@ TEST(Convert, BadInputsAreNamed) {
   EXPECT_NE(error_of(o).find("already a ShiftAddViT model"), std::string::npos);
 }
 
+// Dense PVTv2 (upstream or timm names): linear layers become shift / MoE, attention stays
+// spatial-reduction softmax; the file loads back as PVTv2 with the converted layers.
+TEST(Convert, PvtV2LinearLayers) {
+  const fs::path dir = temp_dir();
+  const std::string golden = fs::path(SHIFTADD_SOURCE_DIR) / "tests/fixtures/goldens_real/timm_pvt_v2";
+  auto o = options((dir / "pvt.safetensors").string());
+  o.input = golden;
+  o.calib = golden + "/input.npy";
+  o.mlp = "moe";
+  o.attn_proj = "shift";
+  const auto rep = shiftadd::convert::convert_model(o);
+  EXPECT_EQ(rep.source_architecture, "pvt_v2");
+  ASSERT_EQ(rep.layers.size(), 4u * 5);  // 4 blocks x (q, kv, proj, fc1, fc2)
+  const auto m = shiftadd::Model::load(o.output);
+  EXPECT_EQ(m->info().naming, "shiftadd");
+  int moe = 0, shift = 0;
+  for (const auto& l : m->info().layers) moe += l.op == "moe_linear", shift += l.op == "shift_linear";
+  EXPECT_EQ(moe, 8);
+  EXPECT_EQ(shift, 12);
+  EXPECT_LT(rep.logit_rel_error, 1.0);
+  o.attn = "ksh-linear";
+  EXPECT_NE(error_of(o).find("PVTv2"), std::string::npos);
+  // A converted file is not converted again.
+  o = options((dir / "again.safetensors").string());
+  o.input = (dir / "pvt.safetensors").string();
+  o.calib = golden + "/input.npy";
+  EXPECT_NE(error_of(o).find("already a ShiftAddViT model"), std::string::npos);
+}
+
 // A file from a future format version, or with broken metadata, fails to load with its name.
 TEST(Convert, FormatVersionAndMetadataChecked) {
   const fs::path dir = temp_dir();

@@ -155,6 +155,35 @@ Graph shiftadd_graph(std::mt19937& rng, int64_t C, int64_t heads, int64_t img, i
   return g;
 }
 
+// The ViT-side ShiftAdd forms: KSH attention from a packed q|k|v (q and k hashed apart), shift
+// linear with per-output scale and GELU, MoE with a scaled shift expert, without the log-exp
+// combine and with GELU.
+[[maybe_unused]] Graph shiftadd_vit_graph(std::mt19937& rng, int64_t C, int64_t heads, int64_t img, int64_t nbits) {
+  Graph g;
+  const int64_t p = 4, H = heads, d = C / heads, m = 20;
+  const float ws = 1.0f / std::sqrt(static_cast<float>(C));
+  auto shiftw = [&](int64_t out, int64_t in, const std::string& name) {
+    ShiftWeights w = ShiftWeights::from_raw(name, random_tensor({out, in}, rng, 3.0f, -4.0f),
+                                            random_tensor({out, in}, rng, 1.2f), random_tensor({out}, rng, 0.1f));
+    w.scale = random_tensor({out}, rng, 0.5f, 1.0f);
+    return w;
+  };
+  int x = g.input({3, img, img});
+  x = g.conv2d(x, random_tensor({C, 3, p, p}, rng, 0.1f), random_tensor({C}, rng, 0.1f), p, 0, "patch");
+  const int qkv = g.linear(x, random_tensor({3 * C, C}, rng, ws), random_tensor({3 * C}, rng, 0.1f), "qkv");
+  Tensor anchor = unit_anchors(rng, H, m, d);
+  anchor = Tensor::borrow(anchor.raw(), DType::F32, {H, m, d}, std::make_shared<Tensor>(anchor));
+  int h = g.ksh_attention_qkv(qkv, H, anchor, random_tensor({H, m}, rng, 0.1f, 0.5f),
+                              random_tensor({H, nbits, m}, rng, 1.0f), random_tensor({H, 9}, rng, 0.3f), "attn");
+  h = g.shift_linear(h, shiftw(C, C, "proj"), "proj", /*gelu=*/true);
+  h = g.moe_linear(h, random_tensor({2, C}, rng, 1.0f), random_tensor({2}, rng, 0.1f), random_tensor({C, C}, rng, ws),
+                   random_tensor({C}, rng, 0.1f), shiftw(C, C, "fc"), "fc", /*log_exp_combine=*/false, /*gelu=*/true);
+  x = g.add(x, h, 1.0f, "residual");
+  x = g.mean_tokens(x, "pool");
+  g.set_output(g.linear(x, random_tensor({5, C}, rng, ws), random_tensor({5}, rng, 0.1f), "head"));
+  return g;
+}
+
 // A graph whose output is one shift linear over a [N, K] input: for bit-exact comparisons.
 [[maybe_unused]] Graph shift_graph(std::mt19937& rng, int64_t N, int64_t K, int64_t out) {
   Graph g;
@@ -311,6 +340,7 @@ TEST(CudaHost, SupportsEveryOpTheCpuBackendSupports) {
   graphs.push_back(pvt_graph(rng, 32, 2, 32, 2));
   graphs.push_back(shiftadd_graph(rng, 32, 2, 32, 16));
   graphs.push_back(shiftadd_graph(rng, 32, 2, 32, 64));
+  graphs.push_back(shiftadd_vit_graph(rng, 32, 2, 32, 16));
   std::set<OpKind> seen;
   auto cpu = make_cpu_backend(1);
   for (const Graph& g : graphs)
@@ -478,6 +508,8 @@ TEST(CudaBackend, ShiftAddOps) {
     compare_with_ref(shiftadd_graph(rng, 32, 2, 32, 16), 1e-4, rng, o);
     compare_with_ref(shiftadd_graph(rng, 64, 4, 32, 64), 1e-4, rng, o);
     compare_with_ref(shiftadd_graph(rng, 40, 1, 48, 8), 1e-4, rng, o);
+    compare_with_ref(shiftadd_vit_graph(rng, 32, 2, 32, 16), 1e-4, rng, o);
+    compare_with_ref(shiftadd_vit_graph(rng, 64, 1, 32, 64), 1e-4, rng, o);
   }
 }
 

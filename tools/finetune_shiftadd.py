@@ -72,9 +72,15 @@ def main():
     ap.add_argument("--temp", type=float, default=2.0, help="distillation temperature")
     ap.add_argument("--alpha", type=float, nargs=2, default=(6.0, 4.0), metavar=("DENSE", "SHIFT"),
                     help="expert latencies for the load-balancing loss (spec: 6 4)")
+    ap.add_argument("--alpha-from-file", action="store_true",
+                    help="per MoE layer alpha = (r, 1 - r) with r the layer's shift_ratio in the input file "
+                         "(what `convert --latency-aware` derived from measured expert latencies, "
+                         "r = t_dense / (t_dense + t_shift)), so the balance point keeps the measured share")
     ap.add_argument("--balance-weight", type=float, default=0.01)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int, default=0, help="use only the first N training images")
+    ap.add_argument("--val", type=int, default=0,
+                    help="hold out the last N training images (not trained on) and report their top-1 per epoch")
     ap.add_argument("--eval-limit", type=int, default=0, help="final test evaluation on the first N images (0 = all)")
     ap.add_argument("--data", default=DATA_DIR)
     ap.add_argument("--seed", type=int, default=0)
@@ -96,13 +102,21 @@ def main():
     xte_u8, yte = load_split("test", args.data)
     if args.limit:
         xtr_u8, ytr = xtr_u8[:args.limit], ytr[:args.limit]
+    xva_u8 = yva = None
+    if args.val:
+        xva_u8, yva = xtr_u8[-args.val:], ytr[-args.val:]
+        xtr_u8, ytr = xtr_u8[:-args.val], ytr[:-args.val]
     if args.eval_limit:
         xte_u8, yte = xte_u8[:args.eval_limit], yte[:args.eval_limit]
     xtr = model.preprocess_u8(xtr_u8.copy())
     xte = model.preprocess_u8(xte_u8.copy())
     ytr = torch.from_numpy(ytr)
     yte = torch.from_numpy(yte)
-    print("train %d images, test %d images" % (xtr.shape[0], xte.shape[0]), flush=True)
+    if xva_u8 is not None:
+        xva = model.preprocess_u8(xva_u8.copy())
+        yva = torch.from_numpy(yva)
+    print("train %d images (%d held out for validation), test %d images" %
+          (xtr.shape[0], args.val, xte.shape[0]), flush=True)
 
     t_logits = t_logits_flip = None
     if args.teacher:
@@ -115,6 +129,8 @@ def main():
 
     top1_start = evaluate(model, xte, yte)
     print("before fine-tuning: test top-1 %.4f (PyTorch, engine semantics)" % top1_start, flush=True)
+    if args.val:
+        print("before fine-tuning: val top-1 %.4f" % evaluate(model, xva, yva), flush=True)
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.wd)
@@ -129,6 +145,13 @@ def main():
 
     gen = torch.Generator().manual_seed(args.seed)
     moes = model.moe_layers()
+    if args.alpha_from_file:
+        for name, m in moes:
+            r = model.layer_desc.get(_file_name(name), {}).get("shift_ratio")
+            if r is not None:
+                m.alpha = (float(r), 1.0 - float(r))
+        print("alpha per layer from the file: " + ", ".join(
+            "%s (%.3f, %.3f)" % ((_file_name(n),) + tuple(m.alpha)) for n, m in moes if m.alpha), flush=True)
     step = 0
     epoch = 0
     while step < total:
@@ -186,6 +209,8 @@ def main():
         if ratios:
             msg += "  shift share %.3f..%.3f (mean %.3f)" % (min(ratios.values()), max(ratios.values()),
                                                            sum(ratios.values()) / len(ratios))
+        if args.val:
+            msg += "  val top-1 %.4f" % evaluate(model, xva, yva)
         print(msg, flush=True)
 
     # shift ratios of the final model on (up to) 10000 training images, for the metadata

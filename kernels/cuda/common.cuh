@@ -30,6 +30,9 @@ __device__ __forceinline__ float warp_max(float v) {
 // Exact-erf GELU as ref::gelu (in fp32 here).
 __device__ __forceinline__ float gelu_erf(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
 
+// MoE combine of ref::moe_combine (fp32).
+__device__ __forceinline__ float log_exp_combine(float y) { return logf(expf(y) + 2.220446e-16f); }
+
 // Grid-stride loop over [0, n).
 #define SHIFTADD_GRID_LOOP(i, n) \
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < (n); i += int64_t{gridDim.x} * blockDim.x)

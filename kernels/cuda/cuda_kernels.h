@@ -21,10 +21,22 @@ void epilogue(int64_t M, int64_t N, const float* G, int64_t ldg, float* C, int64
               const Epilogue& e, cudaStream_t stream);
 // fp32 -> fp16 (round to nearest even); y is __half*.
 void to_half(int64_t n, const float* x, void* y, cudaStream_t stream);
-// A tiled fp32 GEMM with the epilogue (bias and GELU only) whose row count is read on the
-// device: rows m >= *rows_hi (when rows_hi is not null) are neither computed nor written. Used
-// for the MoE dense expert, whose token count is only known on the device.
-void gemm_rows(const GemmArgs& a, const int32_t* rows_hi, cudaStream_t stream);
+// Row selection and output epilogue of an MoE expert (all defaults: a plain layer). Rows m of
+// the layer are the positions of the MoE plan: the kernel reads input row perm[m] and writes
+// output row perm[m] (gather and scatter fused), only for *lo <= m < *hi (read on the device).
+// After the layer's own bias: y *= scale[n]; y = log(exp(y) + 2.220446e-16f) if combine; GELU.
+struct RowMap {
+  const int32_t* lo = nullptr;    // null: 0
+  const int32_t* hi = nullptr;    // null: M
+  const int32_t* perm = nullptr;  // null: identity
+  const float* scale = nullptr;
+  bool combine = false;
+  bool gelu = false;
+};
+
+// A tiled fp32 GEMM (C = A B^T + bias, B stored [N, K]) over the rows of a RowMap: the MoE dense
+// expert, whose token count is only known on the device.
+void gemm_rows(const GemmArgs& a, const RowMap& rows, cudaStream_t stream);
 
 // ----- norm / elementwise (norm_gelu.cu) -----------------------------------------------------
 void layernorm(const LayerNormArgs& a, cudaStream_t stream);
@@ -58,12 +70,10 @@ size_t additive_scratch_floats(const AdditiveAttentionArgs& a);
 void additive_attention(const AdditiveAttentionArgs& a, float* kv_scratch, cudaStream_t stream);
 
 // ----- shift linear (shift_linear.cu) --------------------------------------------------------
-// Exact mode is bit-for-bit ref::shift_linear (int64 shift-and-add of Q16.16 activations);
-// fast mode is bit-for-bit ref's fast mode (int32 arithmetic right shifts). When row_lo is not
-// null, rows m < *row_lo (read on the device) are skipped: the MoE shift expert. Then, as the
-// ops' shift epilogue: y *= scale[n] (scale may be null), and exact GELU when `gelu`.
-void shift_linear(const ShiftLinearArgs& a, const int32_t* row_lo, const float* scale, bool gelu,
-                  cudaStream_t stream);
+// Exact mode is bit-for-bit ref::shift_linear (exact integer sum of Q16.16 activations times
+// 2^(14+s)); fast mode is bit-for-bit ref's fast mode (int32 arithmetic right shifts). Rows and
+// epilogue (scale, combine, GELU) as `rows` says: the MoE shift expert, or a plain ShiftLinear.
+void shift_linear(const ShiftLinearArgs& a, const RowMap& rows, cudaStream_t stream);
 
 // ----- MoE (moe.cu) ---------------------------------------------------------------------------
 // expert[m] = logits1 > logits0 (double accumulation rounded to fp32, as ref::moe_router).
@@ -74,12 +84,6 @@ void moe_router(const RouterArgs& a, cudaStream_t stream);
 size_t moe_plan_scratch_ints(int64_t M);
 void moe_plan(int64_t M, const uint8_t* expert, int32_t* perm, int32_t* counts, int64_t* counts64,
               int32_t* tile_scratch, cudaStream_t stream);
-// dst[i] = src[perm[i]], i < M, cols floats per row.
-void moe_gather(int64_t M, int64_t cols, const int32_t* perm, const float* src, float* dst,
-                cudaStream_t stream);
-// dst[perm[i]] = src[i], i < M; with log_exp_combine dst[perm[i]] = log(exp(src[i]) + 2.220446e-16f).
-void moe_scatter(int64_t M, int64_t cols, const int32_t* perm, const float* src, float* dst, bool log_exp_combine,
-                 cudaStream_t stream);
 
 // Fills n floats with `value` (test poisoning and debugging).
 void fill(int64_t n, float value, float* y, cudaStream_t stream);

@@ -1,6 +1,6 @@
 // Dense GEMM helpers: the fused epilogue after cuBLAS (bias, exact GELU, residual), fp16
-// conversion for the fp16 math mode, and a tiled fp32 GEMM whose row count is read on the
-// device (the MoE dense expert inside a captured CUDA graph).
+// conversion for the fp16 math mode, and a tiled fp32 GEMM over the rows of a RowMap (the MoE
+// dense expert inside a captured CUDA graph: split point and permutation read on the device).
 #include <cuda_fp16.h>
 
 #include "kernels/cuda/common.cuh"
@@ -26,23 +26,31 @@ __global__ void to_half_kernel(int64_t n, const float* x, __half* y) {
 }
 
 // 64 x 64 output tile per block of 256 threads, 4 x 4 outputs per thread, K in steps of 16.
+// Rows are RowMap positions: input and output row perm[m], only lo <= m < hi.
 constexpr int TM = 64, TN = 64, TK = 16;
 __global__ void __launch_bounds__(256) gemm_rows_kernel(int64_t M, int64_t N, int64_t K, const float* A,
                                                         int64_t lda, const float* B, int64_t ldb, bool b_is_nk,
                                                         float* C, int64_t ldc, float alpha, const float* bias,
-                                                        bool gelu, const int32_t* rows_hi) {
-  const int64_t Mv = rows_hi ? min(M, static_cast<int64_t>(*rows_hi)) : M;
+                                                        RowMap rows) {
+  const int64_t lo = rows.lo ? static_cast<int64_t>(*rows.lo) : 0;
+  const int64_t hi = rows.hi ? min(M, static_cast<int64_t>(*rows.hi)) : M;
   const int64_t m0 = int64_t{blockIdx.y} * TM, n0 = int64_t{blockIdx.x} * TN;
-  if (m0 >= Mv) return;
+  if (m0 >= hi || m0 + TM <= lo) return;
   __shared__ float As[TK][TM + 1];
   __shared__ float Bs[TK][TN + 1];
+  __shared__ int64_t src_row[TM];
+  for (int r = threadIdx.x; r < TM; r += 256) {
+    const int64_t m = m0 + r;
+    src_row[r] = (m >= lo && m < hi) ? (rows.perm ? static_cast<int64_t>(rows.perm[m]) : m) : -1;
+  }
+  __syncthreads();
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   float acc[4][4] = {};
   for (int64_t k0 = 0; k0 < K; k0 += TK) {
     for (int i = threadIdx.x; i < TM * TK; i += 256) {
       const int r = i / TK, kk = i % TK;
-      const int64_t m = m0 + r, k = k0 + kk;
-      As[kk][r] = (m < Mv && k < K) ? A[m * lda + k] : 0.0f;
+      const int64_t k = k0 + kk, srow = src_row[r];
+      As[kk][r] = (srow >= 0 && k < K) ? A[srow * lda + k] : 0.0f;
       const int64_t n = n0 + r;
       float bv = 0.0f;
       if (n < N && k < K) bv = b_is_nk ? B[n * ldb + k] : B[k * ldb + n];
@@ -63,16 +71,18 @@ __global__ void __launch_bounds__(256) gemm_rows_kernel(int64_t M, int64_t N, in
   }
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const int64_t m = m0 + ty + 16 * i;
-    if (m >= Mv) continue;
+    const int64_t drow = src_row[ty + 16 * i];
+    if (drow < 0) continue;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int64_t n = n0 + tx + 16 * j;
       if (n >= N) continue;
       float c = alpha * acc[i][j];
       if (bias) c += bias[n];
-      if (gelu) c = gelu_erf(c);
-      C[m * ldc + n] = c;
+      if (rows.scale) c *= rows.scale[n];
+      if (rows.combine) c = log_exp_combine(c);
+      if (rows.gelu) c = gelu_erf(c);
+      C[drow * ldc + n] = c;
     }
   }
 }
@@ -92,11 +102,11 @@ void to_half(int64_t n, const float* x, void* y, cudaStream_t stream) {
   to_half_kernel<<<blocks_for(n), kThreads, 0, stream>>>(n, x, static_cast<__half*>(y));
 }
 
-void gemm_rows(const GemmArgs& a, const int32_t* rows_hi, cudaStream_t stream) {
+void gemm_rows(const GemmArgs& a, const RowMap& rows, cudaStream_t stream) {
   if (a.M <= 0 || a.N <= 0) return;
   const dim3 grid(static_cast<unsigned>((a.N + TN - 1) / TN), static_cast<unsigned>((a.M + TM - 1) / TM));
-  gemm_rows_kernel<<<grid, 256, 0, stream>>>(a.M, a.N, a.K, a.A, a.lda, a.B, a.ldb, a.b_is_nk, a.C, a.ldc,
-                                             a.alpha, a.epi.bias, a.epi.gelu, rows_hi);
+  gemm_rows_kernel<<<grid, 256, 0, stream>>>(a.M, a.N, a.K, a.A, a.lda, a.B, a.ldb, a.b_is_nk, a.C, a.ldc, a.alpha,
+                                             a.epi.bias, rows);
 }
 
 }  // namespace shiftadd::kernels::cuda

@@ -1,6 +1,7 @@
-// MoE on the device (spec section 4): router, a stable partition into per-expert row lists (counts stay on the device, so a captured CUDA graph stays valid whatever the routing),
-// row gather, and scatter back (with the log(exp(y) + eps) combine when the op asks for it). The expert GEMMs read the
-// counts on the device (gemm_rows, shift_linear with row bounds).
+// MoE on the device (spec section 4): router and a stable partition into per-expert row lists
+// (counts stay on the device, so a captured CUDA graph stays valid whatever the routing). The
+// expert kernels (gemm_rows, shift_linear with a RowMap) read the split point and the
+// permutation on the device: gather, scatter and the combine are fused into them.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
 
@@ -102,21 +103,6 @@ __global__ void __launch_bounds__(kPlanThreads) plan_write_kernel(int64_t M, con
   }
 }
 
-__global__ void gather_kernel(int64_t M, int64_t cols, const int32_t* perm, const float* src, float* dst) {
-  SHIFTADD_GRID_LOOP(i, M * cols) {
-    const int64_t r = i / cols, c = i - r * cols;
-    dst[i] = src[static_cast<int64_t>(perm[r]) * cols + c];
-  }
-}
-
-__global__ void scatter_kernel(int64_t M, int64_t cols, const int32_t* perm, const float* src, float* dst,
-                               bool combine) {
-  SHIFTADD_GRID_LOOP(i, M * cols) {
-    const int64_t r = i / cols, c = i - r * cols;
-    dst[static_cast<int64_t>(perm[r]) * cols + c] = combine ? logf(expf(src[i]) + 2.220446e-16f) : src[i];
-  }
-}
-
 }  // namespace
 
 void moe_router(const RouterArgs& a, cudaStream_t stream) {
@@ -132,17 +118,6 @@ void moe_plan(int64_t M, const uint8_t* expert, int32_t* perm, int32_t* counts, 
   if (tiles <= 0) return;
   plan_count_kernel<<<tiles, kPlanThreads, 0, stream>>>(M, expert, tile_scratch);
   plan_write_kernel<<<tiles, kPlanThreads, 0, stream>>>(M, expert, tile_scratch, tiles, perm, counts, counts64);
-}
-
-void moe_gather(int64_t M, int64_t cols, const int32_t* perm, const float* src, float* dst, cudaStream_t stream) {
-  if (M * cols <= 0) return;
-  gather_kernel<<<blocks_for(M * cols), kThreads, 0, stream>>>(M, cols, perm, src, dst);
-}
-
-void moe_scatter(int64_t M, int64_t cols, const int32_t* perm, const float* src, float* dst, bool log_exp_combine,
-                 cudaStream_t stream) {
-  if (M * cols <= 0) return;
-  scatter_kernel<<<blocks_for(M * cols), kThreads, 0, stream>>>(M, cols, perm, src, dst, log_exp_combine);
 }
 
 }  // namespace shiftadd::kernels::cuda

@@ -18,6 +18,13 @@ namespace {
 
 constexpr int TM = 64, TN = 64, TK = 32;
 
+// The ops' shift epilogue: per-output scale, then (MoE) the log-exp combine, then GELU.
+__device__ __forceinline__ float epilogue(float y, int64_t n, const RowMap& rows) {
+  if (rows.scale) y *= rows.scale[n];
+  if (rows.combine) y = log_exp_combine(y);
+  return rows.gelu ? gelu_erf(y) : y;
+}
+
 // Exact mode: the weight g * 2^(14 + s) and the Q16.16 activation X are exact in fp64, so is
 // their product (|X| <= 2^31, |product| <= 2^45), and a sum of 32 such products stays below
 // 2^50: the fp64 FMA chain over one 32-wide K slice is exact integer arithmetic. Each slice's
@@ -25,11 +32,17 @@ constexpr int TM = 64, TN = 64, TK = 32;
 // integer T as ref's int64 shift-and-add, so bit for bit the same y. The fp64 pipe does the
 // power-of-two scaling (one DFMA per term instead of ~8 integer ops for an int64 shift,
 // conditional negate and add).
-__global__ void __launch_bounds__(256) shift_exact_kernel(ShiftLinearArgs a, const int32_t* row_lo, const float* scale,
-                                                        bool gelu) {
-  const int64_t lo = row_lo ? static_cast<int64_t>(*row_lo) : 0;
+__global__ void __launch_bounds__(256) shift_exact_kernel(ShiftLinearArgs a, RowMap rows) {
+  const int64_t lo = rows.lo ? static_cast<int64_t>(*rows.lo) : 0;
+  const int64_t hi = rows.hi ? min(a.M, static_cast<int64_t>(*rows.hi)) : a.M;
   const int64_t m0 = int64_t{blockIdx.y} * TM, n0 = int64_t{blockIdx.x} * TN;
-  if (m0 + TM <= lo) return;
+  if (m0 >= hi || m0 + TM <= lo) return;
+  __shared__ int64_t src_row[TM];  // input and output row of tile row r, -1 outside [lo, hi)
+  for (int r = threadIdx.x; r < TM; r += 256) {
+    const int64_t m = m0 + r;
+    src_row[r] = (m >= lo && m < hi) ? (rows.perm ? static_cast<int64_t>(rows.perm[m]) : m) : -1;
+  }
+  __syncthreads();
   __shared__ double Xs[TK][TM + 1];
   __shared__ double Ws[TK][TN + 1];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
@@ -37,8 +50,8 @@ __global__ void __launch_bounds__(256) shift_exact_kernel(ShiftLinearArgs a, con
   for (int64_t k0 = 0; k0 < a.K; k0 += TK) {
     for (int i = threadIdx.x; i < TM * TK; i += 256) {
       const int r = i / TK, kk = i % TK;
-      const int64_t m = m0 + r, n = n0 + r, k = k0 + kk;
-      Xs[kk][r] = (m < a.M && k < a.K) ? static_cast<double>(quantize_q16(a.x[m * a.ldx + k])) : 0.0;
+      const int64_t n = n0 + r, k = k0 + kk;
+      Xs[kk][r] = (src_row[r] >= 0 && k < a.K) ? static_cast<double>(quantize_q16(a.x[src_row[r] * a.ldx + k])) : 0.0;
       const uint8_t c = (n < a.N && k < a.K) ? a.codes[n * a.ldw + k] : kShiftZeroCode;
       // g * 2^(14 + s): exact (an integer in [-2^14, 2^14]).
       Ws[kk][r] = shift_code_is_zero(c) ? 0.0
@@ -64,26 +77,31 @@ __global__ void __launch_bounds__(256) shift_exact_kernel(ShiftLinearArgs a, con
   }
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const int64_t m = m0 + ty + 16 * i;
-    if (m >= a.M || m < lo) continue;
+    const int64_t drow = src_row[ty + 16 * i];
+    if (drow < 0) continue;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int64_t n = n0 + tx + 16 * j;
       if (n >= a.N) continue;
       const int64_t B = a.bias ? quantize_q16(a.bias[n]) : 0;
-      float y = static_cast<float>(acc[i][j] + B * (int64_t{1} << 14)) * 0x1p-30f;
-      if (scale) y *= scale[n];
-      a.y[m * a.ldy + n] = gelu ? gelu_erf(y) : y;
+      const float y = static_cast<float>(acc[i][j] + B * (int64_t{1} << 14)) * 0x1p-30f;
+      a.y[drow * a.ldy + n] = epilogue(y, n, rows);
     }
   }
 }
 
 // Fast mode: ref's fast semantics in int32 lanes, shift-and-add only.
-__global__ void __launch_bounds__(256) shift_fast_kernel(ShiftLinearArgs a, const int32_t* row_lo, const float* scale,
-                                                        bool gelu) {
-  const int64_t lo = row_lo ? static_cast<int64_t>(*row_lo) : 0;
+__global__ void __launch_bounds__(256) shift_fast_kernel(ShiftLinearArgs a, RowMap rows) {
+  const int64_t lo = rows.lo ? static_cast<int64_t>(*rows.lo) : 0;
+  const int64_t hi = rows.hi ? min(a.M, static_cast<int64_t>(*rows.hi)) : a.M;
   const int64_t m0 = int64_t{blockIdx.y} * TM, n0 = int64_t{blockIdx.x} * TN;
-  if (m0 + TM <= lo) return;
+  if (m0 >= hi || m0 + TM <= lo) return;
+  __shared__ int64_t src_row[TM];  // input and output row of tile row r, -1 outside [lo, hi)
+  for (int r = threadIdx.x; r < TM; r += 256) {
+    const int64_t m = m0 + r;
+    src_row[r] = (m >= lo && m < hi) ? (rows.perm ? static_cast<int64_t>(rows.perm[m]) : m) : -1;
+  }
+  __syncthreads();
   __shared__ int32_t Xs[TK][TM + 1];
   __shared__ uint8_t Ws[TK][TN + 4];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
@@ -91,8 +109,8 @@ __global__ void __launch_bounds__(256) shift_fast_kernel(ShiftLinearArgs a, cons
   for (int64_t k0 = 0; k0 < a.K; k0 += TK) {
     for (int i = threadIdx.x; i < TM * TK; i += 256) {
       const int r = i / TK, kk = i % TK;
-      const int64_t m = m0 + r, n = n0 + r, k = k0 + kk;
-      int32_t X = (m < a.M && k < a.K) ? quantize_q16(a.x[m * a.ldx + k]) : 0;
+      const int64_t n = n0 + r, k = k0 + kk;
+      int32_t X = (src_row[r] >= 0 && k < a.K) ? quantize_q16(a.x[src_row[r] * a.ldx + k]) : 0;
       X = X > (1 << 27) ? (1 << 27) : X < -(1 << 27) ? -(1 << 27) : X;
       Xs[kk][r] = X;
       Ws[kk][r] = (n < a.N && k < a.K) ? a.codes[n * a.ldw + k] : kShiftZeroCode;
@@ -128,30 +146,28 @@ __global__ void __launch_bounds__(256) shift_fast_kernel(ShiftLinearArgs a, cons
   }
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const int64_t m = m0 + ty + 16 * i;
-    if (m >= a.M || m < lo) continue;
+    const int64_t drow = src_row[ty + 16 * i];
+    if (drow < 0) continue;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int64_t n = n0 + tx + 16 * j;
       if (n >= a.N) continue;
       const int64_t B = a.bias ? quantize_q16(a.bias[n]) : 0;
-      float y = static_cast<float>(acc[i][j] + B) * 0x1p-16f;
-      if (scale) y *= scale[n];
-      a.y[m * a.ldy + n] = gelu ? gelu_erf(y) : y;
+      const float y = static_cast<float>(acc[i][j] + B) * 0x1p-16f;
+      a.y[drow * a.ldy + n] = epilogue(y, n, rows);
     }
   }
 }
 
 }  // namespace
 
-void shift_linear(const ShiftLinearArgs& a, const int32_t* row_lo, const float* scale, bool gelu,
-                  cudaStream_t stream) {
+void shift_linear(const ShiftLinearArgs& a, const RowMap& rows, cudaStream_t stream) {
   if (a.M <= 0 || a.N <= 0) return;
   const dim3 grid(static_cast<unsigned>((a.N + TN - 1) / TN), static_cast<unsigned>((a.M + TM - 1) / TM));
   if (a.mode == ShiftMode::Exact)
-    shift_exact_kernel<<<grid, 256, 0, stream>>>(a, row_lo, scale, gelu);
+    shift_exact_kernel<<<grid, 256, 0, stream>>>(a, rows);
   else
-    shift_fast_kernel<<<grid, 256, 0, stream>>>(a, row_lo, scale, gelu);
+    shift_fast_kernel<<<grid, 256, 0, stream>>>(a, rows);
 }
 
 }  // namespace shiftadd::kernels::cuda

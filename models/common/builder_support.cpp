@@ -78,4 +78,55 @@ void WeightTaker::check_all_used(const std::string& model) const {
       throw Error(w_.source + ": unexpected tensor '" + name + "' " + shape_str(t.shape()) + " for " + model);
 }
 
+int converted_linear(Graph& g, WeightTaker& W, const std::map<std::string, LayerKind>& kinds,
+                     const std::string& L, int x, int64_t K, int64_t N, bool gelu, int residual,
+                     bool bias_optional) {
+  const WeightStore& w = W.store();
+  auto bias = [&](const std::string& name) {
+    return bias_optional && !w.has(name) ? Tensor() : W.take(name, {N});
+  };
+  auto shift = [&](const std::string& p) {
+    ShiftWeights s;
+    s.codes = W.take_codes(p + ".codes", {N, K});
+    s.bias = bias(p + ".bias");
+    if (w.has(p + ".scale")) s.scale = W.take(p + ".scale", {N});
+    return s;
+  };
+  int y;
+  if (w.has(L + ".weight")) {
+    return g.linear(x, W.take(L + ".weight", {N, K}), bias(L + ".bias"), L, gelu, residual);
+  } else if (w.has(L + ".codes")) {
+    y = g.shift_linear(x, shift(L), L, gelu);
+  } else if (w.has(L + ".router.weight")) {
+    const auto it = kinds.find(L);
+    const bool log_exp = it != kinds.end() && it->second.combine == "log_exp";
+    y = g.moe_linear(x, W.take(L + ".router.weight", {2, K}), W.take(L + ".router.bias", {2}),
+                     W.take(L + ".experts.0.weight", {N, K}), bias(L + ".experts.0.bias"),
+                     shift(L + ".experts.1"), L, log_exp, gelu);
+  } else {
+    throw Error(w.source + ": layer '" + L + "' has none of '" + L + ".weight' (dense), '" + L +
+                ".codes' (shift) or '" + L + ".router.weight' (MoE)");
+  }
+  return residual >= 0 ? g.add(y, residual, 1.0f, L + ".residual") : y;
+}
+
+bool read_shiftadd_preprocess(const nlohmann::json* cfg, PreprocessConfig& p) {
+  if (!cfg || !cfg->is_object() || !cfg->contains("shiftadd_preprocess")) return false;
+  const nlohmann::json& j = (*cfg)["shiftadd_preprocess"];
+  if (!j.is_object()) throw Error("config: 'shiftadd_preprocess' must be an object");
+  p.crop_pct = j.value("crop_pct", p.crop_pct);
+  p.resize_exact = j.value("resize_exact", false);
+  p.resize_exact_size = j.value("resize_exact_size", 0);
+  p.interpolation = j.value("interpolation", p.interpolation);
+  for (auto [key, dst] : {std::pair<const char*, std::vector<float>*>{"mean", &p.mean}, {"std", &p.std}}) {
+    if (!j.contains(key)) continue;
+    const auto v = j[key].get<std::vector<float>>();
+    if (v.size() != static_cast<size_t>(p.channels))
+      throw Error(std::string("config: 'shiftadd_preprocess.") + key + "' has " + std::to_string(v.size()) +
+                  " values for a " + std::to_string(p.channels) + "-channel model");
+    *dst = v;
+  }
+  return true;
+}
+
 }  // namespace shiftadd

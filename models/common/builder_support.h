@@ -4,12 +4,15 @@
 // so a checkpoint with a missing, mis-shaped or unused tensor fails naming it.
 #include <cstdint>
 #include <initializer_list>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json_fwd.hpp>
 
+#include "engine/graph.h"
+#include "loaders/image.h"
 #include "loaders/weight_store.h"
 
 namespace shiftadd {
@@ -40,5 +43,26 @@ class WeightTaker {
   const WeightStore& w_;
   std::set<std::string> used_;
 };
+
+}  // namespace shiftadd
+
+namespace shiftadd {
+
+// How a converted layer is stored (shiftadd files' "layers" metadata, docs/format.md).
+struct LayerKind {
+  std::string kind;     // dense | shift | moe | softmax | ksh
+  std::string combine;  // moe: "log_exp" | "none"
+};
+
+// The preprocessing a shiftadd file carries in its config ("shiftadd_preprocess", docs/format.md):
+// fills `p` (channels and size already set) and returns true when present.
+bool read_shiftadd_preprocess(const nlohmann::json* cfg, PreprocessConfig& p);
+
+// One linear layer `L` [N, K] stored dense (`L.weight`), shift (`L.codes`) or MoE
+// (`L.router.weight`, docs/format.md), with an optional fused GELU and residual input. A bias
+// may be absent only when `bias_optional`.
+int converted_linear(Graph& g, WeightTaker& W, const std::map<std::string, LayerKind>& kinds,
+                     const std::string& L, int x, int64_t K, int64_t N, bool gelu = false,
+                     int residual = -1, bool bias_optional = false);
 
 }  // namespace shiftadd

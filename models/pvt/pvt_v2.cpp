@@ -117,7 +117,7 @@ PvtConfig infer_pvt_v2_config(const WeightStore& w, const json* cfg) {
     }
     // fc1 is a plain Linear, or (ShiftAddViT) a MoE layer or a shift layer.
     std::string fc1 = block(i, 0) + "mlp.fc1.weight";
-    for (const char* alt : {"mlp.fc1.experts.0.weight", "mlp.fc1.shift"})
+    for (const char* alt : {"mlp.fc1.experts.0.weight", "mlp.fc1.shift", "mlp.fc1.codes"})
       if (!w.has(fc1) && w.has(block(i, 0) + alt)) fc1 = block(i, 0) + alt;
     s.mlp_hidden = expect(w, fc1, 2).dim(0);
     c.stages.push_back(s);
@@ -171,6 +171,7 @@ PvtConfig infer_pvt_v2_config(const WeightStore& w, const json* cfg) {
     c.preprocess.mean.assign(c.in_chans, 0.5f);
     c.preprocess.std.assign(c.in_chans, 0.5f);
   }
+  read_shiftadd_preprocess(cfg, c.preprocess);
   return c;
 }
 
@@ -195,7 +196,11 @@ Graph build_pvt_v2(const PvtConfig& c, const WeightStore& w) {
     for (int64_t j = 0; j < s.depth; ++j) {
       const std::string b = block(i, j);
       int h = g.layernorm(x, W(b + "norm1.weight", {C}), W(b + "norm1.bias", {C}), c.eps, b + "norm1");
-      const int q = g.linear(h, W(b + "attn.q.weight", {C, C}), W(b + "attn.q.bias", {C}), b + "attn.q");
+      // Linear layers may be converted (shift / MoE, docs/format.md).
+      auto lin = [&](const std::string& L, int in, int64_t K, int64_t N, bool gelu = false, int res = -1) {
+        return converted_linear(g, weights, c.layer_kinds, b + L, in, K, N, gelu, res);
+      };
+      const int q = lin("attn.q", h, C, C);
       int kv_in = h;
       if (s.sr_ratio > 1) {
         kv_in = g.conv2d_tokens(h, grid, grid, W(b + "attn.sr.weight", {C, C, s.sr_ratio, s.sr_ratio}),
@@ -203,17 +208,14 @@ Graph build_pvt_v2(const PvtConfig& c, const WeightStore& w) {
         kv_in = g.layernorm(kv_in, W(b + "attn.norm.weight", {C}), W(b + "attn.norm.bias", {C}),
                             c.embed_eps, b + "attn.norm");
       }
-      const int kv = g.linear(kv_in, W(b + "attn.kv.weight", {2 * C, C}), W(b + "attn.kv.bias", {2 * C}),
-                              b + "attn.kv");
+      const int kv = lin("attn.kv", kv_in, C, 2 * C);
       h = g.attention(q, kv, s.heads, scale, b + "attn");
-      x = g.linear(h, W(b + "attn.proj.weight", {C, C}), W(b + "attn.proj.bias", {C}), b + "attn.proj",
-                   false, x);
+      x = lin("attn.proj", h, C, C, false, x);
       h = g.layernorm(x, W(b + "norm2.weight", {C}), W(b + "norm2.bias", {C}), c.eps, b + "norm2");
-      h = g.linear(h, W(b + "mlp.fc1.weight", {F, C}), W(b + "mlp.fc1.bias", {F}), b + "mlp.fc1");
+      h = lin("mlp.fc1", h, C, F);
       h = g.dwconv3x3(h, grid, grid, W(b + "mlp.dwconv.dwconv.weight", {F, 1, 3, 3}),
                       W(b + "mlp.dwconv.dwconv.bias", {F}), true, b + "mlp.dwconv");
-      x = g.linear(h, W(b + "mlp.fc2.weight", {C, F}), W(b + "mlp.fc2.bias", {C}), b + "mlp.fc2",
-                   false, x);
+      x = lin("mlp.fc2", h, F, C, false, x);
     }
     const std::string n = "norm" + S(i);
     x = g.layernorm(x, W(n + ".weight", {C}), W(n + ".bias", {C}), c.eps, n);

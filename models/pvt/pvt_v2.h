@@ -3,6 +3,7 @@
 // (`patch_embed{i}.*`, `block{i}.{j}.*`, `norm{i}.*`, `head.*`) and an optional config.json, and
 // the graph builder. Activations stay token-major [H*W, C] per sample; the grid of every stage
 // is fixed at build time from the image size.
+#include <map>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,7 @@
 #include "engine/graph.h"
 #include "loaders/image.h"
 #include "loaders/weight_store.h"
+#include "models/common/builder_support.h"
 
 namespace shiftadd {
 
@@ -28,6 +30,7 @@ struct PvtConfig {
   float eps = 1e-6f;         // block and stage norms
   std::vector<std::string> labels;
   PreprocessConfig preprocess;
+  std::map<std::string, LayerKind> layer_kinds;  // converted files only
 
   int64_t total_depth() const;
 };

@@ -71,17 +71,7 @@ PreprocessConfig infer_preprocess(const VitConfig& c, const json* cfg, const jso
     if (pc->contains("std")) p.std = float_list((*pc)["std"], ch, "std");
   }
   // shiftadd files carry the source model's whole pipeline (docs/format.md), whatever its origin.
-  const json* sp = cfg && cfg->is_object() && cfg->contains("shiftadd_preprocess") ? &(*cfg)["shiftadd_preprocess"] : nullptr;
-  if (sp && sp->is_object()) {
-    const json& j = *sp;
-    p.crop_pct = j.value("crop_pct", p.crop_pct);
-    p.resize_exact = j.value("resize_exact", false);
-    p.resize_exact_size = j.value("resize_exact_size", 0);
-    p.interpolation = j.value("interpolation", p.interpolation);
-    if (j.contains("mean")) p.mean = float_list(j["mean"], ch, "mean");
-    if (j.contains("std")) p.std = float_list(j["std"], ch, "std");
-    return p;
-  }
+  if (read_shiftadd_preprocess(cfg, p)) return p;
   if (pre && pre->is_object()) {
     // Hugging Face image processors resize to a fixed square (default bilinear), then
     // optionally center-crop to crop_size.
@@ -183,43 +173,6 @@ VitConfig infer_vit_config(const WeightStore& w, const json* cfg, const json* pr
   return c;
 }
 
-namespace {
-
-// One linear layer `L` of a (converted) ViT, stored dense, shift or MoE (docs/format.md), with
-// an optional fused GELU and residual input.
-int vit_linear(Graph& g, WeightTaker& W, const VitConfig& c, const std::string& L, int x, int64_t K,
-               int64_t N, bool gelu = false, int residual = -1, bool bias_optional = false) {
-  const WeightStore& w = W.store();
-  auto bias = [&](const std::string& name) {
-    return bias_optional && !w.has(name) ? Tensor() : W.take(name, {N});
-  };
-  auto shift = [&](const std::string& p) {
-    ShiftWeights s;
-    s.codes = W.take_codes(p + ".codes", {N, K});
-    s.bias = bias(p + ".bias");
-    if (w.has(p + ".scale")) s.scale = W.take(p + ".scale", {N});
-    return s;
-  };
-  int y;
-  if (w.has(L + ".weight")) {
-    return g.linear(x, W.take(L + ".weight", {N, K}), bias(L + ".bias"), L, gelu, residual);
-  } else if (w.has(L + ".codes")) {
-    y = g.shift_linear(x, shift(L), L, gelu);
-  } else if (w.has(L + ".router.weight")) {
-    const auto it = c.layer_kinds.find(L);
-    const bool log_exp = it != c.layer_kinds.end() && it->second.combine == "log_exp";
-    y = g.moe_linear(x, W.take(L + ".router.weight", {2, K}), W.take(L + ".router.bias", {2}),
-                     W.take(L + ".experts.0.weight", {N, K}), bias(L + ".experts.0.bias"),
-                     shift(L + ".experts.1"), L, log_exp, gelu);
-  } else {
-    throw Error(w.source + ": layer '" + L + "' has none of '" + L + ".weight' (dense), '" + L +
-                ".codes' (shift) or '" + L + ".router.weight' (MoE)");
-  }
-  return residual >= 0 ? g.add(y, residual, 1.0f, L + ".residual") : y;
-}
-
-}  // namespace
-
 Graph build_vit(const VitConfig& c, const WeightStore& w) {
   WeightTaker weights(w);
   auto W = [&](const std::string& name, const Shape& shape) { return weights.take(name, shape); };
@@ -245,7 +198,7 @@ Graph build_vit(const VitConfig& c, const WeightStore& w) {
     const std::string b = "blocks." + std::to_string(i) + ".";
     int h = g.layernorm(x, W(b + "norm1.weight", {C}), W(b + "norm1.bias", {C}), c.eps, b + "norm1");
     // timm models built with qkv_bias=False have no qkv bias.
-    h = vit_linear(g, weights, c, b + "attn.qkv", h, C, 3 * C, false, -1, /*bias_optional=*/true);
+    h = converted_linear(g, weights, c.layer_kinds, b + "attn.qkv", h, C, 3 * C, false, -1, /*bias_optional=*/true);
     if (w.has(b + "attn.ksh.A")) {
       // Hamming-space attention of a converted block (docs/format.md): q and k hashed apart.
       const Tensor& A = w.at(b + "attn.ksh.A");
@@ -259,10 +212,10 @@ Graph build_vit(const VitConfig& c, const WeightStore& w) {
     } else {
       h = g.attention(h, c.heads, scale, b + "attn");
     }
-    x = vit_linear(g, weights, c, b + "attn.proj", h, C, C, false, x);
+    x = converted_linear(g, weights, c.layer_kinds, b + "attn.proj", h, C, C, false, x);
     h = g.layernorm(x, W(b + "norm2.weight", {C}), W(b + "norm2.bias", {C}), c.eps, b + "norm2");
-    h = vit_linear(g, weights, c, b + "mlp.fc1", h, C, F, true);
-    x = vit_linear(g, weights, c, b + "mlp.fc2", h, F, C, false, x);
+    h = converted_linear(g, weights, c.layer_kinds, b + "mlp.fc1", h, C, F, true);
+    x = converted_linear(g, weights, c.layer_kinds, b + "mlp.fc2", h, F, C, false, x);
   }
   // Only the prefix tokens reach the head, and LayerNorm is per token: normalise just those.
   x = g.take_tokens(x, 0, c.prefix_tokens, "prefix_tokens");

@@ -10,14 +10,9 @@
 #include "engine/graph.h"
 #include "loaders/image.h"
 #include "loaders/weight_store.h"
+#include "models/common/builder_support.h"
 
 namespace shiftadd {
-
-// How a converted layer is stored (shiftadd files' "layers" metadata, docs/format.md).
-struct LayerKind {
-  std::string kind;     // dense | shift | moe | softmax | ksh
-  std::string combine;  // moe: "log_exp" | "none"
-};
 
 struct VitConfig {
   int64_t image_size = 0, patch_size = 0, in_chans = 0;

@@ -163,6 +163,7 @@ class MoELinear(nn.Module):
         self.count = None        # tokens per expert, accumulated while `counting` is True
         self.counting = False
         self.forced = None       # optional override of the routing (LongTensor of expert ids)
+        self.alpha = None        # per-layer (dense, shift) latencies for balance_loss (None: the global)
 
     def forward(self, x):
         shape = x.shape
@@ -425,13 +426,13 @@ class ShiftAddViT(nn.Module):
 
     def balance_loss(self, alpha=(6.0, 4.0)):
         """Latency-aware load-balancing loss of spec section 4, summed over the MoE layers of the
-        last training forward: imp_e = alpha_e sum_x g_e(x), load_e = alpha_e sum_x P(e | x),
+        last training forward (a layer's own `alpha`, when set, replaces the argument): imp_e = alpha_e sum_x g_e(x), load_e = alpha_e sum_x P(e | x),
         L = CV^2(imp) + CV^2(load)."""
-        a = torch.tensor(alpha, dtype=torch.float32)
         total = None
         for _, m in self.moe_layers():
             if m.last_aux is None:
                 continue
+            a = torch.tensor(m.alpha if m.alpha is not None else alpha, dtype=torch.float32)
             g, p = m.last_aux
             imp = a * g.sum(0)
             load = a * p.sum(0)

@@ -11,6 +11,13 @@ that at load). Non-tensor entries are listed and skipped. The output is written 
 and an existing file is only replaced with --force.
 
 Loading a pickle runs code from the file: only export checkpoints you trust.
+
+Comparing with upstream's own forward: upstream keeps `is_trained` of its hash modules as a
+plain Python attribute, so a freshly built model re-fits `anchor`, `mvec` and `A` on its first
+forward (or crashes under no_grad); call `model.set_retrain_resume()` after loading the
+checkpoint, and take reference logits in fp32 with TF32 off (not under autocast). Checkpoints
+trained before upstream's Dec 2023 commit used a dynamic per-tensor activation quantizer that
+the engine does not implement (docs/shiftadd.md).
 """
 import argparse
 import os

@@ -5,7 +5,7 @@
 // - Weights are uploaded once per session (first reserve() of each node) and looked up by their
 //   host address; the fp16 math mode keeps an extra fp16 copy of the dense GEMM weights.
 // - Activations live in one device arena owned by this backend (Backend::device_arena); per-node
-//   scratch (im2col columns, KSH codes, MoE permutation and gathered rows, fp16 staging) is one
+//   scratch (im2col columns, KSH codes and sums, MoE routing and permutation, fp16 staging) is one
 //   device buffer sized at planning time for the worst case, so a run allocates nothing.
 // - One stream per backend (so per session); cuBLAS runs on it with a fixed workspace.
 // - CUDA graphs: the first forward of a batch size runs eagerly, the second is captured and
@@ -107,6 +107,19 @@ size_t scratch_bytes(const Graph& g, const Node& n, int64_t batch, CudaMath math
 class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(const CudaOptions& o) : opt_(o) {
+    try {
+      init();
+    } catch (...) {
+      release();  // the destructor does not run for a constructor that throws
+      throw;
+    }
+  }
+
+  ~CudaBackend() override { release(); }
+
+ private:
+  void init() {
+    const CudaOptions& o = opt_;
     check(cudaSetDevice(o.device), "cudaSetDevice");
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
     check(cublasCreate(&blas_), "cublasCreate");
@@ -118,20 +131,28 @@ class CudaBackend final : public Backend {
     check(cublasSetWorkspace(blas_, blas_ws_, kBlasWorkspace), "cublasSetWorkspace");
   }
 
-  ~CudaBackend() override {
-    cudaStreamSynchronize(stream_);
+  void release() noexcept {
+    if (stream_) cudaStreamSynchronize(stream_);
     drop_graphs();
     for (cudaEvent_t e : events_) cudaEventDestroy(e);
+    events_.clear();
     for (auto& [host, dev] : weights_) cudaFree(dev);
     for (auto& [host, dev] : weights16_) cudaFree(dev);
+    weights_.clear();
+    weights16_.clear();
     cudaFree(arena_);
     cudaFree(scratch_);
     cudaFree(blas_ws_);
+    arena_ = scratch_ = blas_ws_ = nullptr;
     if (counts_host_) cudaFreeHost(counts_host_);
-    cublasDestroy(blas_);
-    cudaStreamDestroy(stream_);
+    counts_host_ = nullptr;
+    if (blas_) cublasDestroy(blas_);
+    blas_ = nullptr;
+    if (stream_) cudaStreamDestroy(stream_);
+    stream_ = nullptr;
   }
 
+ public:
   const char* name() const override { return "cuda"; }
 
   bool supports_op(const Graph& g, const Node& n, std::string* why) const override {
@@ -168,8 +189,15 @@ class CudaBackend final : public Backend {
   }
 
   void run(const Graph& g, const Node& n, const NodeBuffers& b) override {
+    if (capturing_ && !capture_error_.empty()) return;  // the capture already failed: rerun eagerly
     try {
       dispatch(g, n, b);
+    } catch (const Error& e) {
+      if (!capturing_) throw;
+      // Something refused to be captured: end_forward reports it and the executor runs the
+      // nodes again eagerly (where a real error throws).
+      capture_error_ = std::string(n.name) + ": " + e.what();
+      cudaGetLastError();
     } catch (...) {
       abort_capture();
       throw;
@@ -208,6 +236,7 @@ class CudaBackend final : public Backend {
       return Forward::Eager;
     }
     capturing_ = true;
+    capture_error_.clear();
     return Forward::Capturing;
   }
 
@@ -217,16 +246,18 @@ class CudaBackend final : public Backend {
     GraphState& st = graphs_[batch];
     cudaGraph_t graph = nullptr;
     cudaError_t e = cudaStreamEndCapture(stream_, &graph);
-    if (e == cudaSuccess) e = cudaGraphInstantiate(&st.exec, graph, 0);
+    const bool node_failed = !capture_error_.empty();
+    if (e == cudaSuccess && !node_failed) e = cudaGraphInstantiate(&st.exec, graph, 0);
     if (graph) cudaGraphDestroy(graph);
-    if (e == cudaSuccess) e = cudaGraphLaunch(st.exec, stream_);
-    if (e != cudaSuccess) {
+    if (e == cudaSuccess && !node_failed) e = cudaGraphLaunch(st.exec, stream_);
+    if (e != cudaSuccess || node_failed) {
       cudaGetLastError();
       if (st.exec) cudaGraphExecDestroy(st.exec);
       st.exec = nullptr;
       st.failed = true;
       logger().warn("cuda: capturing the forward at batch {} failed ({}); running it eagerly", batch,
-                    cudaGetErrorString(e));
+                    node_failed ? capture_error_ : std::string(cudaGetErrorString(e)));
+      capture_error_.clear();
       return false;
     }
     logger().debug("cuda: captured the forward at batch {} as a CUDA graph", batch);
@@ -576,6 +607,7 @@ class CudaBackend final : public Backend {
   size_t counts_nodes_ = 0;
   std::map<int64_t, GraphState> graphs_;
   bool capturing_ = false;
+  std::string capture_error_;  // first error of a node while capturing
   std::vector<cudaEvent_t> events_;
   std::vector<size_t> marked_;
 };

@@ -8,30 +8,16 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <sys/wait.h>
 
 #include "shiftadd/shiftadd.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-  int code = -1;
-  std::string out;  // stdout and stderr together
-};
-
-Result shiftadd_cli(const std::string& args) {
-  const std::string cmd = std::string(SHIFTADD_CLI) + " " + args + " 2>&1";
-  Result r;
-  FILE* p = popen(cmd.c_str(), "r");
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+using Result = shiftadd::test::CliResult;
+Result shiftadd_cli(const std::string& args) { return shiftadd::test::run_cli(args); }
 
 const std::string kModel = fs::path(SHIFTADD_SOURCE_DIR) / "models/fashion_vit";
 const std::string kSamples = fs::path(SHIFTADD_SOURCE_DIR) / "models/fashion_vit/samples";

@@ -8,7 +8,6 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "engine/model_impl.h"
@@ -16,6 +15,7 @@
 #include "shiftadd/convert.h"
 #include "shiftadd/dataset.h"
 #include "shiftadd/shiftadd.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -52,20 +52,8 @@ std::string error_of(const shiftadd::convert::Options& o) {
   return "";
 }
 
-struct Cli {
-  int code = -1;
-  std::string out;
-};
-Cli cli(const std::string& args) {
-  Cli r;
-  FILE* p = popen((std::string(SHIFTADD_CLI) + " " + args + " 2>&1").c_str(), "r");
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+using Cli = shiftadd::test::CliResult;
+Cli cli(const std::string& args) { return shiftadd::test::run_cli(args); }
 
 // Logits of `model` on the first `n` calibration images.
 std::vector<float> logits_on_calib(const std::shared_ptr<const shiftadd::Model>& model, int64_t n) {

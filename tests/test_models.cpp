@@ -13,6 +13,7 @@
 
 #include "loaders/safetensors.h"
 #include "shiftadd/shiftadd.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -27,15 +28,7 @@ json manifest(const fs::path& dir) {
   return json::parse(in);
 }
 
-// max |a - b| / max |b|: the relative error used for every golden comparison.
-double rel_error(const std::vector<float>& a, const std::vector<float>& b) {
-  double diff = 0, ref = 0;
-  for (size_t i = 0; i < b.size(); ++i) {
-    diff = std::max(diff, std::abs(static_cast<double>(a[i]) - b[i]));
-    ref = std::max(ref, std::abs(static_cast<double>(b[i])));
-  }
-  return diff / std::max(ref, 1e-12);
-}
+using shiftadd::test::rel_error;
 
 class Golden : public ::testing::TestWithParam<std::string> {};
 

@@ -3,7 +3,8 @@
 // outputs (the HTML rendered in headless Chromium), and profiling that costs nothing when off.
 #include <gtest/gtest.h>
 
-#include <sys/wait.h>
+#include "test_util.h"
+
 
 #include <array>
 #include <cstdio>
@@ -46,23 +47,10 @@ class CleanTemp : public ::testing::Environment {
 };
 [[maybe_unused]] ::testing::Environment* const kCleanTemp = ::testing::AddGlobalTestEnvironment(new CleanTemp);
 
-struct Result {
-  int code = -1;
-  std::string out;
-};
+using Result = shiftadd::test::CliResult;
+Result sh(const std::string& cmd) { return shiftadd::test::run_shell(cmd); }
 
-Result sh(const std::string& cmd) {
-  Result r;
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
-Result cli(const std::string& args) { return sh(std::string(SHIFTADD_CLI) + " " + args); }
+Result cli(const std::string& args) { return shiftadd::test::run_cli(args); }
 
 std::string read_file(const fs::path& p) {
   std::ifstream in(p);

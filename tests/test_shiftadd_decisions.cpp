@@ -16,6 +16,7 @@
 #include "engine/executor.h"
 #include "engine/model_impl.h"
 #include "shiftadd/shiftadd.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -42,14 +43,7 @@ std::vector<std::string> shiftadd_cases() {
   return dirs;
 }
 
-double rel_error(const std::vector<float>& a, const std::vector<float>& b) {
-  double diff = 0, ref = 0;
-  for (size_t i = 0; i < b.size(); ++i) {
-    diff = std::max(diff, std::abs(static_cast<double>(a[i]) - b[i]));
-    ref = std::max(ref, std::abs(static_cast<double>(b[i])));
-  }
-  return diff / std::max(ref, 1e-12);
-}
+using shiftadd::test::rel_error;
 
 struct Case {
   fs::path dir;

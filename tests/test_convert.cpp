@@ -89,7 +89,9 @@ TEST(Convert, RoundTripEveryLayerKind) {
   for (const auto& l : rep.layers) {
     EXPECT_TRUE(std::isfinite(l.rel_error)) << l.name;
     EXPECT_GE(l.rel_error, 0) << l.name;
-    if (l.kind == "moe") EXPECT_NEAR(l.shift_share, 0.7, 0.03) << l.name;
+    if (l.kind == "moe") {
+      EXPECT_NEAR(l.shift_share, 0.7, 0.03) << l.name;
+    }
   }
   EXPECT_EQ(rep.calib_images, 48);
 

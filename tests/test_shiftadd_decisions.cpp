@@ -138,8 +138,9 @@ TEST_P(Decisions, HashBitsAndExpertChoicesMatchTheReference) {
     }
     EXPECT_EQ(bits, static_cast<int64_t>(c.preact.data.size()));
     EXPECT_EQ(choices, static_cast<int64_t>(c.experts.data.size()));
-    if (c.meta.value("hash_eps", 0.0) >= kBoundary)
+    if (c.meta.value("hash_eps", 0.0) >= kBoundary) {
       EXPECT_EQ(near, 0) << "the generator kept only inputs with no pre-activation near 0";
+    }
     std::printf("  %s %s: %lld hash bits (%lld within %g of 0, not compared), %lld expert choices\n",
                 fs::path(c.dir).filename().string().c_str(), backend->name(), (long long)bits,
                 (long long)near, kBoundary, (long long)choices);  // (or the case's fp32 band)

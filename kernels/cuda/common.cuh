@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/cuda_kernels.h"
+
 namespace shiftadd::kernels::cuda {
 
 constexpr int kThreads = 256;
@@ -36,5 +38,30 @@ __device__ __forceinline__ float log_exp_combine(float y) { return logf(expf(y) 
 // Grid-stride loop over [0, n).
 #define SHIFTADD_GRID_LOOP(i, n) \
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < (n); i += int64_t{gridDim.x} * blockDim.x)
+
+// Rows of a RowMap-tiled kernel: the tile of `tile` rows starting at m0 covers positions
+// [lo, hi) of the map; src_row[r] receives the input/output row of tile row r (perm[m], or m) and
+// -1 outside. Returns false (for the whole block: lo, hi and m0 are block-uniform) when the tile
+// has no row to compute; otherwise all threads of the block have synchronised.
+__device__ __forceinline__ bool map_tile_rows(const RowMap& rows, int64_t M, int64_t m0, int tile,
+                                              int64_t* src_row) {
+  const int64_t lo = rows.lo ? static_cast<int64_t>(*rows.lo) : 0;
+  const int64_t hi = rows.hi ? min(M, static_cast<int64_t>(*rows.hi)) : M;
+  if (m0 >= hi || m0 + tile <= lo) return false;
+  for (int r = threadIdx.x; r < tile; r += blockDim.x) {
+    const int64_t m = m0 + r;
+    src_row[r] = (m >= lo && m < hi) ? (rows.perm ? static_cast<int64_t>(rows.perm[m]) : m) : -1;
+  }
+  __syncthreads();
+  return true;
+}
+
+// The per-output epilogue of the MoE experts and shift layers: scale, then (MoE) the log-exp
+// combine, then GELU.
+__device__ __forceinline__ float row_epilogue(float y, int64_t n, const RowMap& rows) {
+  if (rows.scale) y *= rows.scale[n];
+  if (rows.combine) y = log_exp_combine(y);
+  return rows.gelu ? gelu_erf(y) : y;
+}
 
 }  // namespace shiftadd::kernels::cuda

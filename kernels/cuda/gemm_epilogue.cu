@@ -32,18 +32,11 @@ __global__ void __launch_bounds__(256) gemm_rows_kernel(int64_t M, int64_t N, in
                                                         int64_t lda, const float* B, int64_t ldb, bool b_is_nk,
                                                         float* C, int64_t ldc, float alpha, const float* bias,
                                                         RowMap rows) {
-  const int64_t lo = rows.lo ? static_cast<int64_t>(*rows.lo) : 0;
-  const int64_t hi = rows.hi ? min(M, static_cast<int64_t>(*rows.hi)) : M;
   const int64_t m0 = int64_t{blockIdx.y} * TM, n0 = int64_t{blockIdx.x} * TN;
-  if (m0 >= hi || m0 + TM <= lo) return;
   __shared__ float As[TK][TM + 1];
   __shared__ float Bs[TK][TN + 1];
   __shared__ int64_t src_row[TM];
-  for (int r = threadIdx.x; r < TM; r += 256) {
-    const int64_t m = m0 + r;
-    src_row[r] = (m >= lo && m < hi) ? (rows.perm ? static_cast<int64_t>(rows.perm[m]) : m) : -1;
-  }
-  __syncthreads();
+  if (!map_tile_rows(rows, M, m0, TM, src_row)) return;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   float acc[4][4] = {};
   for (int64_t k0 = 0; k0 < K; k0 += TK) {
@@ -79,10 +72,7 @@ __global__ void __launch_bounds__(256) gemm_rows_kernel(int64_t M, int64_t N, in
       if (n >= N) continue;
       float c = alpha * acc[i][j];
       if (bias) c += bias[n];
-      if (rows.scale) c *= rows.scale[n];
-      if (rows.combine) c = log_exp_combine(c);
-      if (rows.gelu) c = gelu_erf(c);
-      C[drow * ldc + n] = c;
+      C[drow * ldc + n] = row_epilogue(c, n, rows);
     }
   }
 }

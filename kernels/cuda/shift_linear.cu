@@ -18,13 +18,6 @@ namespace {
 
 constexpr int TM = 64, TN = 64, TK = 32;
 
-// The ops' shift epilogue: per-output scale, then (MoE) the log-exp combine, then GELU.
-__device__ __forceinline__ float epilogue(float y, int64_t n, const RowMap& rows) {
-  if (rows.scale) y *= rows.scale[n];
-  if (rows.combine) y = log_exp_combine(y);
-  return rows.gelu ? gelu_erf(y) : y;
-}
-
 // Exact mode: the weight g * 2^(14 + s) and the Q16.16 activation X are exact in fp64, so is
 // their product (|X| <= 2^31, |product| <= 2^45), and a sum of 32 such products stays below
 // 2^50: the fp64 FMA chain over one 32-wide K slice is exact integer arithmetic. Each slice's
@@ -33,16 +26,9 @@ __device__ __forceinline__ float epilogue(float y, int64_t n, const RowMap& rows
 // power-of-two scaling (one DFMA per term instead of ~8 integer ops for an int64 shift,
 // conditional negate and add).
 __global__ void __launch_bounds__(256) shift_exact_kernel(ShiftLinearArgs a, RowMap rows) {
-  const int64_t lo = rows.lo ? static_cast<int64_t>(*rows.lo) : 0;
-  const int64_t hi = rows.hi ? min(a.M, static_cast<int64_t>(*rows.hi)) : a.M;
   const int64_t m0 = int64_t{blockIdx.y} * TM, n0 = int64_t{blockIdx.x} * TN;
-  if (m0 >= hi || m0 + TM <= lo) return;
   __shared__ int64_t src_row[TM];  // input and output row of tile row r, -1 outside [lo, hi)
-  for (int r = threadIdx.x; r < TM; r += 256) {
-    const int64_t m = m0 + r;
-    src_row[r] = (m >= lo && m < hi) ? (rows.perm ? static_cast<int64_t>(rows.perm[m]) : m) : -1;
-  }
-  __syncthreads();
+  if (!map_tile_rows(rows, a.M, m0, TM, src_row)) return;
   __shared__ double Xs[TK][TM + 1];
   __shared__ double Ws[TK][TN + 1];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
@@ -85,23 +71,16 @@ __global__ void __launch_bounds__(256) shift_exact_kernel(ShiftLinearArgs a, Row
       if (n >= a.N) continue;
       const int64_t B = a.bias ? quantize_q16(a.bias[n]) : 0;
       const float y = static_cast<float>(acc[i][j] + B * (int64_t{1} << 14)) * 0x1p-30f;
-      a.y[drow * a.ldy + n] = epilogue(y, n, rows);
+      a.y[drow * a.ldy + n] = row_epilogue(y, n, rows);
     }
   }
 }
 
 // Fast mode: ref's fast semantics in int32 lanes, shift-and-add only.
 __global__ void __launch_bounds__(256) shift_fast_kernel(ShiftLinearArgs a, RowMap rows) {
-  const int64_t lo = rows.lo ? static_cast<int64_t>(*rows.lo) : 0;
-  const int64_t hi = rows.hi ? min(a.M, static_cast<int64_t>(*rows.hi)) : a.M;
   const int64_t m0 = int64_t{blockIdx.y} * TM, n0 = int64_t{blockIdx.x} * TN;
-  if (m0 >= hi || m0 + TM <= lo) return;
   __shared__ int64_t src_row[TM];  // input and output row of tile row r, -1 outside [lo, hi)
-  for (int r = threadIdx.x; r < TM; r += 256) {
-    const int64_t m = m0 + r;
-    src_row[r] = (m >= lo && m < hi) ? (rows.perm ? static_cast<int64_t>(rows.perm[m]) : m) : -1;
-  }
-  __syncthreads();
+  if (!map_tile_rows(rows, a.M, m0, TM, src_row)) return;
   __shared__ int32_t Xs[TK][TM + 1];
   __shared__ uint8_t Ws[TK][TN + 4];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
@@ -154,7 +133,7 @@ __global__ void __launch_bounds__(256) shift_fast_kernel(ShiftLinearArgs a, RowM
       if (n >= a.N) continue;
       const int64_t B = a.bias ? quantize_q16(a.bias[n]) : 0;
       const float y = static_cast<float>(acc[i][j] + B) * 0x1p-16f;
-      a.y[drow * a.ldy + n] = epilogue(y, n, rows);
+      a.y[drow * a.ldy + n] = row_epilogue(y, n, rows);
     }
   }
 }

@@ -132,6 +132,7 @@ class CudaBackend final : public Backend {
   }
 
   void release() noexcept {
+    cudaSetDevice(opt_.device);  // the session may be destroyed on another thread
     if (stream_) cudaStreamSynchronize(stream_);
     drop_graphs();
     for (cudaEvent_t e : events_) cudaEventDestroy(e);
@@ -140,14 +141,15 @@ class CudaBackend final : public Backend {
     for (auto& [host, dev] : weights16_) cudaFree(dev);
     weights_.clear();
     weights16_.clear();
+    weight_bytes_.clear();
+    if (blas_) cublasDestroy(blas_);  // before its workspace is freed
+    blas_ = nullptr;
     cudaFree(arena_);
     cudaFree(scratch_);
     cudaFree(blas_ws_);
     arena_ = scratch_ = blas_ws_ = nullptr;
     if (counts_host_) cudaFreeHost(counts_host_);
     counts_host_ = nullptr;
-    if (blas_) cublasDestroy(blas_);
-    blas_ = nullptr;
     if (stream_) cudaStreamDestroy(stream_);
     stream_ = nullptr;
   }
@@ -329,11 +331,22 @@ class CudaBackend final : public Backend {
   void upload_weights(const Node& n) {
     for (size_t i = 0; i < n.weights.size(); ++i) {
       const Tensor& t = n.weights[i];
-      if (!t.defined() || t.numel() == 0 || weights_.count(t.raw())) continue;
+      if (!t.defined() || t.numel() == 0) continue;
+      if (const auto it = weight_bytes_.find(t.raw()); it != weight_bytes_.end()) {
+        // Weights are found by host address: a larger tensor at the same address (a view
+        // extending another) would read past the uploaded copy.
+        if (it->second < t.nbytes())
+          throw Error("cuda: node '" + n.name + "': two weights of different sizes share one host address");
+        continue;
+      }
       void* d = nullptr;
       check(cudaMalloc(&d, t.nbytes()), "cudaMalloc (weights)");
-      check(cudaMemcpy(d, t.raw(), t.nbytes(), cudaMemcpyHostToDevice), "upload weights");
+      // On the session's stream (non-blocking, so not ordered with the legacy default stream a
+      // plain cudaMemcpy would use), then waited for: uploads happen once, at planning time.
+      check(cudaMemcpyAsync(d, t.raw(), t.nbytes(), cudaMemcpyHostToDevice, stream_), "upload weights");
+      check(cudaStreamSynchronize(stream_), "upload weights");
       weights_[t.raw()] = d;
+      weight_bytes_[t.raw()] = t.nbytes();
     }
     // fp16 copies of the cuBLAS GEMM weights (Linear and Conv2d weight 0).
     if (opt_.math == CudaMath::F16 && (n.op == OpKind::Linear || n.op == OpKind::Conv2d)) {
@@ -599,6 +612,7 @@ class CudaBackend final : public Backend {
   cublasHandle_t blas_ = nullptr;
   void* blas_ws_ = nullptr;
   std::unordered_map<const void*, void*> weights_, weights16_;
+  std::unordered_map<const void*, size_t> weight_bytes_;  // uploaded size per host address
   void* arena_ = nullptr;
   size_t arena_bytes_ = 0;
   void* scratch_ = nullptr;

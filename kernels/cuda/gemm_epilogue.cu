@@ -32,7 +32,7 @@ __global__ void __launch_bounds__(256) gemm_rows_kernel(int64_t M, int64_t N, in
                                                         int64_t lda, const float* B, int64_t ldb, bool b_is_nk,
                                                         float* C, int64_t ldc, float alpha, const float* bias,
                                                         RowMap rows) {
-  const int64_t m0 = int64_t{blockIdx.y} * TM, n0 = int64_t{blockIdx.x} * TN;
+  const int64_t m0 = int64_t{blockIdx.x} * TM, n0 = int64_t{blockIdx.y} * TN;
   __shared__ float As[TK][TM + 1];
   __shared__ float Bs[TK][TN + 1];
   __shared__ int64_t src_row[TM];
@@ -94,7 +94,8 @@ void to_half(int64_t n, const float* x, void* y, cudaStream_t stream) {
 
 void gemm_rows(const GemmArgs& a, const RowMap& rows, cudaStream_t stream) {
   if (a.M <= 0 || a.N <= 0) return;
-  const dim3 grid(static_cast<unsigned>((a.N + TN - 1) / TN), static_cast<unsigned>((a.M + TM - 1) / TM));
+  // Row tiles on x (up to 2^31 - 1 blocks), the few column tiles on y (65535 at most).
+  const dim3 grid(static_cast<unsigned>((a.M + TM - 1) / TM), static_cast<unsigned>((a.N + TN - 1) / TN));
   gemm_rows_kernel<<<grid, 256, 0, stream>>>(a.M, a.N, a.K, a.A, a.lda, a.B, a.ldb, a.b_is_nk, a.C, a.ldc, a.alpha,
                                              a.epi.bias, rows);
 }

@@ -126,12 +126,12 @@ __global__ void __launch_bounds__(kAddThreads) additive_kv_kernel(AdditiveAttent
 // Z = 0.5 v + Y / pi, Z /= ||Z||, plus the 9-tap conv of v along the tokens.
 __global__ void __launch_bounds__(kAddThreads) additive_out_kernel(AdditiveAttentionArgs a, const float* kv_in) {
   extern __shared__ float KV[];  // [nbits][d]
-  const int64_t bh = blockIdx.y, b = bh / a.H, h = bh - b * a.H;
+  const int64_t bh = blockIdx.x, b = bh / a.H, h = bh - b * a.H;
   const int d = static_cast<int>(a.d), nb = static_cast<int>(a.nbits);
   for (int i = threadIdx.x; i < nb * d; i += blockDim.x) KV[i] = kv_in[bh * nb * d + i];
   __syncthreads();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t n = int64_t{blockIdx.x} * (kAddThreads / 32) + warp;
+  const int64_t n = int64_t{blockIdx.y} * (kAddThreads / 32) + warp;
   if (n >= a.N) return;
   const float* v = a.v + b * a.v_bstride + h * a.d;
   const float* taps = a.taps + h * 9;
@@ -199,8 +199,9 @@ void additive_attention(const AdditiveAttentionArgs& a, float* kv_scratch, cudaS
   int S = static_cast<int>(kAddThreads / a.d);
   while (S > 1 && S * per_slice > 48 * 1024) --S;
   additive_kv_kernel<<<static_cast<unsigned>(a.B * a.H), kAddThreads, S * per_slice, stream>>>(a, S, kv_scratch);
-  const dim3 grid(static_cast<unsigned>((a.N + kAddThreads / 32 - 1) / (kAddThreads / 32)),
-                  static_cast<unsigned>(a.B * a.H));
+  // Images x heads on x (no 65535 limit there), token blocks on y.
+  const dim3 grid(static_cast<unsigned>(a.B * a.H),
+                  static_cast<unsigned>((a.N + kAddThreads / 32 - 1) / (kAddThreads / 32)));
   additive_out_kernel<<<grid, kAddThreads, per_slice, stream>>>(a, kv_scratch);
 }
 

@@ -26,7 +26,7 @@ constexpr int TM = 64, TN = 64, TK = 32;
 // power-of-two scaling (one DFMA per term instead of ~8 integer ops for an int64 shift,
 // conditional negate and add).
 __global__ void __launch_bounds__(256) shift_exact_kernel(ShiftLinearArgs a, RowMap rows) {
-  const int64_t m0 = int64_t{blockIdx.y} * TM, n0 = int64_t{blockIdx.x} * TN;
+  const int64_t m0 = int64_t{blockIdx.x} * TM, n0 = int64_t{blockIdx.y} * TN;
   __shared__ int64_t src_row[TM];  // input and output row of tile row r, -1 outside [lo, hi)
   if (!map_tile_rows(rows, a.M, m0, TM, src_row)) return;
   __shared__ double Xs[TK][TM + 1];
@@ -78,7 +78,7 @@ __global__ void __launch_bounds__(256) shift_exact_kernel(ShiftLinearArgs a, Row
 
 // Fast mode: ref's fast semantics in int32 lanes, shift-and-add only.
 __global__ void __launch_bounds__(256) shift_fast_kernel(ShiftLinearArgs a, RowMap rows) {
-  const int64_t m0 = int64_t{blockIdx.y} * TM, n0 = int64_t{blockIdx.x} * TN;
+  const int64_t m0 = int64_t{blockIdx.x} * TM, n0 = int64_t{blockIdx.y} * TN;
   __shared__ int64_t src_row[TM];  // input and output row of tile row r, -1 outside [lo, hi)
   if (!map_tile_rows(rows, a.M, m0, TM, src_row)) return;
   __shared__ int32_t Xs[TK][TM + 1];
@@ -142,7 +142,8 @@ __global__ void __launch_bounds__(256) shift_fast_kernel(ShiftLinearArgs a, RowM
 
 void shift_linear(const ShiftLinearArgs& a, const RowMap& rows, cudaStream_t stream) {
   if (a.M <= 0 || a.N <= 0) return;
-  const dim3 grid(static_cast<unsigned>((a.N + TN - 1) / TN), static_cast<unsigned>((a.M + TM - 1) / TM));
+  // Row tiles on x (up to 2^31 - 1 blocks), the few column tiles on y (65535 at most).
+  const dim3 grid(static_cast<unsigned>((a.M + TM - 1) / TM), static_cast<unsigned>((a.N + TN - 1) / TN));
   if (a.mode == ShiftMode::Exact)
     shift_exact_kernel<<<grid, 256, 0, stream>>>(a, rows);
   else

@@ -30,6 +30,31 @@ cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d 
 driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1)
 echo "== device-check on $gpu (sm_$cc, driver $driver)"
 
+# The lent GPU machines have CUDA, CMake and PyTorch but not the Debian -dev packages the build
+# needs, and no network: scripts/fetch-device-deps.sh downloads them into .deps/ beforehand
+# (carry it with the call); unpack them into a private prefix when the system lacks them.
+if [ ! -f /usr/include/spdlog/spdlog.h ] && compgen -G ".deps/*.deb" >/dev/null; then
+  deps=/tmp/shiftadd-deps
+  mkdir -p "$deps"
+  for f in .deps/*.deb; do dpkg -x "$f" "$deps"; done
+  # Absolute symlinks (e.g. libz.so -> /lib/.../libz.so.1.2.13) point into the prefix instead.
+  find "$deps" -type l | while read -r l; do
+    t=$(readlink "$l")
+    case "$t" in /*) if [ -e "$deps$t" ]; then ln -sf "$deps$t" "$l"; fi ;; esac
+  done
+  arch_lib="$deps/usr/lib/x86_64-linux-gnu:$deps/lib/x86_64-linux-gnu"
+  export CMAKE_PREFIX_PATH="$deps/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}"
+  export CPATH="$deps/usr/include${CPATH:+:$CPATH}"
+  export LIBRARY_PATH="$arch_lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
+  export LD_LIBRARY_PATH="$arch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export PATH="$deps/usr/bin:$PATH"
+  echo "== build dependencies from .deps/ unpacked into $deps"
+elif [ ! -f /usr/include/spdlog/spdlog.h ]; then
+  echo "device-check: the build dependencies are missing (no spdlog headers) and .deps/ is empty:" >&2
+  echo "  run scripts/fetch-device-deps.sh where apt works and carry .deps with this call" >&2
+  exit 1
+fi
+
 gen=()
 command -v ninja >/dev/null 2>&1 && gen=(-G Ninja)
 cmake -S . -B "$B" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DSHIFTADD_CUDA=ON \

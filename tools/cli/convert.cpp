@@ -1,4 +1,4 @@
-// shiftadd convert INPUT OUTPUT : dense ViT / DeiT -> ShiftAddViT model file (docs/converter.md).
+// shiftadd convert INPUT OUTPUT : dense ViT / DeiT / PVTv2 -> ShiftAddViT model file (docs/converter.md).
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -19,7 +19,7 @@ void register_convert(CLI::App& app) {
   auto o = std::make_shared<Opts>();
   CLI::App* sub = app.add_subcommand(
       "convert",
-      "Convert a dense ViT/DeiT (timm, Hugging Face, ONNX) to a ShiftAddViT model file: shift or MoE "
+      "Convert a dense ViT/DeiT (timm, Hugging Face, ONNX) or PVTv2 to a ShiftAddViT model file: shift or MoE "
       "linear layers, Hamming-space (KSH) attention, calibrated on images; prints a per-layer error report");
   sub->add_option("input", o->c.input, "Dense model (file or directory)")->required();
   sub->add_option("output", o->c.output, "Converted model (.safetensors; refused if it exists, unless --force)")

@@ -237,9 +237,26 @@ int64_t out_numel(const Graph& g, const Node& n, int64_t batch) {
   return batch * shape_numel(g.sample_shape(n.output));
 }
 
-class CpuBackend final : public Backend {
+// What the CPU and reference backends share: the ShiftAddViT per-run state (planned buffers,
+// tokens per expert, an optional decision probe) and the queries on it.
+class HostBackend : public Backend {
  public:
-  CpuBackend(int threads, ShiftMode mode) : pool_(threads) { work_.mode = mode; }
+  std::array<int64_t, 2> expert_tokens(size_t node) const override {
+    return node < work_.expert_tokens.size() ? work_.expert_tokens[node] : std::array<int64_t, 2>{0, 0};
+  }
+  bool set_decision_probe(DecisionProbe* probe) override {
+    work_.probe = probe;
+    return true;
+  }
+
+ protected:
+  explicit HostBackend(ShiftMode mode) { work_.mode = mode; }
+  ShiftWork work_;
+};
+
+class CpuBackend final : public HostBackend {
+ public:
+  CpuBackend(int threads, ShiftMode mode) : HostBackend(mode), pool_(threads) {}
   const char* name() const override { return "cpu"; }
 
   bool supports_op(const Graph&, const Node& n, std::string* why) const override {
@@ -275,13 +292,6 @@ class CpuBackend final : public Backend {
     reserve_work(work_, g, n, batch);
   }
 
-  std::array<int64_t, 2> expert_tokens(size_t node) const override {
-    return node < work_.expert_tokens.size() ? work_.expert_tokens[node] : std::array<int64_t, 2>{0, 0};
-  }
-  bool set_decision_probe(DecisionProbe* probe) override {
-    work_.probe = probe;
-    return true;
-  }
 
   void run(const Graph& g, const Node& n, const NodeBuffers& b) override {
     switch (n.op) {
@@ -320,25 +330,17 @@ class CpuBackend final : public Backend {
 
  private:
   ThreadPool pool_;
-  ShiftWork work_;
 };
 
-class RefBackend final : public Backend {
+class RefBackend final : public HostBackend {
  public:
-  explicit RefBackend(ShiftMode mode) { work_.mode = mode; }
+  explicit RefBackend(ShiftMode mode) : HostBackend(mode) {}
   const char* name() const override { return "ref"; }
   bool supports_op(const Graph&, const Node& n, std::string* why) const override {
     return n.op < OpKind::Count;
   }
   void reserve(const Graph& g, const Node& n, int64_t batch) override {
     reserve_work(work_, g, n, batch);
-  }
-  std::array<int64_t, 2> expert_tokens(size_t node) const override {
-    return node < work_.expert_tokens.size() ? work_.expert_tokens[node] : std::array<int64_t, 2>{0, 0};
-  }
-  bool set_decision_probe(DecisionProbe* probe) override {
-    work_.probe = probe;
-    return true;
   }
   void run(const Graph& g, const Node& n, const NodeBuffers& b) override {
     switch (n.op) {
@@ -373,8 +375,6 @@ class RefBackend final : public Backend {
     }
   }
 
- private:
-  ShiftWork work_;
 };
 
 }  // namespace

@@ -250,13 +250,17 @@ std::vector<LayerProfile> count_ops(const Model& model, int64_t batch,
   std::map<std::string, std::array<int64_t, 2>> routed;
   for (const ExpertLoad& l : expert_tokens) routed[l.layer] = {l.tokens[0], l.tokens[1]};
   std::vector<LayerProfile> out;
+  // ModelInfo::layers describes the same nodes in the same order (Input excluded).
+  const std::vector<LayerInfo>& layers = model.info().layers;
+  size_t li = 0;
   for (const Node& n : g.nodes()) {
     if (n.op == OpKind::Input) continue;
+    const LayerInfo& info = layers.at(li++);
     LayerProfile l;
-    l.name = n.name;
-    l.op = op_traits(n.op).name;
-    l.kind = op_traits(n.op).kind;
-    l.out_shape = g.sample_shape(n.output);
+    l.name = info.name;
+    l.op = info.op;
+    l.kind = info.kind;
+    l.out_shape = info.out_shape;
     std::array<int64_t, 2> t{0, 0};
     if (n.op == OpKind::MoeLinear) {
       l.moe = true;

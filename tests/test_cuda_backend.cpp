@@ -6,7 +6,8 @@
 // input, copies, forward capture and the eager re-run after a failed capture) through a fake
 // device backend over host memory, and the Session error without a GPU.
 //
-// Device side (skipped, visibly, without a GPU): every op through the CUDA backend against the
+// Device side (on a GPU, or on cudasim in the SHIFTADD_CUDA_SIM build that CI runs; skipped,
+// visibly, otherwise): every op through the CUDA backend against the
 // ref backend on random data (never zeros) over several shapes and batch sizes, the device
 // arena and scratch poisoned with NaN by the backend at allocation; CUDA-graph replay with
 // changing MoE routing; the fp16 / TF32 modes; and whole models (the golden fixtures), with
@@ -402,6 +403,12 @@ bool have_gpu(std::string* why) {
 
 TEST(CudaHost, SessionOnCudaWithoutGpuIsAClearError) {
   std::string why;
+#ifdef SHIFTADD_CUDA_SIM
+  setenv("CUDASIM_DEVICES", "0", 1);  // the simulator reports no device
+  struct Restore {
+    ~Restore() { unsetenv("CUDASIM_DEVICES"); }
+  } restore;
+#endif
   if (have_gpu(&why)) GTEST_SKIP() << "a GPU is present: the no-GPU error path cannot be exercised";
   const auto model = Model::load(default_model_path());
   SessionOptions o;

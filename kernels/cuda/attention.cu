@@ -18,7 +18,7 @@ constexpr int kWarps = 8, kTile = 32;
 
 template <int DPL>  // output channels per lane: d <= 32 * DPL
 __global__ void __launch_bounds__(kWarps * 32) attention_kernel(AttentionArgs a) {
-  extern __shared__ float smem[];
+  SHIFTADD_DYNAMIC_SHARED(float, smem);
   const int d = static_cast<int>(a.d);
   float* Ks = smem;                    // [kTile][d + 1]
   float* Vs = Ks + kTile * (d + 1);    // [kTile][d]
@@ -87,11 +87,11 @@ void attention(const AttentionArgs& a, cudaStream_t stream) {
                   static_cast<unsigned>(a.B));
   const size_t smem = sizeof(float) * (kTile * (a.d + 1) + kTile * a.d + kWarps * a.d);
   if (a.d <= 32)
-    attention_kernel<1><<<grid, kWarps * 32, smem, stream>>>(a);
+    SHIFTADD_LAUNCH(attention_kernel<1>, grid, kWarps * 32, smem, stream)(a);
   else if (a.d <= 64)
-    attention_kernel<2><<<grid, kWarps * 32, smem, stream>>>(a);
+    SHIFTADD_LAUNCH(attention_kernel<2>, grid, kWarps * 32, smem, stream)(a);
   else
-    attention_kernel<4><<<grid, kWarps * 32, smem, stream>>>(a);
+    SHIFTADD_LAUNCH(attention_kernel<4>, grid, kWarps * 32, smem, stream)(a);
 }
 
 }  // namespace shiftadd::kernels::cuda

@@ -51,13 +51,13 @@ __global__ void dwconv3x3_kernel(DwConv3x3Args a) {
 void im2col(const Conv2dArgs& a, float* col, cudaStream_t stream) {
   const int64_t OH = a.OH(), OW = a.OW(), n = a.B * OH * OW * a.Cin * a.kh * a.kw;
   if (n <= 0) return;
-  im2col_kernel<<<blocks_for(n), kThreads, 0, stream>>>(a, OH, OW, col);
+  SHIFTADD_LAUNCH(im2col_kernel, blocks_for(n), kThreads, 0, stream)(a, OH, OW, col);
 }
 
 void dwconv3x3(const DwConv3x3Args& a, cudaStream_t stream) {
   const int64_t n = a.B * a.H * a.W * a.C;
   if (n <= 0) return;
-  dwconv3x3_kernel<<<blocks_for(n), kThreads, 0, stream>>>(a);
+  SHIFTADD_LAUNCH(dwconv3x3_kernel, blocks_for(n), kThreads, 0, stream)(a);
 }
 
 }  // namespace shiftadd::kernels::cuda

@@ -83,21 +83,21 @@ void epilogue(int64_t M, int64_t N, const float* G, int64_t ldg, float* C, int64
               cudaStream_t stream) {
   if (M <= 0 || N <= 0) return;
   if (!e.bias && !e.gelu && !e.residual && G == C && ldg == ldc) return;
-  epilogue_kernel<<<blocks_for(M * N), kThreads, 0, stream>>>(M, N, G, ldg, C, ldc, e.bias, e.gelu,
-                                                               e.residual, e.ldr);
+  SHIFTADD_LAUNCH(epilogue_kernel, blocks_for(M * N), kThreads, 0, stream)(M, N, G, ldg, C, ldc, e.bias, e.gelu,
+                                                                           e.residual, e.ldr);
 }
 
 void to_half(int64_t n, const float* x, void* y, cudaStream_t stream) {
   if (n <= 0) return;
-  to_half_kernel<<<blocks_for(n), kThreads, 0, stream>>>(n, x, static_cast<__half*>(y));
+  SHIFTADD_LAUNCH(to_half_kernel, blocks_for(n), kThreads, 0, stream)(n, x, static_cast<__half*>(y));
 }
 
 void gemm_rows(const GemmArgs& a, const RowMap& rows, cudaStream_t stream) {
   if (a.M <= 0 || a.N <= 0) return;
   // Row tiles on x (up to 2^31 - 1 blocks), the few column tiles on y (65535 at most).
   const dim3 grid(static_cast<unsigned>((a.M + TM - 1) / TM), static_cast<unsigned>((a.N + TN - 1) / TN));
-  gemm_rows_kernel<<<grid, 256, 0, stream>>>(a.M, a.N, a.K, a.A, a.lda, a.B, a.ldb, a.b_is_nk, a.C, a.ldc, a.alpha,
-                                             a.epi.bias, rows);
+  SHIFTADD_LAUNCH(gemm_rows_kernel, grid, 256, 0, stream)(a.M, a.N, a.K, a.A, a.lda, a.B, a.ldb, a.b_is_nk, a.C, a.ldc,
+                                                          a.alpha, a.epi.bias, rows);
 }
 
 }  // namespace shiftadd::kernels::cuda

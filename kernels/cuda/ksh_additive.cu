@@ -90,7 +90,7 @@ constexpr int kMaxLanes = 4;  // d <= 128
 // their own shared-memory copy (thread (slice, c) owns column c: no races, no atomics), the
 // slices are summed and KV [nbits, d] is written to `kv` (global scratch [B, H, nbits, d]).
 __global__ void __launch_bounds__(kAddThreads) additive_kv_kernel(AdditiveAttentionArgs a, int S, float* kv_out) {
-  extern __shared__ float KV[];  // [S][nbits][d]
+  SHIFTADD_DYNAMIC_SHARED(float, KV);  // [S][nbits][d]
   const int64_t bh = blockIdx.x, b = bh / a.H, h = bh - b * a.H;
   const int d = static_cast<int>(a.d), nb = static_cast<int>(a.nbits);
   const float* v = a.v + b * a.v_bstride + h * a.d;
@@ -125,7 +125,7 @@ __global__ void __launch_bounds__(kAddThreads) additive_kv_kernel(AdditiveAttent
 // (query) code,
 // Z = 0.5 v + Y / pi, Z /= ||Z||, plus the 9-tap conv of v along the tokens.
 __global__ void __launch_bounds__(kAddThreads) additive_out_kernel(AdditiveAttentionArgs a, const float* kv_in) {
-  extern __shared__ float KV[];  // [nbits][d]
+  SHIFTADD_DYNAMIC_SHARED(float, KV);  // [nbits][d]
   const int64_t bh = blockIdx.x, b = bh / a.H, h = bh - b * a.H;
   const int d = static_cast<int>(a.d), nb = static_cast<int>(a.nbits);
   for (int i = threadIdx.x; i < nb * d; i += blockDim.x) KV[i] = kv_in[bh * nb * d + i];
@@ -175,7 +175,7 @@ __global__ void __launch_bounds__(kAddThreads) additive_out_kernel(AdditiveAtten
 void l2norm_heads(int64_t rows, int64_t H, int64_t d, const float* x, int64_t ldx, float* y, int64_t ldy,
                   cudaStream_t stream) {
   if (rows * H <= 0) return;
-  l2norm_heads_kernel<<<blocks_for(rows * H), kThreads, 0, stream>>>(rows, H, d, x, ldx, y, ldy);
+  SHIFTADD_LAUNCH(l2norm_heads_kernel, blocks_for(rows * H), kThreads, 0, stream)(rows, H, d, x, ldx, y, ldy);
 }
 
 size_t ksh_scratch_floats(const KshArgs& a) {
@@ -186,9 +186,9 @@ void ksh_hash(const KshArgs& a, float* scratch, cudaStream_t stream) {
   if (a.B * a.H * a.N <= 0) return;
   float* D = scratch;
   float* sigma = scratch + a.B * a.H * a.N * a.m;
-  ksh_dist_kernel<<<blocks_for(a.B * a.H * a.N * a.m), kThreads, 0, stream>>>(a, D);
-  ksh_sigma_kernel<<<static_cast<unsigned>(a.B * a.H), kThreads, 0, stream>>>(a, D, sigma);
-  ksh_code_kernel<<<blocks_for(a.B * a.H * a.N), kThreads, 0, stream>>>(a, D, sigma);
+  SHIFTADD_LAUNCH(ksh_dist_kernel, blocks_for(a.B * a.H * a.N * a.m), kThreads, 0, stream)(a, D);
+  SHIFTADD_LAUNCH(ksh_sigma_kernel, static_cast<unsigned>(a.B * a.H), kThreads, 0, stream)(a, D, sigma);
+  SHIFTADD_LAUNCH(ksh_code_kernel, blocks_for(a.B * a.H * a.N), kThreads, 0, stream)(a, D, sigma);
 }
 
 size_t additive_scratch_floats(const AdditiveAttentionArgs& a) { return static_cast<size_t>(a.B * a.H * a.nbits * a.d); }
@@ -198,11 +198,12 @@ void additive_attention(const AdditiveAttentionArgs& a, float* kv_scratch, cudaS
   const int64_t per_slice = a.nbits * a.d * static_cast<int64_t>(sizeof(float));
   int S = static_cast<int>(kAddThreads / a.d);
   while (S > 1 && S * per_slice > 48 * 1024) --S;
-  additive_kv_kernel<<<static_cast<unsigned>(a.B * a.H), kAddThreads, S * per_slice, stream>>>(a, S, kv_scratch);
+  SHIFTADD_LAUNCH(additive_kv_kernel, static_cast<unsigned>(a.B * a.H), kAddThreads, S * per_slice, stream)(
+      a, S, kv_scratch);
   // Images x heads on x (no 65535 limit there), token blocks on y.
   const dim3 grid(static_cast<unsigned>(a.B * a.H),
                   static_cast<unsigned>((a.N + kAddThreads / 32 - 1) / (kAddThreads / 32)));
-  additive_out_kernel<<<grid, kAddThreads, per_slice, stream>>>(a, kv_scratch);
+  SHIFTADD_LAUNCH(additive_out_kernel, grid, kAddThreads, per_slice, stream)(a, kv_scratch);
 }
 
 }  // namespace shiftadd::kernels::cuda

@@ -107,7 +107,7 @@ __global__ void __launch_bounds__(kPlanThreads) plan_write_kernel(int64_t M, con
 
 void moe_router(const RouterArgs& a, cudaStream_t stream) {
   if (a.M <= 0) return;
-  router_kernel<<<blocks_for(a.M * 32), kThreads, 0, stream>>>(a);
+  SHIFTADD_LAUNCH(router_kernel, blocks_for(a.M * 32), kThreads, 0, stream)(a);
 }
 
 size_t moe_plan_scratch_ints(int64_t M) { return static_cast<size_t>((M + kPlanTile - 1) / kPlanTile + 1); }
@@ -116,8 +116,9 @@ void moe_plan(int64_t M, const uint8_t* expert, int32_t* perm, int32_t* counts, 
               int32_t* tile_scratch, cudaStream_t stream) {
   const int tiles = static_cast<int>((M + kPlanTile - 1) / kPlanTile);
   if (tiles <= 0) return;
-  plan_count_kernel<<<tiles, kPlanThreads, 0, stream>>>(M, expert, tile_scratch);
-  plan_write_kernel<<<tiles, kPlanThreads, 0, stream>>>(M, expert, tile_scratch, tiles, perm, counts, counts64);
+  SHIFTADD_LAUNCH(plan_count_kernel, tiles, kPlanThreads, 0, stream)(M, expert, tile_scratch);
+  SHIFTADD_LAUNCH(plan_write_kernel, tiles, kPlanThreads, 0, stream)(M, expert, tile_scratch, tiles, perm, counts,
+                                                                     counts64);
 }
 
 }  // namespace shiftadd::kernels::cuda

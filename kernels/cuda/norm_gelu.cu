@@ -68,36 +68,36 @@ __global__ void fill_kernel(int64_t n, float value, float* y) {
 
 void layernorm(const LayerNormArgs& a, cudaStream_t stream) {
   if (a.rows <= 0) return;
-  layernorm_kernel<<<blocks_for(a.rows * 32), kThreads, 0, stream>>>(a.rows, a.cols, a.x, a.ldx, a.gamma,
-                                                                      a.beta, a.eps, a.y, a.ldy);
+  SHIFTADD_LAUNCH(layernorm_kernel, blocks_for(a.rows * 32), kThreads, 0, stream)(a.rows, a.cols, a.x, a.ldx, a.gamma,
+                                                                                  a.beta, a.eps, a.y, a.ldy);
 }
 
 void add(int64_t n, const float* a, const float* b, float alpha, float* y, cudaStream_t stream) {
   if (n <= 0) return;
-  add_kernel<<<blocks_for(n), kThreads, 0, stream>>>(n, a, b, alpha, y);
+  SHIFTADD_LAUNCH(add_kernel, blocks_for(n), kThreads, 0, stream)(n, a, b, alpha, y);
 }
 
 void mean_tokens(const MeanTokensArgs& a, cudaStream_t stream) {
   if (a.B * a.C <= 0) return;
-  mean_tokens_kernel<<<blocks_for(a.B * a.C), kThreads, 0, stream>>>(a.B, a.N, a.C, a.x, a.out);
+  SHIFTADD_LAUNCH(mean_tokens_kernel, blocks_for(a.B * a.C), kThreads, 0, stream)(a.B, a.N, a.C, a.x, a.out);
 }
 
 void take_tokens(int64_t B, int64_t N, int64_t C, int64_t first, int64_t count, const float* x, float* out,
                  cudaStream_t stream) {
   if (B * count * C <= 0) return;
-  take_tokens_kernel<<<blocks_for(B * count * C), kThreads, 0, stream>>>(B, N, C, first, count, x, out);
+  SHIFTADD_LAUNCH(take_tokens_kernel, blocks_for(B * count * C), kThreads, 0, stream)(B, N, C, first, count, x, out);
 }
 
 void embed_tokens(const EmbedTokensArgs& a, cudaStream_t stream) {
   const int64_t n = a.B * (a.P + a.Np) * a.C;
   if (n <= 0) return;
-  embed_tokens_kernel<<<blocks_for(n), kThreads, 0, stream>>>(a.B, a.Np, a.P, a.C, a.patches, a.prefix, a.pos,
-                                                              a.out);
+  SHIFTADD_LAUNCH(embed_tokens_kernel, blocks_for(n), kThreads, 0, stream)(a.B, a.Np, a.P, a.C, a.patches, a.prefix,
+                                                                           a.pos, a.out);
 }
 
 void fill(int64_t n, float value, float* y, cudaStream_t stream) {
   if (n <= 0) return;
-  fill_kernel<<<blocks_for(n), kThreads, 0, stream>>>(n, value, y);
+  SHIFTADD_LAUNCH(fill_kernel, blocks_for(n), kThreads, 0, stream)(n, value, y);
 }
 
 }  // namespace shiftadd::kernels::cuda

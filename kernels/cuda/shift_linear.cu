@@ -145,9 +145,9 @@ void shift_linear(const ShiftLinearArgs& a, const RowMap& rows, cudaStream_t str
   // Row tiles on x (up to 2^31 - 1 blocks), the few column tiles on y (65535 at most).
   const dim3 grid(static_cast<unsigned>((a.M + TM - 1) / TM), static_cast<unsigned>((a.N + TN - 1) / TN));
   if (a.mode == ShiftMode::Exact)
-    shift_exact_kernel<<<grid, 256, 0, stream>>>(a, rows);
+    SHIFTADD_LAUNCH(shift_exact_kernel, grid, 256, 0, stream)(a, rows);
   else
-    shift_fast_kernel<<<grid, 256, 0, stream>>>(a, rows);
+    SHIFTADD_LAUNCH(shift_fast_kernel, grid, 256, 0, stream)(a, rows);
 }
 
 }  // namespace shiftadd::kernels::cuda

@@ -1,0 +1,152 @@
+#pragma once
+// cudasim device side: .cu kernels compiled as C++ run here, one coroutine per CUDA thread.
+//
+// A launch runs its blocks one after another; inside a block every thread is a coroutine that
+// runs until it reaches __syncthreads() or a warp intrinsic, so barriers and shuffles have
+// their CUDA meaning (a thread really waits for the others). Threads of a block are resumed in
+// a shuffled order, so code that forgets a barrier reads stale shared memory here too.
+// __shared__ variables are static (one block runs at a time); dynamic shared memory is a
+// poisoned buffer per block.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "cuda_runtime_api.h"
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __shared__ static
+#define __launch_bounds__(...)
+
+// Built-in variables: set by the scheduler before it resumes a thread.
+extern uint3 threadIdx, blockIdx;
+extern dim3 blockDim, gridDim;
+constexpr int warpSize = 32;
+
+namespace cudasim {
+
+enum class WarpOp { ShflXor, Shfl, ShflUp, ShflDown, Ballot, Any, All, SyncWarp };
+
+// One thread's part of a warp-wide exchange: blocks until every lane named in `mask` has
+// arrived at the same op, then returns this lane's result.
+uint64_t warp_exchange(WarpOp op, unsigned mask, uint64_t value, int param, int width);
+void syncthreads();
+int syncthreads_count(int predicate);
+void* dynamic_shared();
+
+// Enqueues a launch of `body` (one call per simulated thread) on `stream`; `pointers` are the
+// kernel's pointer arguments, checked against the device allocations.
+void enqueue_kernel(const char* name, dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t stream,
+                    std::function<void()> body, std::vector<const void*> pointers);
+
+template <class T>
+uint64_t to_bits(T v) {
+  static_assert(sizeof(T) <= 8 && std::is_trivially_copyable_v<T>, "warp shuffles move up to 8 bytes");
+  uint64_t u = 0;
+  std::memcpy(&u, &v, sizeof(T));
+  return u;
+}
+template <class T>
+T from_bits(uint64_t u) {
+  T v;
+  std::memcpy(&v, &u, sizeof(T));
+  return v;
+}
+
+template <class T>
+void collect_pointer(std::vector<const void*>& out, const T& v) {
+  if constexpr (std::is_pointer_v<T>) out.push_back(static_cast<const void*>(v));
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...) is written
+// SHIFTADD_LAUNCH(kernel, grid, block, smem, stream)(args...): arguments are converted to the
+// kernel's parameter types and copied at launch, as CUDA does.
+template <class... P>
+struct Launcher {
+  void (*kernel)(P...);
+  const char* name;
+  dim3 grid, block;
+  size_t smem;
+  cudaStream_t stream;
+  template <class... A>
+  void operator()(A&&... args) const {
+    static_assert(sizeof...(A) == sizeof...(P), "wrong number of kernel arguments");
+    std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);
+    std::vector<const void*> pointers;
+    std::apply([&](const auto&... p) { (collect_pointer(pointers, p), ...); }, params);
+    auto* k = kernel;
+    enqueue_kernel(
+        name, grid, block, smem, stream, [k, params]() { std::apply(k, params); }, std::move(pointers));
+  }
+};
+template <class... P>
+Launcher<P...> launch(void (*kernel)(P...), const char* name, dim3 grid, dim3 block, size_t smem, cudaStream_t stream) {
+  return Launcher<P...>{kernel, name, grid, block, smem, stream};
+}
+
+}  // namespace cudasim
+
+// ----- intrinsics --------------------------------------------------------------------------------
+inline void __syncthreads() { cudasim::syncthreads(); }
+inline int __syncthreads_count(int predicate) { return cudasim::syncthreads_count(predicate); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  cudasim::warp_exchange(cudasim::WarpOp::SyncWarp, mask, 0, 0, 32);
+}
+
+template <class T>
+T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+  return cudasim::from_bits<T>(
+      cudasim::warp_exchange(cudasim::WarpOp::ShflXor, mask, cudasim::to_bits(v), lane_mask, width));
+}
+template <class T>
+T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32) {
+  return cudasim::from_bits<T>(
+      cudasim::warp_exchange(cudasim::WarpOp::Shfl, mask, cudasim::to_bits(v), src_lane, width));
+}
+template <class T>
+T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  return cudasim::from_bits<T>(
+      cudasim::warp_exchange(cudasim::WarpOp::ShflUp, mask, cudasim::to_bits(v), static_cast<int>(delta), width));
+}
+template <class T>
+T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  return cudasim::from_bits<T>(
+      cudasim::warp_exchange(cudasim::WarpOp::ShflDown, mask, cudasim::to_bits(v), static_cast<int>(delta), width));
+}
+inline unsigned __ballot_sync(unsigned mask, int predicate) {
+  return static_cast<unsigned>(cudasim::warp_exchange(cudasim::WarpOp::Ballot, mask, predicate != 0, 0, 32));
+}
+inline int __any_sync(unsigned mask, int predicate) {
+  return static_cast<int>(cudasim::warp_exchange(cudasim::WarpOp::Any, mask, predicate != 0, 0, 32));
+}
+inline int __all_sync(unsigned mask, int predicate) {
+  return static_cast<int>(cudasim::warp_exchange(cudasim::WarpOp::All, mask, predicate != 0, 0, 32));
+}
+
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
+inline int __ffs(int x) { return __builtin_ffs(x); }
+inline int __ffsll(long long x) { return __builtin_ffsll(x); }
+inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(static_cast<unsigned>(x)); }
+
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+
+// CUDA's min/max overloads for any arithmetic type (device code calls them unqualified).
+template <class T, class = std::enable_if_t<std::is_arithmetic_v<T>>>
+constexpr T min(T a, T b) {
+  return b < a ? b : a;
+}
+template <class T, class = std::enable_if_t<std::is_arithmetic_v<T>>>
+constexpr T max(T a, T b) {
+  return a < b ? b : a;
+}

@@ -13,6 +13,7 @@
 // changing MoE routing; the fp16 / TF32 modes; and whole models (the golden fixtures), with
 // the ShiftAddViT MoE model in exact mode within 1e-3 relative of the CPU.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -35,6 +36,7 @@
 #include "engine/model_impl.h"
 #include "engine/shift_codes.h"
 #include "shiftadd/shiftadd.h"
+#include "test_util.h"
 
 namespace fs = std::filesystem;
 
@@ -605,6 +607,44 @@ TEST(CudaModels, ShiftAddPvtMoeFastModeStaysClose) {
   o.device = Device::CUDA;
   Session gpu(model, o);
   EXPECT_LE(rel_error(gpu.run(x.data, x.shape[0]), cpu.run(x.data, x.shape[0])), 1e-3);
+}
+
+// The command line with --device cuda: classify and run give the CPU's answers, bench and
+// profile report (per-layer device times from events).
+TEST(CudaCli, EveryCommandTakesDeviceCuda) {
+  REQUIRE_GPU();
+  const std::string image = std::string(SHIFTADD_SOURCE_DIR) + "/models/fashion_vit/samples/0001_pullover.png";
+  const test::CliResult cpu = test::run_cli("classify " + image + " --json --top 1");
+  const test::CliResult gpu = test::run_cli("classify --device cuda " + image + " --json --top 1");
+  ASSERT_EQ(cpu.code, 0) << cpu.out;
+  ASSERT_EQ(gpu.code, 0) << gpu.out;
+  const auto top = [](const std::string& out) { return nlohmann::json::parse(out)["top"][0]; };
+  EXPECT_EQ(top(gpu.out)["index"], top(cpu.out)["index"]);
+  EXPECT_NEAR(top(gpu.out)["probability"].get<double>(), top(cpu.out)["probability"].get<double>(), 1e-4);
+
+  const fs::path dir = kFixtures / "goldens/shiftadd_pvt_moe_64";
+  const fs::path out = fs::temp_directory_path() / ("shiftadd_cuda_cli_" + std::to_string(::getpid()));
+  fs::create_directories(out);
+  for (const char* device : {"cpu", "cuda"}) {
+    const test::CliResult r = test::run_cli("run " + dir.string() + " --input " + (dir / "input.npy").string() +
+                                            " --output " + (out / (std::string(device) + ".npy")).string() +
+                                            " --device " + device);
+    ASSERT_EQ(r.code, 0) << r.out;
+  }
+  EXPECT_LE(test::rel_error(load_npy_f32((out / "cuda.npy").string()).data, load_npy_f32((out / "cpu.npy").string()).data),
+            1e-3);
+  fs::remove_all(out);
+
+  const test::CliResult bench = test::run_cli("bench " + dir.string() + " --device cuda --runs 3 --warmup 1 --json");
+  ASSERT_EQ(bench.code, 0) << bench.out;
+  EXPECT_GT(nlohmann::json::parse(bench.out)["median_ms"].get<double>(), 0.0);
+  const test::CliResult prof = test::run_cli("profile " + dir.string() + " --device cuda --runs 1 --format json");
+  ASSERT_EQ(prof.code, 0) << prof.out;
+  const nlohmann::json p = nlohmann::json::parse(prof.out);
+  ASSERT_FALSE(p["layers"].empty()) << prof.out;
+  double total = 0;
+  for (const auto& layer : p["layers"]) total += layer["ms"].get<double>();
+  EXPECT_GT(total, 0.0);
 }
 #else
 TEST(CudaBackend, NotBuilt) { GTEST_SKIP() << "this build has no CUDA backend: CUDA tests skipped"; }

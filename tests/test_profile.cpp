@@ -380,9 +380,11 @@ TEST(Profile, CsvAndTrace) {
   EXPECT_NE(cli("profile " + kFashion + " --batch 1,x").code, 0);
 }
 
-// CUDA without a CUDA backend (or GPU) is a clean error, not a crash.
+// CUDA without a CUDA backend (or GPU) is a clean error, not a crash. (CUDASIM_DEVICES=0: the
+// cudasim build reports no device.)
 TEST(Profile, CudaUnavailableIsAnError) {
-  const Result r = cli("profile " + kFashion + " --runs 1 --device cuda");
+  const Result r = shiftadd::test::run_shell("CUDASIM_DEVICES=0 " + std::string(SHIFTADD_CLI) + " profile " + kFashion +
+                                   " --runs 1 --device cuda");
   if (r.code == 0) GTEST_SKIP() << "this build and machine run CUDA";
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_NE(r.out.find("error:"), std::string::npos) << r.out;

@@ -1,10 +1,12 @@
 // Dense GEMM helpers: the fused epilogue after cuBLAS (bias, exact GELU, residual), fp16
 // conversion for the fp16 math mode, and a tiled fp32 GEMM over the rows of a RowMap (the MoE
-// dense expert inside a captured CUDA graph: split point and permutation read on the device).
+// dense expert inside a captured CUDA graph: split point and permutation read on the device;
+// the tiling is row_tiled.cuh's).
 #include <cuda_fp16.h>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/row_tiled.cuh"
 
 namespace shiftadd::kernels::cuda {
 namespace {
@@ -25,57 +27,42 @@ __global__ void to_half_kernel(int64_t n, const float* x, __half* y) {
   SHIFTADD_GRID_LOOP(i, n) y[i] = __float2half_rn(x[i]);
 }
 
-// 64 x 64 output tile per block of 256 threads, 4 x 4 outputs per thread, K in steps of 16.
-// Rows are RowMap positions: input and output row perm[m], only lo <= m < hi.
-constexpr int TM = 64, TN = 64, TK = 16;
-__global__ void __launch_bounds__(256) gemm_rows_kernel(int64_t M, int64_t N, int64_t K, const float* A,
-                                                        int64_t lda, const float* B, int64_t ldb, bool b_is_nk,
-                                                        float* C, int64_t ldc, float alpha, const float* bias,
-                                                        RowMap rows) {
-  const int64_t m0 = int64_t{blockIdx.x} * TM, n0 = int64_t{blockIdx.y} * TN;
-  __shared__ float As[TK][TM + 1];
-  __shared__ float Bs[TK][TN + 1];
-  __shared__ int64_t src_row[TM];
-  if (!map_tile_rows(rows, M, m0, TM, src_row)) return;
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  float acc[4][4] = {};
-  for (int64_t k0 = 0; k0 < K; k0 += TK) {
-    for (int i = threadIdx.x; i < TM * TK; i += 256) {
-      const int r = i / TK, kk = i % TK;
-      const int64_t k = k0 + kk, srow = src_row[r];
-      As[kk][r] = (srow >= 0 && k < K) ? A[srow * lda + k] : 0.0f;
-      const int64_t n = n0 + r;
-      float bv = 0.0f;
-      if (n < N && k < K) bv = b_is_nk ? B[n * ldb + k] : B[k * ldb + n];
-      Bs[kk][r] = bv;
-    }
-    __syncthreads();
+// The MoE dense expert (GemmArgs, B stored [N, K] or [K, N]): fp32 FMAs, K in slices of 16;
+// rows are RowMap positions (input and output row perm[m], only lo <= m < hi).
+struct DenseRows {
+  using Args = GemmArgs;
+  using Acc = float;
+  static constexpr int TK = 16;
+  struct Tile {
+    float A[TK][kRowTileM + 1];
+    float B[TK][kRowTileN + 1];
+  };
+  static __device__ __forceinline__ void stage(const Args& a, Tile& t, int r, int kk, int64_t src, int64_t n,
+                                               int64_t k) {
+    t.A[kk][r] = (src >= 0 && k < a.K) ? a.A[src * a.lda + k] : 0.0f;
+    float bv = 0.0f;
+    if (n < a.N && k < a.K) bv = a.b_is_nk ? a.B[n * a.ldb + k] : a.B[k * a.ldb + n];
+    t.B[kk][r] = bv;
+  }
+  static __device__ __forceinline__ void accumulate(const Tile& t, int tx, int ty, float (&acc)[4][4]) {
 #pragma unroll
     for (int kk = 0; kk < TK; ++kk) {
-      float a[4], b[4];
+      float x[4], w[4];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) a[i] = As[kk][ty + 16 * i], b[i] = Bs[kk][tx + 16 * i];
+      for (int i = 0; i < 4; ++i) x[i] = t.A[kk][ty + 16 * i], w[i] = t.B[kk][tx + 16 * i];
 #pragma unroll
       for (int i = 0; i < 4; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-    }
-    __syncthreads();
-  }
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int64_t drow = src_row[ty + 16 * i];
-    if (drow < 0) continue;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int64_t n = n0 + tx + 16 * j;
-      if (n >= N) continue;
-      float c = alpha * acc[i][j];
-      if (bias) c += bias[n];
-      C[drow * ldc + n] = row_epilogue(c, n, rows);
+        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(x[i], w[j], acc[i][j]);
     }
   }
-}
+  static __device__ __forceinline__ float output(const Args& a, float acc, int64_t n) {
+    const float c = a.alpha * acc;
+    return a.epi.bias ? c + a.epi.bias[n] : c;
+  }
+  static __device__ __forceinline__ float* out(const Args& a) { return a.C; }
+  static __device__ __forceinline__ int64_t ld(const Args& a) { return a.ldc; }
+};
 
 }  // namespace
 
@@ -93,11 +80,7 @@ void to_half(int64_t n, const float* x, void* y, cudaStream_t stream) {
 }
 
 void gemm_rows(const GemmArgs& a, const RowMap& rows, cudaStream_t stream) {
-  if (a.M <= 0 || a.N <= 0) return;
-  // Row tiles on x (up to 2^31 - 1 blocks), the few column tiles on y (65535 at most).
-  const dim3 grid(static_cast<unsigned>((a.M + TM - 1) / TM), static_cast<unsigned>((a.N + TN - 1) / TN));
-  SHIFTADD_LAUNCH(gemm_rows_kernel, grid, 256, 0, stream)(a.M, a.N, a.K, a.A, a.lda, a.B, a.ldb, a.b_is_nk, a.C, a.ldc,
-                                                          a.alpha, a.epi.bias, rows);
+  launch_row_tiled<DenseRows>(a, rows, stream);
 }
 
 }  // namespace shiftadd::kernels::cuda

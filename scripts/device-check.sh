@@ -10,25 +10,47 @@
 # Budget: under 5 minutes on a 16-core machine (one architecture, -j nproc, short timing runs).
 #
 # Environment: BUILD_DIR (default build-device), BATCHES (default "1 8 64"), SKIP_BENCH=1 to stop
-# after the tests, PYTHON (default python3). Results: $BUILD_DIR/device-check.md (also copied to
-# $OUT when that is set), for docs/benchmarks.md.
+# after the tests, PYTHON (default python3), RUNS / WARMUP (timed and warm-up runs per bench;
+# default 20 / 5, 10 / 3 at batch >= 64). Results: $BUILD_DIR/device-check.md (also copied to
+# $OUT when that is set), for docs/benchmarks.md. MODELS: which of deit_tiny deit_small deit_base
+# pvt_v2_b0 pvt_v2_b1 to time (PVT ones with their ShiftAddViT counterparts; default all).
+#
+# CUDASIM=1: a dry run of this script without a GPU: builds on cudasim (tests/cudasim), runs the
+# CUDA tests there and a one-run benchmark of deit_tiny and pvt_v2_b0 at batch 1 (numbers
+# meaningless; PyTorch columns empty without CUDA), to check the script end to end before
+# spending GPU time on it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t0=$(date +%s)
 B=${BUILD_DIR:-build-device}
-BATCHES=${BATCHES:-"1 8 64"}
 PY=${PYTHON:-python3}
 jobs=$(nproc)
 elapsed() { echo "$(( $(date +%s) - t0 ))s"; }
 
-if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi >/dev/null 2>&1; then
-  echo "device-check: no NVIDIA GPU or driver here (nvidia-smi failed); nothing to check" >&2
-  exit 2
+SIM=${CUDASIM:-0}
+if [ "$SIM" = 1 ]; then
+  B=${BUILD_DIR:-build-device-sim}
+  BATCHES=${BATCHES:-1}
+  MODELS=${MODELS:-"deit_tiny pvt_v2_b0"}
+  RUNS=${RUNS:-1}
+  WARMUP=${WARMUP:-1}
+  gpu="cudasim (no GPU: a dry run, timings meaningless)"
+  cuda_flags=(-DSHIFTADD_CUDA=OFF -DSHIFTADD_CUDA_SIM=ON)
+  echo "== device-check dry run on cudasim"
+else
+  if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi >/dev/null 2>&1; then
+    echo "device-check: no NVIDIA GPU or driver here (nvidia-smi failed); nothing to check" >&2
+    echo "  (CUDASIM=1 runs this script on cudasim instead, as a dry run)" >&2
+    exit 2
+  fi
+  gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+  cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d '. ')
+  driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1)
+  cuda_flags=(-DSHIFTADD_CUDA=ON -DSHIFTADD_CUDA_ARCHS="$cc" -DCMAKE_CUDA_ARCHITECTURES="$cc")
+  BATCHES=${BATCHES:-"1 8 64"}
+  MODELS=${MODELS:-"deit_tiny deit_small deit_base pvt_v2_b0 pvt_v2_b1"}
+  echo "== device-check on $gpu (sm_$cc, driver $driver)"
 fi
-gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d '. ')
-driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1)
-echo "== device-check on $gpu (sm_$cc, driver $driver)"
 
 # The lent GPU machines have CUDA, CMake and PyTorch but not the Debian -dev packages the build
 # needs, and no network: scripts/fetch-device-deps.sh downloads them into .deps/ beforehand
@@ -57,9 +79,9 @@ fi
 
 gen=()
 command -v ninja >/dev/null 2>&1 && gen=(-G Ninja)
-cmake -S . -B "$B" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release -DSHIFTADD_CUDA=ON \
-  -DSHIFTADD_CUDA_ARCHS="$cc" -DCMAKE_CUDA_ARCHITECTURES="$cc" >"$B.configure.log" 2>&1 ||
-  { cat "$B.configure.log"; exit 1; }
+mkdir -p "$B"
+cmake -S . -B "$B" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release "${cuda_flags[@]}" >"$B/configure.log" 2>&1 ||
+  { cat "$B/configure.log"; exit 1; }
 cmake --build "$B" -j "$jobs" --target shiftadd_tests shiftadd_cli
 echo "== built ($(elapsed))"
 
@@ -90,6 +112,8 @@ bench() {  # tag model batch math [extra bench args...]
   shift 4
   local runs=20 warm=5
   [ "$batch" -ge 64 ] && runs=10 && warm=3
+  runs=${RUNS:-$runs}
+  warm=${WARMUP:-$warm}
   local line
   if line=$(SHIFTADD_CUDA_MATH=$math "$B/shiftadd" bench "$models/$model" --device cuda -b "$batch" -r "$runs" -w "$warm" --json "$@" 2>/dev/null | tail -1) && [ -n "$line" ]; then
     echo "{\"engine\":\"$tag\",\"name\":\"$model\",\"result\":$line}" >>"$res"
@@ -98,13 +122,15 @@ bench() {  # tag model batch math [extra bench args...]
   fi
 }
 for batch in $BATCHES; do
-  for m in deit_tiny deit_small deit_base pvt_v2_b0 pvt_v2_b1; do
+  for m in $MODELS; do
     bench dense_fp32 "$m" "$batch" fp32
     bench dense_fp16 "$m" "$batch" fp16
-  done
-  for v in b0 b1; do
-    bench shiftadd_exact "shiftadd_pvt_v2_$v" "$batch" fp32 --mode exact
-    bench shiftadd_fast "shiftadd_pvt_v2_$v" "$batch" fp32 --mode fast
+    case "$m" in
+      pvt_v2_*)
+        bench shiftadd_exact "shiftadd_$m" "$batch" fp32 --mode exact
+        bench shiftadd_fast "shiftadd_$m" "$batch" fp32 --mode fast
+        ;;
+    esac
   done
   echo "== engine batch $batch timed ($(elapsed))"
 done
@@ -135,6 +161,8 @@ def f(v):
 rows = ["| model | batch | engine dense fp32 | engine dense fp16 | engine ShiftAdd exact | engine ShiftAdd fast | PyTorch eager fp32 | PyTorch eager fp16 |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
 for m in ["deit_tiny", "deit_small", "deit_base", "pvt_v2_b0", "pvt_v2_b1"]:
+    if not any(k[1] == m for k in eng):
+        continue  # not in MODELS
     sa = "shiftadd_" + m if m.startswith("pvt") else None
     for b in batches:
         rows.append("| %s | %d | %s | %s | %s | %s | %s | %s |" % (

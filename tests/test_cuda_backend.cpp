@@ -28,6 +28,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine/backend.h"
@@ -607,6 +608,38 @@ TEST(CudaModels, ShiftAddPvtMoeFastModeStaysClose) {
   o.device = Device::CUDA;
   Session gpu(model, o);
   EXPECT_LE(rel_error(gpu.run(x.data, x.shape[0]), cpu.run(x.data, x.shape[0])), 1e-3);
+}
+
+// Sessions are independent: two CUDA sessions of one model, each on its own host thread, run
+// (eagerly, captured and replayed) at the same time and both give the CPU's logits.
+TEST(CudaModels, SessionsOnSeveralThreads) {
+  REQUIRE_GPU();
+  const fs::path dir = kFixtures / "goldens/shiftadd_pvt_moe_64";
+  const auto model = Model::load(dir.string());
+  const Array x = load_npy_f32((dir / "input.npy").string());
+  Session cpu(model, {2});
+  const std::vector<float> want = cpu.run(x.data, x.shape[0]);
+  std::vector<double> err(2, 1.0);
+  std::vector<std::string> failure(2);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 2; ++t)
+    threads.emplace_back([&, t] {
+      try {
+        SessionOptions o;
+        o.device = Device::CUDA;
+        Session gpu(model, o);
+        double worst = 0;
+        for (int r = 0; r < 4; ++r) worst = std::max(worst, rel_error(gpu.run(x.data, x.shape[0]), want));
+        err[t] = worst;
+      } catch (const std::exception& e) {
+        failure[t] = e.what();
+      }
+    });
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < 2; ++t) {
+    EXPECT_EQ(failure[t], "") << "thread " << t;
+    EXPECT_LE(err[t], 1e-3) << "thread " << t;
+  }
 }
 
 // The command line with --device cuda: classify and run give the CPU's answers, bench and

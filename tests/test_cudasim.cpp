@@ -43,6 +43,33 @@ __global__ void half_warp_shuffle_kernel(float* out) {
 
 __global__ void store_kernel(float* out, int64_t n) { SHIFTADD_GRID_LOOP(i, n) out[i] = static_cast<float>(i); }
 
+struct StoreArgs {
+  int64_t n = 0;
+  float* out = nullptr;
+};
+__global__ void store_struct_kernel(StoreArgs a) {
+  SHIFTADD_GRID_LOOP(i, a.n) a.out[i] = static_cast<float>(i);
+}
+
+// Two half warps in different intrinsics with disjoint masks; a width-16 xor across segments.
+__global__ void split_warp_kernel(int* out) {
+  const int lane = threadIdx.x & 31;
+  int v = lane;
+  if (lane < 16)
+    v = __shfl_xor_sync(0x0000ffffu, v, 1, 16);
+  else
+    v = static_cast<int>(__ballot_sync(0xffff0000u, lane % 2 == 0) >> 16);
+  out[threadIdx.x] = v;
+  out[32 + threadIdx.x] = __shfl_xor_sync(0xffffffffu, lane, 16, 16);
+}
+
+__global__ void smem_overrun_kernel(float* out, int n) {
+  SHIFTADD_DYNAMIC_SHARED(float, buf);
+  for (int i = threadIdx.x; i < n; i += blockDim.x) buf[i] = 1.0f;
+  __syncthreads();
+  out[threadIdx.x] = buf[threadIdx.x];
+}
+
 template <class T>
 T* device_alloc(size_t n) {
   void* p = nullptr;
@@ -94,6 +121,19 @@ TEST(CudaSim, WarpIntrinsicsAndCountingBarrier) {
     EXPECT_EQ(bl[t], every_third) << t;
     EXPECT_EQ(c[t], 13) << t;  // 0, 5, ..., 60
   }
+}
+
+TEST(CudaSim, DisjointMasksAndSegmentedShuffles) {
+  int* d = device_alloc<int>(64);
+  SHIFTADD_LAUNCH(split_warp_kernel, 1, 32, 0, nullptr)(d);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const auto got = download(d, 64);
+  for (int l = 0; l < 32; ++l) {
+    EXPECT_EQ(got[l], l < 16 ? (l ^ 1) : 0x5555) << l;  // even lanes of 16..31 voted
+    // Width 16: lane l reads l ^ 16 when that lane is not in a later segment (PTX shfl.bfly).
+    EXPECT_EQ(got[32 + l], l < 16 ? l : l ^ 16) << l;
+  }
+  cudaFree(d);
 }
 
 TEST(CudaSim, StreamsRunWhenTheHostSynchronises) {
@@ -154,6 +194,10 @@ TEST(CudaSim, LaunchConfigurationAndPointerChecks) {
   std::vector<float> host(16);
   SHIFTADD_LAUNCH(store_kernel, 1, 32, 0, nullptr)(host.data(), int64_t{16});  // a host pointer
   EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidValue);
+  SHIFTADD_LAUNCH(store_struct_kernel, 1, 32, 0, nullptr)(StoreArgs{16, host.data()});  // one inside a struct
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidValue);
+  SHIFTADD_LAUNCH(store_struct_kernel, 1, 32, 0, nullptr)(StoreArgs{16, d});
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
   EXPECT_EQ(cudaMemcpy(d, host.data(), 64, cudaMemcpyDeviceToHost), cudaErrorInvalidValue);   // wrong direction
   EXPECT_EQ(cudaMemcpy(d, host.data(), 128, cudaMemcpyHostToDevice), cudaErrorInvalidValue);  // past the end
   cudaGetLastError();
@@ -194,6 +238,25 @@ TEST(CudaSim, CublasColumnMajorGemmAndBoundsCheck) {
   cudaFree(dC);
 }
 
+// The kernels' argument structs are aggregates, so cudasim finds their pointer members.
+TEST(CudaSim, KernelArgumentStructsAreInspected) {
+  using namespace shiftadd::kernels;
+  const auto members = [](const auto& v) {
+    std::vector<const void*> p;
+    cudasim::collect_pointers(p, v);
+    return p.size();
+  };
+  EXPECT_GE(members(AttentionArgs{}), 4u);
+  EXPECT_GE(members(KshArgs{}), 5u);
+  EXPECT_GE(members(AdditiveAttentionArgs{}), 4u);
+  EXPECT_GE(members(GemmArgs{}), 5u);  // A, B, C and the epilogue's bias and residual
+  EXPECT_GE(members(ShiftLinearArgs{}), 4u);
+  EXPECT_GE(members(Conv2dArgs{}), 4u);
+  EXPECT_GE(members(DwConv3x3Args{}), 4u);
+  EXPECT_GE(members(RouterArgs{}), 4u);
+  EXPECT_EQ(members(shiftadd::kernels::cuda::RowMap{}), 4u);
+}
+
 // The reports that end the process (a GPU would fault or hang): checked in a forked child.
 using CudaSimDeathTest = ::testing::Test;
 
@@ -217,6 +280,17 @@ TEST(CudaSimDeathTest, KernelPastTheEndOfAnAllocationStops) {
         cudaDeviceSynchronize();
       },
       "kernel 'store_kernel' touched .* past the end of the 4000-byte device allocation");
+}
+
+TEST(CudaSimDeathTest, DynamicSharedMemoryOverrunStops) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        float* d = device_alloc<float>(256);
+        SHIFTADD_LAUNCH(smem_overrun_kernel, 1, 256, 256 * sizeof(float), nullptr)(d, 2048);
+        cudaDeviceSynchronize();
+      },
+      "kernel 'smem_overrun_kernel' accessed dynamic shared memory .* past the 1024 bytes");
 }
 
 TEST(CudaSimDeathTest, DivergentShuffleIsALaunchFailure) {

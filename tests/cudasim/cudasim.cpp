@@ -10,9 +10,9 @@
 // - Device memory sits in its own pages, inaccessible to the host outside device work, with a
 //   guard page after each allocation: host code reading device memory, and kernels running off
 //   the end of an allocation, stop with a message naming the allocation (and kernel).
-// - Errors the hardware would not report (a kernel argument that is a host pointer, a cuBLAS
-//   matrix outside its allocation, a divergent barrier or shuffle) are reported on stderr and
-//   returned as errors.
+// - Errors the hardware would not report clearly (a kernel argument, or a pointer inside a
+//   struct argument, that is host memory; a cuBLAS matrix outside its allocation; a shuffle whose
+//   lanes do not all arrive) are reported on stderr and returned as errors.
 #include <signal.h>
 #include <sys/mman.h>
 #include <ucontext.h>
@@ -50,14 +50,17 @@ uint3 threadIdx{0, 0, 0}, blockIdx{0, 0, 0};
 dim3 blockDim, gridDim;
 
 // ----- opaque handle types ---------------------------------------------------------------------
+struct CUevent_st;
 namespace cudasim {
 struct Op {
   std::string what;
   std::function<void()> run;
+  CUevent_st* event = nullptr;  // an event record: pending from its enqueue until it runs
 };
 }  // namespace cudasim
 
 struct CUstream_st {
+  bool blocking = true;  // synchronises with the legacy stream (not cudaStreamNonBlocking)
   std::deque<cudasim::Op> queue;
   bool capturing = false;
   cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal;
@@ -127,6 +130,7 @@ size_t g_page = 4096;
 bool g_protect = true;
 bool g_open = false;             // device memory accessible (device work running)
 const char* g_kernel = nullptr;  // the kernel running, for fault messages
+size_t g_block_smem_bytes = 0;   // its dynamic shared memory
 struct sigaction g_old_segv;
 bool g_handler = false;
 
@@ -148,6 +152,17 @@ const Alloc* alloc_of(const void* p) {
   return a < reinterpret_cast<uintptr_t>(al.ptr) + std::max<size_t>(al.bytes, 1) ? &al : nullptr;
 }
 
+// For kernel arguments: inside an allocation, its 256-byte rounding, or one past its end (an
+// empty slice), which a kernel may receive without reading.
+bool in_or_at_end_of_alloc(const void* p) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  auto it = g_allocs.upper_bound(a);
+  if (it == g_allocs.begin()) return false;
+  --it;
+  const Alloc& al = it->second;
+  return a <= reinterpret_cast<uintptr_t>(al.ptr) + (al.bytes + 255) / 256 * 256;
+}
+
 bool is_device(const void* p) {
   const Alloc* al = alloc_of(p);
   return al && al->device;
@@ -162,28 +177,58 @@ bool device_range(const void* p, size_t bytes) {
   return al && al->device && static_cast<const char*>(p) + bytes <= al->ptr + al->bytes;
 }
 
+// Set once the simulated-thread stacks and the shared memory exist (for the fault handler).
+char* g_stack_area = nullptr;
+size_t g_stack_area_bytes = 0, g_stack_bytes = 0;
+char* g_smem_guard = nullptr;
+
+void write_err(const char* msg) {
+  ssize_t ignored = write(2, msg, std::strlen(msg));
+  (void)ignored;
+}
+
 void segv_handler(int sig, siginfo_t* info, void* uctx) {
-  const Alloc* al = mapping_of(info->si_addr);
+  (void)sig;
+  (void)uctx;
+  const char* addr = static_cast<const char*>(info->si_addr);
+  char msg[512];
+  const char* kernel = g_kernel ? g_kernel : "?";
+  if (g_stack_area && addr >= g_stack_area && addr < g_stack_area + g_stack_area_bytes &&
+      static_cast<size_t>(addr - g_stack_area) % g_stack_bytes < g_page) {
+    std::snprintf(msg, sizeof msg, "cudasim: kernel '%s': a thread overflowed its %zu-KiB simulated stack\n", kernel,
+                  g_stack_bytes >> 10);
+    write_err(msg);
+    std::abort();
+  }
+  if (g_smem_guard && addr >= g_smem_guard && addr < g_smem_guard + g_page) {
+    std::snprintf(msg, sizeof msg,
+                  "cudasim: kernel '%s' accessed dynamic shared memory %td bytes past the %zu bytes it was launched "
+                  "with\n",
+                  kernel, addr - g_smem_guard, g_block_smem_bytes);
+    write_err(msg);
+    std::abort();
+  }
+  const Alloc* al = mapping_of(addr);
   if (!al || !al->device) {  // not ours: let the previous handler (or the default) take it
     sigaction(SIGSEGV, &g_old_segv, nullptr);
     return;
   }
-  const char* addr = static_cast<const char*>(info->si_addr);
-  char msg[512];
-  if (addr >= al->ptr + al->bytes || addr < al->ptr)
-    std::snprintf(msg, sizeof msg, "cudasim: %s%s%s touched %p, %td bytes %s the %zu-byte device allocation at %p\n",
-                  g_kernel ? "kernel '" : "", g_kernel ? g_kernel : "device work", g_kernel ? "'" : "",
-                  static_cast<const void*>(addr), addr >= al->ptr ? addr - (al->ptr + al->bytes) : al->ptr - addr,
-                  addr >= al->ptr ? "past the end of" : "before", al->bytes, static_cast<const void*>(al->ptr));
-  else
+  const char* who = g_kernel ? kernel : "device work";
+  if (!g_open)
     std::snprintf(msg, sizeof msg,
                   "cudasim: host code touched device memory at %p (the %zu-byte device allocation at %p): "
                   "device pointers are for kernels, cuBLAS and cudaMemcpy only\n",
                   static_cast<const void*>(addr), al->bytes, static_cast<const void*>(al->ptr));
-  ssize_t ignored = write(2, msg, std::strlen(msg));
-  (void)ignored;
-  (void)sig;
-  (void)uctx;
+  else if (addr >= al->ptr)
+    std::snprintf(msg, sizeof msg,
+                  "cudasim: %s%s%s touched %p, %td bytes past the end of the %zu-byte device allocation at %p\n",
+                  g_kernel ? "kernel '" : "", who, g_kernel ? "'" : "", static_cast<const void*>(addr),
+                  addr - (al->ptr + al->bytes), al->bytes, static_cast<const void*>(al->ptr));
+  else
+    std::snprintf(msg, sizeof msg, "cudasim: %s%s%s touched %p, %td bytes before the %zu-byte device allocation at %p\n",
+                  g_kernel ? "kernel '" : "", who, g_kernel ? "'" : "", static_cast<const void*>(addr),
+                  al->ptr - addr, al->bytes, static_cast<const void*>(al->ptr));
+  write_err(msg);
   std::abort();
 }
 
@@ -235,8 +280,13 @@ void drain(CUstream_st* s) {
     if (g_sticky == cudaSuccess) op.run();
   }
 }
-void drain_all() {
+void drain_all() {  // device-wide synchronisation
   for (CUstream_st* s : g_streams) drain(s);
+  drain(&g_legacy);
+}
+void drain_legacy() {  // what the legacy stream waits for: itself and the blocking streams
+  for (CUstream_st* s : g_streams)
+    if (s->blocking) drain(s);
   drain(&g_legacy);
 }
 
@@ -261,8 +311,14 @@ cudaError_t enqueue(cudaStream_t stream, Op op) {
     s->captured.push_back(std::move(op));
     return cudaSuccess;
   }
-  if (s == &g_legacy) {  // legacy stream: ordered after all (blocking) work
-    drain_all();
+  if (op.event) op.event->pending = true, op.event->done = false;
+  if (s == &g_legacy) {  // legacy stream: ordered after the blocking streams' work
+    for (CUstream_st* c : g_streams)
+      if (c->capturing && c->blocking && c->invalidated.empty()) {
+        c->invalidated = "work on the legacy stream while a blocking stream captures";
+        return fail(cudaErrorStreamCaptureImplicit);
+      }
+    drain_legacy();
     DeviceWork open;
     if (g_sticky == cudaSuccess) op.run();
     return cudaSuccess;
@@ -363,8 +419,9 @@ struct SimThread {
 #endif
 };
 
-constexpr size_t kStack = size_t{256} << 10;
+constexpr size_t kStack = size_t{256} << 10;  // per simulated thread; its lowest page is a guard
 constexpr int kMaxThreads = 1024;
+constexpr size_t kSmemMax = 48 * 1024;
 
 struct BlockRun {
   std::vector<SimThread> threads = std::vector<SimThread>(kMaxThreads);
@@ -373,7 +430,9 @@ struct BlockRun {
   SimThread* cur = nullptr;
   const std::function<void()>* body = nullptr;
   int count_result = 0;
-  std::vector<unsigned char> smem;
+  char* smem_region = nullptr;  // kSmemMax bytes then a guard page; a launch's smem ends at the guard
+  unsigned char* smem = nullptr;
+  size_t smem_bytes = 0;
 #ifdef CUDASIM_ASAN
   const void* sched_bottom = nullptr;
   size_t sched_size = 0;
@@ -445,90 +504,86 @@ const char* op_name(WarpOp op) {
   return "?";
 }
 
-// Completes the warp op of warp w when every lane its mask names is waiting in it. Returns
-// true if it released the lanes; sets `error` for an op CUDA leaves undefined.
+// Completes the warp ops of warp w whose masks are complete: every lane a mask names waits in
+// the same intrinsic with the same mask (lanes with disjoint masks are separate groups).
+// Returns true if it released lanes; sets `error` for an op CUDA leaves undefined.
 bool release_warp(int w, int n, std::string& error) {
   std::vector<SimThread>& th = g_block.threads;
   const int first = w * 32, lanes = std::min(32, n - first);
-  int lead = -1;
-  for (int l = 0; l < lanes; ++l)
-    if (th[first + l].st == St::Warp) {
-      lead = l;
-      break;
-    }
-  if (lead < 0) return false;
-  const SimThread& L = th[first + lead];
-  const unsigned mask = L.mask;
   char buf[256];
-  for (int l = 0; l < 32; ++l) {
-    const bool named = (mask >> l) & 1u;
-    if (l < lanes && th[first + l].st == St::Warp &&
-        (th[first + l].op != L.op || th[first + l].mask != mask || !named)) {
-      if (!named)
-        std::snprintf(buf, sizeof buf, "warp %d: lane %d waits in %s with mask %#x, which does not name it", w, l,
-                      op_name(th[first + l].op), th[first + l].mask);
-      else
-        std::snprintf(buf, sizeof buf,
-                      "warp %d: lanes wait in different warp intrinsics or masks (%s mask %#x, %s mask %#x)", w,
-                      op_name(L.op), mask, op_name(th[first + l].op), th[first + l].mask);
-      error = buf;
-      return false;
-    }
-    if (!named) continue;
-    if (l >= lanes) {
-      std::snprintf(buf, sizeof buf, "warp %d: %s mask %#x names lane %d, which does not exist (block of %d threads)",
-                    w, op_name(L.op), mask, l, n);
-      error = buf;
-      return false;
-    }
-    if (th[first + l].st == St::Done) {
-      std::snprintf(buf, sizeof buf, "warp %d: %s mask %#x names lane %d, which has exited", w, op_name(L.op), mask, l);
-      error = buf;
-      return false;
-    }
-    if (th[first + l].st != St::Warp) return false;  // not there yet
-  }
-  uint64_t vote = 0;
-  bool any = false, all = true;
-  for (int l = 0; l < lanes; ++l)
-    if ((mask >> l) & 1u) {
-      const bool p = th[first + l].value != 0;
-      vote |= uint64_t{p} << l;
-      any = any || p;
-      all = all && p;
-    }
-  for (int l = 0; l < lanes; ++l) {
-    if (!((mask >> l) & 1u)) continue;
-    SimThread& t = th[first + l];
-    const int width = t.width, base = l & ~(width - 1);
-    int src = l;
-    switch (t.op) {
-      case WarpOp::ShflXor: src = l ^ t.param; break;
-      case WarpOp::Shfl: src = base + (t.param & (width - 1)); break;
-      case WarpOp::ShflUp: src = l - t.param >= base ? l - t.param : l; break;
-      case WarpOp::ShflDown: src = l + t.param < base + width ? l + t.param : l; break;
-      default: break;
-    }
-    if (src < base || src >= base + width || src >= 32) src = l;
-    if (t.op == WarpOp::ShflXor || t.op == WarpOp::Shfl || t.op == WarpOp::ShflUp || t.op == WarpOp::ShflDown) {
-      if (!((mask >> src) & 1u) || src >= lanes) {
-        std::snprintf(buf, sizeof buf, "warp %d: lane %d's %s reads lane %d, which is not in the mask %#x", w, l,
-                      op_name(t.op), src, mask);
-        error = buf;
-        return false;
+  const auto fail_with = [&](const char* fmt, auto... args) {
+    std::snprintf(buf, sizeof buf, fmt, args...);
+    error = buf;
+    return false;
+  };
+  bool released = false;
+  unsigned done_masks = 0;  // lanes already handled in this call
+  for (int lead = 0; lead < lanes; ++lead) {
+    const SimThread& L = th[first + lead];
+    if (L.st != St::Warp || ((done_masks >> lead) & 1u)) continue;
+    const unsigned mask = L.mask;
+    if (!((mask >> lead) & 1u))
+      return fail_with("warp %d: lane %d waits in %s with mask %#x, which does not name it", w, lead, op_name(L.op),
+                       mask);
+    bool complete = true;
+    for (int l = 0; l < 32; ++l) {
+      if (!((mask >> l) & 1u)) continue;
+      if (l >= lanes)
+        return fail_with("warp %d: %s mask %#x names lane %d, which does not exist (block of %d threads)", w,
+                         op_name(L.op), mask, l, n);
+      const SimThread& t = th[first + l];
+      if (t.st == St::Done)
+        return fail_with("warp %d: %s mask %#x names lane %d, which has exited", w, op_name(L.op), mask, l);
+      if (t.st != St::Warp) {
+        complete = false;  // not there yet
+        continue;
       }
-      t.result = th[first + src].value;
-    } else if (t.op == WarpOp::Ballot) {
-      t.result = vote;
-    } else if (t.op == WarpOp::Any) {
-      t.result = any;
-    } else if (t.op == WarpOp::All) {
-      t.result = all;
+      if (t.op != L.op || t.mask != mask)
+        return fail_with("warp %d: lanes %d and %d wait in different warp intrinsics or masks (%s mask %#x, %s mask %#x)",
+                         w, lead, l, op_name(L.op), mask, op_name(t.op), t.mask);
     }
+    done_masks |= mask;
+    if (!complete) continue;
+    uint64_t vote = 0;
+    bool any = false, all = true;
+    for (int l = 0; l < lanes; ++l)
+      if ((mask >> l) & 1u) {
+        const bool p = th[first + l].value != 0;
+        vote |= uint64_t{p} << l;
+        any = any || p;
+        all = all && p;
+      }
+    for (int l = 0; l < lanes; ++l) {
+      if (!((mask >> l) & 1u)) continue;
+      SimThread& t = th[first + l];
+      // PTX shfl: lane offsets and masks use their low 5 bits; segments of `width` lanes.
+      const int width = t.width, base = l & ~(width - 1), param = t.param & 31;
+      int src = l;
+      switch (t.op) {
+        case WarpOp::ShflXor: src = (l ^ param) < base + width ? (l ^ param) : l; break;  // earlier segments too
+        case WarpOp::Shfl: src = base + (t.param & (width - 1)); break;
+        case WarpOp::ShflUp: src = l - param >= base ? l - param : l; break;
+        case WarpOp::ShflDown: src = l + param < base + width ? l + param : l; break;
+        default: break;
+      }
+      if (t.op == WarpOp::ShflXor || t.op == WarpOp::Shfl || t.op == WarpOp::ShflUp || t.op == WarpOp::ShflDown) {
+        if (src >= lanes || !((mask >> src) & 1u))
+          return fail_with("warp %d: lane %d's %s reads lane %d, which is not in the mask %#x", w, l, op_name(t.op), src,
+                           mask);
+        t.result = th[first + src].value;
+      } else if (t.op == WarpOp::Ballot) {
+        t.result = vote;
+      } else if (t.op == WarpOp::Any) {
+        t.result = any;
+      } else if (t.op == WarpOp::All) {
+        t.result = all;
+      }
+    }
+    for (int l = 0; l < lanes; ++l)
+      if ((mask >> l) & 1u) th[first + l].st = St::Runnable;
+    released = true;
   }
-  for (int l = 0; l < lanes; ++l)
-    if ((mask >> l) & 1u) th[first + l].st = St::Runnable;
-  return true;
+  return released;
 }
 
 struct Launch {
@@ -536,13 +591,13 @@ struct Launch {
   dim3 grid, block;
   size_t smem;
   std::function<void()> body;
-  uint64_t serial;
 };
 
-uint64_t g_launches = 0;
+uint64_t g_executions = 0;  // seeds each execution's resume order (graph replays differ too)
 
 // Runs every block of the launch; false (and a report) when a block could not complete.
 bool run_kernel(const Launch& k) {
+  install_handler();
   if (!g_block.stacks) {
     void* p =
         mmap(nullptr, kStack * kMaxThreads, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -551,6 +606,27 @@ bool run_kernel(const Launch& k) {
       return false;
     }
     g_block.stacks = static_cast<char*>(p);
+    for (int i = 0; i < kMaxThreads; ++i) mprotect(stack_of(i), g_page, PROT_NONE);  // overflow guards
+    void* sm = mmap(nullptr, kSmemMax + g_page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (sm == MAP_FAILED) {
+      report("cannot map the shared memory");
+      return false;
+    }
+    g_block.smem_region = static_cast<char*>(sm);
+    mprotect(g_block.smem_region + kSmemMax, g_page, PROT_NONE);
+    g_smem_guard = g_block.smem_region + kSmemMax;
+    g_stack_area = g_block.stacks;
+    g_stack_area_bytes = kStack * kMaxThreads;
+    g_stack_bytes = kStack;
+  }
+  // The fault handler needs a stack of its own when a simulated thread overflows its stack.
+  thread_local std::vector<char> alt_stack;
+  if (alt_stack.empty()) {
+    alt_stack.resize(64 * 1024);
+    stack_t ss{};
+    ss.ss_sp = alt_stack.data();
+    ss.ss_size = alt_stack.size();
+    sigaltstack(&ss, nullptr);
   }
   const int n = static_cast<int>(k.block.x * k.block.y * k.block.z);
   const int warps = (n + 31) / 32;
@@ -558,14 +634,17 @@ bool run_kernel(const Launch& k) {
   gridDim = k.grid;
   g_block.body = &k.body;
   g_kernel = k.name.c_str();
-  std::mt19937 rng(static_cast<uint32_t>(k.serial * 2654435761u));
+  std::mt19937 rng(static_cast<uint32_t>(++g_executions * 2654435761u));
   std::vector<int> order(static_cast<size_t>(n));
-  g_block.smem.assign(k.smem, 0xff);  // NaN pattern for floats: reads of unwritten shared memory show
+  // Dynamic shared memory ends at a guard page (to 16 bytes): overruns fault, and a launch
+  // without any (smem 0) gets a pointer at the guard itself.
+  g_block.smem_bytes = g_block_smem_bytes = k.smem;
+  g_block.smem = reinterpret_cast<unsigned char*>(g_block.smem_region + kSmemMax - (k.smem + 15) / 16 * 16);
   for (unsigned bz = 0; bz < k.grid.z; ++bz)
     for (unsigned by = 0; by < k.grid.y; ++by)
       for (unsigned bx = 0; bx < k.grid.x; ++bx) {
         blockIdx = uint3{bx, by, bz};
-        std::fill(g_block.smem.begin(), g_block.smem.end(), 0xff);
+        std::memset(g_block.smem, 0xff, k.smem);  // NaN for floats: reads of unwritten shared memory show
         for (int i = 0; i < n; ++i) {
           SimThread& t = g_block.threads[i];
           t.idx = uint3{static_cast<unsigned>(i) % k.block.x, (static_cast<unsigned>(i) / k.block.x) % k.block.y,
@@ -654,6 +733,8 @@ cublasStatus_t gemm(cublasHandle_t h, const char* fn, cublasOperation_t ta, cubl
                     float beta, void* C, int ldc) {
   Lock lock(g_mu);
   if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
+  if (ta == CUBLAS_OP_C) ta = CUBLAS_OP_T;  // real matrices: conjugate transpose is transpose
+  if (tb == CUBLAS_OP_C) tb = CUBLAS_OP_T;
   if (m < 0 || n < 0 || k < 0 || (ta != CUBLAS_OP_N && ta != CUBLAS_OP_T) || (tb != CUBLAS_OP_N && tb != CUBLAS_OP_T) ||
       lda < std::max(1, ta == CUBLAS_OP_N ? m : k) || ldb < std::max(1, tb == CUBLAS_OP_N ? k : n) ||
       ldc < std::max(1, m)) {
@@ -679,6 +760,15 @@ cublasStatus_t gemm(cublasHandle_t h, const char* fn, cublasOperation_t ta, cubl
       report("%s: matrix %s (%zu bytes at %p) is %s (m %d n %d k %d, lda %d ldb %d ldc %d)", fn, c.name, c.bytes, c.p,
              al ? "not inside its device allocation" : "not device memory", m, n, k, lda, ldb, ldc);
       return CUBLAS_STATUS_EXECUTION_FAILED;
+    }
+  const auto overlap = [](const Check& x, const Check& y) {
+    const char *a = static_cast<const char*>(x.p), *b = static_cast<const char*>(y.p);
+    return x.bytes && y.bytes && a < b + y.bytes && b < a + x.bytes;
+  };
+  for (int i = 0; i < 2; ++i)
+    if (overlap(checks[i], checks[2])) {  // cuBLAS does not define an in-place GEMM
+      report("%s: the output C overlaps the input %s", fn, checks[i].name);
+      return CUBLAS_STATUS_INVALID_VALUE;
     }
   const bool tf32 = h->math == CUBLAS_TF32_TENSOR_OP_MATH && at == CUDA_R_32F && bt == CUDA_R_32F;
   const Matrix MA{A, at, lda, ta == CUBLAS_OP_T}, MB{B, bt, ldb, tb == CUBLAS_OP_T};
@@ -736,11 +826,18 @@ int syncthreads_count(int predicate) {
   return g_block.count_result;
 }
 
-void* dynamic_shared() { return g_block.smem.data(); }
+void* dynamic_shared() { return g_block.smem; }
 
 void enqueue_kernel(const char* name, dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t stream,
                     std::function<void()> body, std::vector<const void*> pointers) {
   Lock lock(g_mu);
+  // A launch that fails while the stream captures invalidates the capture, as on a GPU.
+  struct InvalidateOnError {
+    CUstream_st* s;
+    ~InvalidateOnError() {
+      if (s->capturing && t_last_error != cudaSuccess && s->invalidated.empty()) s->invalidated = "a failed launch";
+    }
+  } invalidate{stream_of(stream)};
   if (g_sticky != cudaSuccess) {
     fail(g_sticky);
     return;
@@ -760,13 +857,14 @@ void enqueue_kernel(const char* name, dim3 grid, dim3 block, size_t dynamic_smem
     return;
   }
   for (size_t i = 0; i < pointers.size(); ++i)
-    if (pointers[i] && !alloc_of(pointers[i])) {
-      report("kernel '%s': pointer argument %zu (%p) is neither device nor pinned host memory", name, i + 1,
-             pointers[i]);
+    if (pointers[i] && !in_or_at_end_of_alloc(pointers[i])) {
+      report("kernel '%s': pointer %zu of its arguments (struct members included, in order) is %p, neither device "
+             "nor pinned host memory",
+             name, i + 1, pointers[i]);
       fail(cudaErrorInvalidValue);
       return;
     }
-  Launch k{name, grid, block, dynamic_smem, std::move(body), ++g_launches};
+  Launch k{name, grid, block, dynamic_smem, std::move(body)};
   enqueue(stream, Op{name, [k = std::move(k)]() {
                        if (!run_kernel(k)) set_sticky(cudaErrorLaunchFailure);
                      }});
@@ -790,6 +888,7 @@ const char* cudaGetErrorName(cudaError_t e) {
     case cudaErrorNoDevice: return "cudaErrorNoDevice";
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorIllegalState: return "cudaErrorIllegalState";
     case cudaErrorNotReady: return "cudaErrorNotReady";
     case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
     case cudaErrorLaunchOutOfResources: return "cudaErrorLaunchOutOfResources";
@@ -945,7 +1044,7 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind 
   if (refused_while_capturing("cudaMemcpy")) return fail(cudaErrorStreamCaptureImplicit);
   if (count == 0) return cudaSuccess;
   if (!check_copy("cudaMemcpy", dst, src, count, kind)) return fail(cudaErrorInvalidValue);
-  drain_all();
+  drain_legacy();
   DeviceWork open;
   std::memmove(dst, src, count);
   return cudaSuccess;
@@ -970,7 +1069,10 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpy
     return enqueue(stream, Op{"memcpy HtoD", [dst, staged]() { std::memcpy(dst, staged->data(), staged->size()); }});
   }
   if (pageable_dst) {  // synchronous with the host, as CUDA makes copies to pageable memory
-    drain(s);
+    if (s == &g_legacy)
+      drain_legacy();
+    else
+      drain(s);
     if (g_sticky != cudaSuccess) return fail(g_sticky);
     DeviceWork open;
     std::memcpy(dst, src, count);
@@ -991,8 +1093,8 @@ cudaError_t cudaMemsetAsync(void* dst, int value, size_t count, cudaStream_t str
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned flags) {
   Lock lock(g_mu);
-  (void)flags;  // every stream is its own queue; the legacy stream orders after all of them
   *stream = new CUstream_st;
+  (*stream)->blocking = !(flags & cudaStreamNonBlocking);
   g_streams.push_back(*stream);
   return cudaSuccess;
 }
@@ -1017,7 +1119,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   }
   if (refused_while_capturing("cudaStreamSynchronize")) return fail(cudaErrorStreamCaptureUnsupported);
   if (s == &g_legacy)
-    drain_all();
+    drain_legacy();
   else
     drain(s);
   return g_sticky != cudaSuccess ? fail(g_sticky) : cudaSuccess;
@@ -1026,7 +1128,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
 cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode mode) {
   Lock lock(g_mu);
   if (!stream) return fail(cudaErrorStreamCaptureUnsupported);  // the legacy stream cannot capture
-  if (stream->capturing) return fail(cudaErrorIllegalAddress);
+  if (stream->capturing) return fail(cudaErrorIllegalState);
   stream->capturing = true;
   stream->mode = mode;
   stream->capture_thread = std::this_thread::get_id();
@@ -1091,14 +1193,14 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   Lock lock(g_mu);
   if (!event) return fail(cudaErrorInvalidResourceHandle);
-  const bool in_graph = stream_of(stream)->capturing;
-  if (!in_graph) event->pending = true, event->done = false;
-  event->in_graph = in_graph;
-  return enqueue(stream, Op{"event", [event]() {
+  event->in_graph = stream_of(stream)->capturing;
+  return enqueue(stream, Op{"event",
+                            [event]() {
                               event->ms = now_ms();
                               event->done = true;
                               event->pending = false;
-                            }});
+                            },
+                            event});
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {

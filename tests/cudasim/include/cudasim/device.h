@@ -42,7 +42,8 @@ int syncthreads_count(int predicate);
 void* dynamic_shared();
 
 // Enqueues a launch of `body` (one call per simulated thread) on `stream`; `pointers` are the
-// kernel's pointer arguments, checked against the device allocations.
+// kernel's pointer arguments and the pointer members of its struct arguments, checked against
+// the device allocations.
 void enqueue_kernel(const char* name, dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t stream,
                     std::function<void()> body, std::vector<const void*> pointers);
 
@@ -60,9 +61,147 @@ T from_bits(uint64_t u) {
   return v;
 }
 
+// Kernel arguments' pointers, for the check that device code gets device (or pinned) memory:
+// pointer arguments, and the pointer members of aggregate arguments (the kernels' *Args
+// structs), found by counting an aggregate's members (brace initialisation from a value that
+// converts to anything) and binding them with structured bindings.
+struct AnyField {
+  template <class T>
+  operator T() const;
+};
+template <class T, class... A>
+constexpr auto brace_constructible(int) -> decltype(T{std::declval<A>()...}, true) {
+  return true;
+}
+template <class T, class... A>
+constexpr bool brace_constructible(...) {
+  return false;
+}
+template <class T, class... A>
+constexpr size_t member_count() {
+  if constexpr (sizeof...(A) > 32)
+    return 0;  // beyond what collect_members binds: not inspected
+  else if constexpr (brace_constructible<T, A..., AnyField>(0))
+    return member_count<T, A..., AnyField>();
+  else
+    return sizeof...(A);
+}
+
 template <class T>
-void collect_pointer(std::vector<const void*>& out, const T& v) {
-  if constexpr (std::is_pointer_v<T>) out.push_back(static_cast<const void*>(v));
+void collect_pointers(std::vector<const void*>& out, const T& v);
+template <class... F>
+void collect_each(std::vector<const void*>& out, const F&... f) {
+  (collect_pointers(out, f), ...);
+}
+template <class T>
+void collect_members(std::vector<const void*>& out, const T& v) {
+  constexpr size_t N = member_count<T>();
+  if constexpr (N == 0) {
+    (void)out, (void)v;
+  } else if constexpr (N == 1) {
+    const auto& [f0] = v;
+    collect_each(out, f0);
+  } else if constexpr (N == 2) {
+    const auto& [f0, f1] = v;
+    collect_each(out, f0, f1);
+  } else if constexpr (N == 3) {
+    const auto& [f0, f1, f2] = v;
+    collect_each(out, f0, f1, f2);
+  } else if constexpr (N == 4) {
+    const auto& [f0, f1, f2, f3] = v;
+    collect_each(out, f0, f1, f2, f3);
+  } else if constexpr (N == 5) {
+    const auto& [f0, f1, f2, f3, f4] = v;
+    collect_each(out, f0, f1, f2, f3, f4);
+  } else if constexpr (N == 6) {
+    const auto& [f0, f1, f2, f3, f4, f5] = v;
+    collect_each(out, f0, f1, f2, f3, f4, f5);
+  } else if constexpr (N == 7) {
+    const auto& [f0, f1, f2, f3, f4, f5, f6] = v;
+    collect_each(out, f0, f1, f2, f3, f4, f5, f6);
+  } else if constexpr (N == 8) {
+    const auto& [f0, f1, f2, f3, f4, f5, f6, f7] = v;
+    collect_each(out, f0, f1, f2, f3, f4, f5, f6, f7);
+  } else if constexpr (N == 9) {
+    const auto& [f0, f1, f2, f3, f4, f5, f6, f7, f8] = v;
+    collect_each(out, f0, f1, f2, f3, f4, f5, f6, f7, f8);
+  } else if constexpr (N == 10) {
+    const auto& [f0, f1, f2, f3, f4, f5, f6, f7, f8, f9] = v;
+    collect_each(out, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9);
+  } else if constexpr (N == 11) {
+    const auto& [f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10] = v;
+    collect_each(out, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10);
+  } else if constexpr (N == 12) {
+    const auto& [f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11] = v;
+    collect_each(out, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11);
+  } else if constexpr (N == 13) {
+    const auto& [f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12] = v;
+    collect_each(out, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12);
+  } else if constexpr (N == 14) {
+    const auto& [f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13] = v;
+    collect_each(out, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13);
+  } else if constexpr (N == 15) {
+    const auto& [f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14] = v;
+    collect_each(out, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14);
+  } else if constexpr (N == 16) {
+    const auto& [f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15] = v;
+    collect_each(out, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15);
+  } else if constexpr (N == 17) {
+    const auto& [f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16] = v;
+    collect_each(out, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16);
+  } else if constexpr (N == 18) {
+    const auto& [f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17] = v;
+    collect_each(out, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17);
+  } else if constexpr (N == 19) {
+    const auto& [f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18] = v;
+    collect_each(out, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18);
+  } else if constexpr (N == 20) {
+    const auto& [f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18, f19] = v;
+    collect_each(out, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18, f19);
+  } else if constexpr (N == 21) {
+    const auto& [f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18, f19, f20] = v;
+    collect_each(out, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18, f19, f20);
+  } else if constexpr (N == 22) {
+    const auto& [f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18, f19, f20, f21] = v;
+    collect_each(out, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18, f19, f20, f21);
+  } else if constexpr (N == 23) {
+    const auto& [f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18, f19, f20, f21, f22] = v;
+    collect_each(out, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18, f19, f20, f21, f22);
+  } else if constexpr (N == 24) {
+    const auto& [f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18, f19, f20, f21, f22, f23] = v;
+    collect_each(out, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18, f19, f20, f21, f22, f23);
+  } else if constexpr (N == 25) {
+    const auto& [f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18, f19, f20, f21, f22, f23, f24] = v;
+    collect_each(out, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18, f19, f20, f21, f22, f23, f24);
+  } else if constexpr (N == 26) {
+    const auto& [f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18, f19, f20, f21, f22, f23, f24, f25] = v;
+    collect_each(out, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18, f19, f20, f21, f22, f23, f24, f25);
+  } else if constexpr (N == 27) {
+    const auto& [f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18, f19, f20, f21, f22, f23, f24, f25, f26] = v;
+    collect_each(out, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18, f19, f20, f21, f22, f23, f24, f25, f26);
+  } else if constexpr (N == 28) {
+    const auto& [f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18, f19, f20, f21, f22, f23, f24, f25, f26, f27] = v;
+    collect_each(out, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18, f19, f20, f21, f22, f23, f24, f25, f26, f27);
+  } else if constexpr (N == 29) {
+    const auto& [f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18, f19, f20, f21, f22, f23, f24, f25, f26, f27, f28] = v;
+    collect_each(out, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18, f19, f20, f21, f22, f23, f24, f25, f26, f27, f28);
+  } else if constexpr (N == 30) {
+    const auto& [f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18, f19, f20, f21, f22, f23, f24, f25, f26, f27, f28, f29] = v;
+    collect_each(out, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18, f19, f20, f21, f22, f23, f24, f25, f26, f27, f28, f29);
+  } else if constexpr (N == 31) {
+    const auto& [f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18, f19, f20, f21, f22, f23, f24, f25, f26, f27, f28, f29, f30] = v;
+    collect_each(out, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18, f19, f20, f21, f22, f23, f24, f25, f26, f27, f28, f29, f30);
+  } else if constexpr (N == 32) {
+    const auto& [f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18, f19, f20, f21, f22, f23, f24, f25, f26, f27, f28, f29, f30, f31] = v;
+    collect_each(out, f0, f1, f2, f3, f4, f5, f6, f7, f8, f9, f10, f11, f12, f13, f14, f15, f16, f17, f18, f19, f20, f21, f22, f23, f24, f25, f26, f27, f28, f29, f30, f31);
+  }
+}
+template <class T>
+void collect_pointers(std::vector<const void*>& out, const T& v) {
+  if constexpr (std::is_pointer_v<T>)
+    out.push_back(static_cast<const void*>(v));
+  else if constexpr (std::is_class_v<T> && std::is_aggregate_v<T>)
+    collect_members(out, v);
 }
 
 // kernel<<<grid, block, smem, stream>>>(args...) is written
@@ -80,7 +219,7 @@ struct Launcher {
     static_assert(sizeof...(A) == sizeof...(P), "wrong number of kernel arguments");
     std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);
     std::vector<const void*> pointers;
-    std::apply([&](const auto&... p) { (collect_pointer(pointers, p), ...); }, params);
+    std::apply([&](const auto&... p) { (collect_pointers(pointers, p), ...); }, params);
     auto* k = kernel;
     enqueue_kernel(
         name, grid, block, smem, stream, [k, params]() { std::apply(k, params); }, std::move(pointers));

@@ -422,6 +422,7 @@ struct SimThread {
 constexpr size_t kStack = size_t{256} << 10;  // per simulated thread; its lowest page is a guard
 constexpr int kMaxThreads = 1024;
 constexpr size_t kSmemMax = 48 * 1024;
+constexpr size_t kAltStack = 64 * 1024;
 
 struct BlockRun {
   std::vector<SimThread> threads = std::vector<SimThread>(kMaxThreads);
@@ -619,15 +620,34 @@ bool run_kernel(const Launch& k) {
     g_stack_area_bytes = kStack * kMaxThreads;
     g_stack_bytes = kStack;
   }
-  // The fault handler needs a stack of its own when a simulated thread overflows its stack.
-  thread_local std::vector<char> alt_stack;
-  if (alt_stack.empty()) {
-    alt_stack.resize(64 * 1024);
-    stack_t ss{};
-    ss.ss_sp = alt_stack.data();
-    ss.ss_size = alt_stack.size();
-    sigaltstack(&ss, nullptr);
-  }
+  // The fault handler needs a stack of its own when a simulated thread overflows its stack:
+  // this host thread's alternate signal stack (ASan installs one; otherwise ours, removed
+  // again when the thread ends).
+  struct AltStack {
+    void* mem = nullptr;
+    AltStack() {
+      stack_t cur{};
+      if (sigaltstack(nullptr, &cur) == 0 && !(cur.ss_flags & SS_DISABLE)) return;  // one exists
+      mem = mmap(nullptr, kAltStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (mem == MAP_FAILED) {
+        mem = nullptr;
+        return;
+      }
+      stack_t ss{};
+      ss.ss_sp = mem;
+      ss.ss_size = kAltStack;
+      sigaltstack(&ss, nullptr);
+    }
+    ~AltStack() {
+      if (!mem) return;
+      stack_t off{};
+      off.ss_flags = SS_DISABLE;
+      sigaltstack(&off, nullptr);
+      munmap(mem, kAltStack);
+    }
+  };
+  thread_local AltStack alt_stack;
+  (void)alt_stack;
   const int n = static_cast<int>(k.block.x * k.block.y * k.block.z);
   const int warps = (n + 31) / 32;
   blockDim = k.block;

@@ -180,6 +180,11 @@ TEST(CudaSim, CaptureRecordsAndRefusesWhatCudaRefuses) {
   ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
   EXPECT_EQ(cudaMemcpyAsync(d, host.data(), 1024, cudaMemcpyHostToDevice, s), cudaErrorStreamCaptureUnsupported);
   EXPECT_EQ(cudaStreamEndCapture(s, &graph), cudaErrorStreamCaptureInvalidated);
+  // And a launch that fails (a bad configuration).
+  ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  SHIFTADD_LAUNCH(store_kernel, dim3(1, 70000), 32, 0, s)(d, int64_t{16});
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
+  EXPECT_EQ(cudaStreamEndCapture(s, &graph), cudaErrorStreamCaptureInvalidated);
   cudaGetLastError();
   cudaFree(d);
   cudaStreamDestroy(s);

@@ -851,15 +851,13 @@ void* dynamic_shared() { return g_block.smem; }
 void enqueue_kernel(const char* name, dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t stream,
                     std::function<void()> body, std::vector<const void*> pointers) {
   Lock lock(g_mu);
-  // A launch that fails while the stream captures invalidates the capture, as on a GPU.
-  struct InvalidateOnError {
-    CUstream_st* s;
-    ~InvalidateOnError() {
-      if (s->capturing && t_last_error != cudaSuccess && s->invalidated.empty()) s->invalidated = "a failed launch";
-    }
-  } invalidate{stream_of(stream)};
+  CUstream_st* s = stream_of(stream);
+  const auto reject = [&](cudaError_t e) {  // a failed launch also invalidates a capture, as on a GPU
+    fail(e);
+    if (s->capturing && s->invalidated.empty()) s->invalidated = "a failed launch";
+  };
   if (g_sticky != cudaSuccess) {
-    fail(g_sticky);
+    reject(g_sticky);
     return;
   }
   const uint64_t threads = uint64_t{block.x} * block.y * block.z;
@@ -868,12 +866,12 @@ void enqueue_kernel(const char* name, dim3 grid, dim3 block, size_t dynamic_smem
       threads > kMaxThreads) {
     report("kernel '%s': invalid launch configuration grid (%u, %u, %u) block (%u, %u, %u)", name, grid.x, grid.y,
            grid.z, block.x, block.y, block.z);
-    fail(cudaErrorInvalidConfiguration);
+    reject(cudaErrorInvalidConfiguration);
     return;
   }
-  if (dynamic_smem > 48 * 1024) {  // more needs cudaFuncSetAttribute, which the backend never calls
+  if (dynamic_smem > kSmemMax) {  // more needs cudaFuncSetAttribute, which the backend never calls
     report("kernel '%s': %zu bytes of dynamic shared memory (48 KiB without an opt-in)", name, dynamic_smem);
-    fail(cudaErrorInvalidValue);
+    reject(cudaErrorInvalidValue);
     return;
   }
   for (size_t i = 0; i < pointers.size(); ++i)
@@ -881,7 +879,7 @@ void enqueue_kernel(const char* name, dim3 grid, dim3 block, size_t dynamic_smem
       report("kernel '%s': pointer %zu of its arguments (struct members included, in order) is %p, neither device "
              "nor pinned host memory",
              name, i + 1, pointers[i]);
-      fail(cudaErrorInvalidValue);
+      reject(cudaErrorInvalidValue);
       return;
     }
   Launch k{name, grid, block, dynamic_smem, std::move(body)};

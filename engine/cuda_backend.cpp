@@ -88,8 +88,7 @@ size_t scratch_bytes(const Graph& g, const Node& n, int64_t batch, CudaMath math
     }
     case OpKind::MoeLinear: {
       const int64_t M = rows_of(g, n, batch);
-      return align256(M) + align256(4 * M) + align256(8) + align256(16) +
-             align256(4 * cuda::moe_plan_scratch_ints(M));
+      return align256(M) + align256(4 * M) + align256(8) + align256(4 * cuda::moe_plan_scratch_ints(M));
     }
     case OpKind::KshAttention: {  // mirrors run_ksh
       const Shape& s = g.sample_shape(n.output);
@@ -515,7 +514,6 @@ class CudaBackend final : public Backend {
     auto* expert = scratch.take<uint8_t>(M);
     auto* perm = scratch.take<int32_t>(M);
     auto* counts = scratch.take<int32_t>(2);
-    auto* counts64 = scratch.take<int64_t>(2);
     auto* tiles = scratch.take<int32_t>(cuda::moe_plan_scratch_ints(M));
     const auto bias_of = [&](size_t i) -> const float* {
       const Tensor& t = n.weights[i];
@@ -531,12 +529,12 @@ class CudaBackend final : public Backend {
     r.expert = expert;
     cuda::moe_router(r, stream_);
     check_launch("moe_router");
+    // Tokens per expert go straight into the pinned host buffer (device-accessible under unified
+    // addressing, which 64-bit processes always have): no copy node per MoE layer.
+    const size_t idx = static_cast<size_t>(&n - g.nodes().data());
+    int64_t* counts64 = counts_host_ && idx < counts_nodes_ ? counts_host_ + 2 * idx : nullptr;
     cuda::moe_plan(M, expert, perm, counts, counts64, tiles, stream_);
     check_launch("moe_plan");
-    const size_t idx = static_cast<size_t>(&n - g.nodes().data());
-    if (counts_host_ && idx < counts_nodes_)
-      check(cudaMemcpyAsync(counts_host_ + 2 * idx, counts64, 2 * sizeof(int64_t), cudaMemcpyDeviceToHost, stream_),
-            "expert counts");
     cuda::RowMap rows;
     rows.perm = perm;
     rows.combine = n.p.log_exp_combine;

@@ -1168,6 +1168,13 @@ cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
   }
   *graph = new CUgraph_st{std::move(stream->captured)};
   stream->captured.clear();
+  if (env_flag("CUDASIM_GRAPH_STATS", false)) {  // nodes per captured graph, by name
+    std::map<std::string, int> count;
+    for (const Op& op : (*graph)->ops) ++count[op.what];
+    std::string list;
+    for (const auto& [what, c] : count) list += " " + what + " x" + std::to_string(c);
+    report("captured graph: %zu nodes:%s", (*graph)->ops.size(), list.c_str());
+  }
   return cudaSuccess;
 }
 

@@ -523,6 +523,22 @@ TEST(CudaBackend, ShiftAddOps) {
   }
 }
 
+// The MoE plan in both forms: one tile (M <= 4096, one launch) and several tiles (counts, then
+// writes), with the routing changing between replays of one captured graph.
+TEST(CudaBackend, MoePlanOneTileAndAcrossTiles) {
+  REQUIRE_GPU();
+  std::mt19937 rng(27);
+  const int64_t T = 64, C = 32;
+  Graph g;
+  const int x = g.input({T, C});
+  const float ws = 1.0f / std::sqrt(static_cast<float>(C));
+  g.set_output(g.moe_linear(x, random_tensor({2, C}, rng, 1.0f), random_tensor({2}, rng, 0.1f),
+                            random_tensor({C, C}, rng, ws), random_tensor({C}, rng, 0.1f),
+                            random_tensor({C, C}, rng, 3.0f, -4.0f), random_tensor({C, C}, rng, 1.2f),
+                            random_tensor({C}, rng, 0.1f), "moe"));
+  compare_with_ref(g, 1e-5, rng, {}, {1, 64, 65, 200});  // M = 64, 4096 (one tile), 4160, 12800
+}
+
 TEST(CudaBackend, EagerWithoutGraphsMatchesToo) {
   REQUIRE_GPU();
   std::mt19937 rng(25);

@@ -10,7 +10,8 @@
 // compiles as C++ against cudasim (tests/cudasim: the CUDA tests on a machine without a GPU):
 //   SHIFTADD_LAUNCH(kernel, grid, block, smem, stream)(args...)  is  kernel<<<grid, block, smem, stream>>>(args...)
 #if defined(SHIFTADD_CUDA_SIM)
-#define SHIFTADD_LAUNCH(kernel, grid, block, smem, stream) ::cudasim::launch(kernel, #kernel, grid, block, smem, stream)
+#define SHIFTADD_LAUNCH(kernel, grid, block, smem, stream) \
+  ::cudasim::launch(kernel, #kernel, __PRETTY_FUNCTION__, grid, block, smem, stream)
 #define SHIFTADD_DYNAMIC_SHARED(type, name) type* name = static_cast<type*>(::cudasim::dynamic_shared())
 #else
 #define SHIFTADD_LAUNCH(kernel, grid, block, smem, stream) kernel<<<grid, block, smem, stream>>>

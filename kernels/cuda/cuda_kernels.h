@@ -78,9 +78,9 @@ void shift_linear(const ShiftLinearArgs& a, const RowMap& rows, cudaStream_t str
 // ----- MoE (moe.cu) ---------------------------------------------------------------------------
 // expert[m] = logits1 > logits0 (double accumulation rounded to fp32, as ref::moe_router).
 void moe_router(const RouterArgs& a, cudaStream_t stream);
-// perm: expert-0 rows ascending, then expert-1 rows ascending; counts[0..1] (int32) and
-// counts64[0..1] (int64, may be null) on the device. Two parallel kernels over 4096-row tiles;
-// tile_scratch holds moe_plan_scratch_ints(M) ints.
+// perm: expert-0 rows ascending, then expert-1 rows ascending; counts[0..1] (int32, device) and
+// counts64[0..1] (int64, device or pinned host memory; may be null). Two parallel kernels over
+// 4096-row tiles, one launch when M <= 4096; tile_scratch holds moe_plan_scratch_ints(M) ints.
 size_t moe_plan_scratch_ints(int64_t M);
 void moe_plan(int64_t M, const uint8_t* expert, int32_t* perm, int32_t* counts, int64_t* counts64,
               int32_t* tile_scratch, cudaStream_t stream);

@@ -32,15 +32,22 @@ __global__ void router_kernel(RouterArgs a) {
 // The plan is a stable partition in two parallel kernels over tiles of kPlanTile rows:
 // count the expert-0 rows of every tile, then every tile finds its output offsets from the
 // counts of the tiles before it and writes its rows with warp-ballot prefix sums (order kept).
+// With one tile (M <= kPlanTile: every MoE layer at small batch sizes) the write kernel counts
+// for itself and the plan is one launch.
 constexpr int kPlanThreads = 1024, kPlanTile = 4096;
 
-__global__ void __launch_bounds__(kPlanThreads) plan_count_kernel(int64_t M, const uint8_t* expert, int32_t* tile_zeros) {
-  const int64_t begin = int64_t{blockIdx.x} * kPlanTile;
+// Expert-0 rows of the tile starting at `begin` (every thread of the block gets the count).
+__device__ __forceinline__ int tile_zero_count(int64_t M, const uint8_t* expert, int64_t begin) {
   int zeros = 0;
   for (int s = 0; s < kPlanTile; s += kPlanThreads) {
     const int64_t m = begin + s + threadIdx.x;
     zeros += __syncthreads_count(m < M && expert[m] == 0);
   }
+  return zeros;
+}
+
+__global__ void __launch_bounds__(kPlanThreads) plan_count_kernel(int64_t M, const uint8_t* expert, int32_t* tile_zeros) {
+  const int zeros = tile_zero_count(M, expert, int64_t{blockIdx.x} * kPlanTile);
   if (threadIdx.x == 0) tile_zeros[blockIdx.x] = zeros;
 }
 
@@ -50,9 +57,10 @@ __global__ void __launch_bounds__(kPlanThreads) plan_write_kernel(int64_t M, con
   __shared__ int warp_off[32];
   __shared__ int slice_total;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int own_zeros = tile_zeros ? 0 : tile_zero_count(M, expert, 0);  // one tile: count here
   if (threadIdx.x == 0) {
-    int64_t before = 0, total = 0;
-    for (int t = 0; t < tiles; ++t) {
+    int64_t before = 0, total = own_zeros;
+    for (int t = 0; tile_zeros && t < tiles; ++t) {
       if (t < static_cast<int>(blockIdx.x)) before += tile_zeros[t];
       total += tile_zeros[t];
     }
@@ -116,9 +124,13 @@ void moe_plan(int64_t M, const uint8_t* expert, int32_t* perm, int32_t* counts, 
               int32_t* tile_scratch, cudaStream_t stream) {
   const int tiles = static_cast<int>((M + kPlanTile - 1) / kPlanTile);
   if (tiles <= 0) return;
-  SHIFTADD_LAUNCH(plan_count_kernel, tiles, kPlanThreads, 0, stream)(M, expert, tile_scratch);
-  SHIFTADD_LAUNCH(plan_write_kernel, tiles, kPlanThreads, 0, stream)(M, expert, tile_scratch, tiles, perm, counts,
-                                                                     counts64);
+  const int32_t* tile_zeros = nullptr;  // one tile: plan_write_kernel counts for itself
+  if (tiles > 1) {
+    SHIFTADD_LAUNCH(plan_count_kernel, tiles, kPlanThreads, 0, stream)(M, expert, tile_scratch);
+    tile_zeros = tile_scratch;
+  }
+  SHIFTADD_LAUNCH(plan_write_kernel, tiles, kPlanThreads, 0, stream)(M, expert, tile_zeros, tiles, perm, counts,
+                                                                      counts64);
 }
 
 }  // namespace shiftadd::kernels::cuda

@@ -209,6 +209,12 @@ void segv_handler(int sig, siginfo_t* info, void* uctx) {
     std::abort();
   }
   const Alloc* al = mapping_of(addr);
+  if ((!al || !al->device) && g_kernel) {  // a wild index or pointer in a kernel
+    std::snprintf(msg, sizeof msg, "cudasim: kernel '%s' touched %p, outside every device allocation\n", kernel,
+                  static_cast<const void*>(addr));
+    write_err(msg);
+    std::abort();
+  }
   if (!al || !al->device) {  // not ours: let the previous handler (or the default) take it
     sigaction(SIGSEGV, &g_old_segv, nullptr);
     return;

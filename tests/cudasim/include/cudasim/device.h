@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -210,7 +211,7 @@ void collect_pointers(std::vector<const void*>& out, const T& v) {
 template <class... P>
 struct Launcher {
   void (*kernel)(P...);
-  const char* name;
+  std::string name;
   dim3 grid, block;
   size_t smem;
   cudaStream_t stream;
@@ -222,12 +223,17 @@ struct Launcher {
     std::apply([&](const auto&... p) { (collect_pointers(pointers, p), ...); }, params);
     auto* k = kernel;
     enqueue_kernel(
-        name, grid, block, smem, stream, [k, params]() { std::apply(k, params); }, std::move(pointers));
+        name.c_str(), grid, block, smem, stream, [k, params]() { std::apply(k, params); }, std::move(pointers));
   }
 };
+// `caller` (the launching function's __PRETTY_FUNCTION__) names the template arguments of a
+// kernel template, which its spelling at the launch (`kernel<P>`) does not.
 template <class... P>
-Launcher<P...> launch(void (*kernel)(P...), const char* name, dim3 grid, dim3 block, size_t smem, cudaStream_t stream) {
-  return Launcher<P...>{kernel, name, grid, block, smem, stream};
+Launcher<P...> launch(void (*kernel)(P...), const char* name, const char* caller, dim3 grid, dim3 block, size_t smem,
+                      cudaStream_t stream) {
+  std::string n = name;
+  if (n.find('<') != std::string::npos) n += std::string(" in ") + caller;
+  return Launcher<P...>{kernel, std::move(n), grid, block, smem, stream};
 }
 
 }  // namespace cudasim

@@ -423,19 +423,7 @@ class CudaBackend final : public Backend {
         float* col = scratch.take<float>(M * K);
         cuda::im2col(a, col, s);
         check_launch("im2col");
-        GemmArgs ga;
-        ga.M = M;
-        ga.N = a.Cout;
-        ga.K = K;
-        ga.A = col;
-        ga.lda = K;
-        ga.B = a.w;
-        ga.ldb = K;
-        ga.b_is_nk = true;
-        ga.C = a.out;
-        ga.ldc = a.Cout;
-        ga.epi.bias = a.bias;
-        gemm(ga, w16(n.weights[0]), scratch);
+        gemm(conv_gemm_args(a, col, 0, M), w16(n.weights[0]), scratch);
         break;
       }
       case OpKind::EmbedTokens: {

@@ -83,6 +83,25 @@ struct Conv2dArgs {
   int64_t OW() const { return (W + 2 * pad - kw) / stride + 1; }
 };
 
+// A conv as a GEMM over unfolded patches (every backend's conv): output rows [row0, row0 + rows)
+// (row = (b*OH + oy)*OW + ox) from cols[rows, Cin*kh*kw] (column order ci, ky, kx: the weight's
+// row order) times the weight [Cout, Cin*kh*kw], plus the bias.
+inline GemmArgs conv_gemm_args(const Conv2dArgs& a, const float* cols, int64_t row0, int64_t rows) {
+  GemmArgs g;
+  g.M = rows;
+  g.N = a.Cout;
+  g.K = a.Cin * a.kh * a.kw;
+  g.A = cols;
+  g.lda = g.K;
+  g.B = a.w;
+  g.ldb = g.K;
+  g.b_is_nk = true;
+  g.C = a.out + row0 * a.Cout;
+  g.ldc = a.Cout;
+  g.epi.bias = a.bias;
+  return g;
+}
+
 // Token embedding for ViT: out[b, 0..P) = prefix tokens (cls, dist: [P, C]),
 // out[b, P + i] = patches[b, i]; then out[b, t] += pos[t] (pos may be null).
 struct EmbedTokensArgs {

@@ -85,19 +85,7 @@ void conv2d(const Conv2dArgs& a, ThreadPool& pool) {
     parallel_chunks(pool, n, K, kMinElemsPerThread, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) im2col_row(a, r0 + r, patches + r * K);
     });
-    GemmArgs g;
-    g.M = n;
-    g.N = a.Cout;
-    g.K = K;
-    g.A = patches;
-    g.lda = K;
-    g.B = a.w;
-    g.ldb = K;
-    g.b_is_nk = true;
-    g.C = a.out + r0 * a.Cout;
-    g.ldc = a.Cout;
-    g.epi.bias = a.bias;
-    gemm(g, pool);
+    gemm(conv_gemm_args(a, patches, r0, n), pool);
   }
 }
 

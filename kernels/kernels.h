@@ -3,6 +3,7 @@
 // names, tensors or models. Every op has a plain reference in `ref::` (the oracle, obviously
 // correct, single-threaded) and an optimized version in `cpu::` with the same meaning; the
 // kernel harness (tests/test_kernels.cpp) checks one against the other.
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
@@ -11,11 +12,28 @@ class ThreadPool;
 
 namespace kernels {
 
+// An MoE expert's output combine (spec section 4), after the bias, before GELU:
+//   LogExp: upstream's log(exp(y) + 2.220446e-16f) in fp32 (exact mode): -36.0437 for y below
+//           about -36, +inf above 88.7228, y (to within rounding) in between;
+//   Limits: those limits only, max(y, -36.0437) and +inf above 88.7228 (fast mode; within 1e-7
+//           of LogExp for y > -20, at most ln 2 apart near the floor).
+enum class Combine : uint8_t { None, LogExp, Limits };
+constexpr float kCombineEps = 2.220446e-16f;
+constexpr float kCombineFloor = -36.0436534f;  // logf(kCombineEps)
+constexpr float kCombineMax = 88.7228317f;     // the largest y whose expf is finite
+inline float combine_value(float y, Combine c) {
+  if (c == Combine::LogExp) return std::log(std::exp(y) + kCombineEps);
+  if (c == Combine::Limits) return y > kCombineMax ? INFINITY : y < kCombineFloor ? kCombineFloor : y;
+  return y;
+}
+
 // Fused epilogue applied to C = alpha * A op(B):
-//   C += bias[n]; if gelu: C = gelu(C); if residual: C += residual[m, n].
+//   C *= scale[n]; C += bias[n]; C = combine(C); if gelu: C = gelu(C); if residual: C += residual[m, n].
 // `residual` may alias C (then C += result is computed in place; ldr must equal ldc) but must
 // not otherwise overlap it.
 struct Epilogue {
+  const float* scale = nullptr;  // per-column multiplier (shift layers' output scale), or null
+  Combine combine = Combine::None;
   const float* bias = nullptr;
   bool gelu = false;
   const float* residual = nullptr;
@@ -25,15 +43,20 @@ struct Epilogue {
 // GEMM: C[M,N] = alpha * A[M,K] * op(B) (+ epilogue), row-major with row strides lda/ldb/ldc.
 // b_is_nk: B is stored [N,K] (PyTorch Linear weight layout, i.e. C = A B^T);
 // otherwise B is stored [K,N].
+// B_codes: instead of B, 5-bit shift codes [N,K] (engine/shift_codes.h, b_is_nk, row stride ldb)
+// decoded to their exact fp32 powers of two while B is packed (shift layers' exact mode).
+// c_rows: row m of C (and of the residual) is row c_rows[m] (the MoE scatter); null: row m.
 struct GemmArgs {
   int64_t M = 0, N = 0, K = 0;
   const float* A = nullptr;
   int64_t lda = 0;
   const float* B = nullptr;
+  const uint8_t* B_codes = nullptr;
   int64_t ldb = 0;
   bool b_is_nk = true;
   float* C = nullptr;
   int64_t ldc = 0;
+  const int32_t* c_rows = nullptr;
   float alpha = 1.0f;
   Epilogue epi;
 };
@@ -146,10 +169,11 @@ void add(int64_t n, const float* a, const float* b, float alpha, float* y);
 }  // namespace ref
 
 namespace cpu {
-// Which SIMD path the CPU kernels use on this machine: "avx512", "avx2" or "scalar".
+// Which SIMD path the CPU kernels use on this machine: "avx512vnni" (AVX-512 with the VNNI int8
+// dot products), "avx512", "avx2" or "scalar".
 const char* simd_name();
-// Restricts the SIMD path to `name` ("avx512", "avx2", "scalar") so tests and benchmarks can
-// exercise every path on one machine; returns false (changing nothing) if the CPU lacks it.
+// Restricts the SIMD path to `name` (one of the above) so tests and benchmarks can exercise
+// every path on one machine; returns false (changing nothing) if the CPU lacks it.
 // Not thread-safe with respect to kernels running concurrently.
 bool set_simd(const char* name);
 // Per-thread scratch (bytes) the cpu kernels need for these sizes; reserve it on the pool

@@ -138,35 +138,50 @@ struct GemmShape {
   float alpha = 1.0f;
   bool bias = false, gelu = false;
   Residual residual = Residual::None;
+  bool codes = false;    // B as shift codes (shift layers' exact mode)
+  bool scale = false;    // per-column output scale
+  bool rows = false;     // C rows scattered through c_rows (into a 2M-row C, odd rows, reversed)
 };
 
 OpCase gemm_case(GemmShape s) {
-  char shape[160];
-  std::snprintf(shape, sizeof shape, "M=%lld N=%lld K=%lld %s pad=%lld alpha=%g%s%s%s",
-                (long long)s.M, (long long)s.N, (long long)s.K, s.b_is_nk ? "B[N,K]" : "B[K,N]",
-                (long long)s.pad, s.alpha, s.bias ? " +bias" : "", s.gelu ? " gelu" : "",
+  char shape[200];
+  std::snprintf(shape, sizeof shape, "M=%lld N=%lld K=%lld %s pad=%lld alpha=%g%s%s%s%s%s",
+                (long long)s.M, (long long)s.N, (long long)s.K,
+                s.codes ? "B=codes[N,K]" : s.b_is_nk ? "B[N,K]" : "B[K,N]", (long long)s.pad, s.alpha,
+                s.scale ? " *scale" : "", s.bias ? " +bias" : "", s.gelu ? " gelu" : "",
                 s.residual == Residual::Separate  ? " +residual"
                 : s.residual == Residual::InPlace ? " +=C"
-                                                  : "");
+                                                  : "",
+                s.rows ? " c_rows" : "");
   return {"gemm", shape, [s](const Backend& be, ThreadPool& pool, Rng& rng) {
             const int64_t lda = s.K + s.pad, ldb = (s.b_is_nk ? s.K : s.N) + s.pad;
             const int64_t ldc = s.N + s.pad, ldr = s.N + s.pad + 1;
+            const int64_t crows = s.rows ? 2 * s.M : s.M;  // rows of the C buffer
             const std::vector<float> A = random_vec(rng, s.M * lda);
             const std::vector<float> B = random_vec(rng, (s.b_is_nk ? s.N : s.K) * ldb);
-            const std::vector<float> bias = random_vec(rng, s.N);
-            const std::vector<float> res = random_vec(rng, s.M * ldr);
-            std::vector<float> C = poisoned(s.M * ldc);
+            std::vector<uint8_t> codes(static_cast<size_t>(s.N * ldb));
+            std::uniform_int_distribution<int> code(0, 31);
+            for (uint8_t& c : codes) c = static_cast<uint8_t>(code(rng));
+            const std::vector<float> bias = random_vec(rng, s.N), scale = random_vec(rng, s.N);
+            const std::vector<float> res = random_vec(rng, crows * ldr);
+            std::vector<int32_t> c_rows(static_cast<size_t>(s.M));
+            for (int64_t m = 0; m < s.M; ++m) c_rows[m] = static_cast<int32_t>(2 * (s.M - 1 - m) + 1);
+            auto row = [&](int64_t m) { return s.rows ? c_rows[m] : m; };
+            std::vector<float> C = poisoned(crows * ldc);
             if (s.residual == Residual::InPlace)
               for (int64_t m = 0; m < s.M; ++m)
-                std::copy_n(res.begin() + m * ldr, s.N, C.begin() + m * ldc);
+                std::copy_n(res.begin() + row(m) * ldr, s.N, C.begin() + row(m) * ldc);
             std::vector<float> C_ref = C;
 
             GemmArgs g;
             g.M = s.M, g.N = s.N, g.K = s.K;
             g.A = A.data(), g.lda = lda;
-            g.B = B.data(), g.ldb = ldb, g.b_is_nk = s.b_is_nk;
+            g.B = s.codes ? nullptr : B.data(), g.ldb = ldb, g.b_is_nk = s.b_is_nk;
+            g.B_codes = s.codes ? codes.data() : nullptr;
             g.ldc = ldc;
+            g.c_rows = s.rows ? c_rows.data() : nullptr;
             g.alpha = s.alpha;
+            g.epi.scale = s.scale ? scale.data() : nullptr;
             g.epi.bias = s.bias ? bias.data() : nullptr;
             g.epi.gelu = s.gelu;
             GemmArgs g_ref = g;
@@ -181,7 +196,21 @@ OpCase gemm_case(GemmShape s) {
             ref::gemm(g_ref);
             pool.reserve_scratch(be.gemm_scratch());
             be.gemm(g, pool);
-            return CaseResult{rel_error(C, C_ref, s.M, s.N, ldc), gemm_tolerance(s.K)};
+            if (!s.rows) return CaseResult{rel_error(C, C_ref, s.M, s.N, ldc), gemm_tolerance(s.K)};
+            // Scattered rows: the even rows must be untouched (NaN), the odd ones compared.
+            std::vector<float> even, odd = poisoned(s.M * ldc), odd_ref = odd;
+            for (int64_t r = 0; r < crows; ++r) {
+              const auto src = C.begin() + r * ldc;
+              if (r % 2 == 0) {
+                even.insert(even.end(), src, src + ldc);
+              } else {
+                std::copy_n(src, ldc, odd.begin() + r / 2 * ldc);
+                std::copy_n(C_ref.begin() + r * ldc, ldc, odd_ref.begin() + r / 2 * ldc);
+              }
+            }
+            for (float v : even)
+              if (!std::isnan(v)) return CaseResult{INFINITY, 0.0};
+            return CaseResult{rel_error(odd, odd_ref, s.M, s.N, ldc), gemm_tolerance(s.K)};
           }};
 }
 
@@ -382,6 +411,14 @@ std::vector<OpCase> case_table() {
     t.push_back(gemm_case({197, 192, 768, nk, 0, 1.0f, true, false, Residual::InPlace}));
   }
   t.push_back(gemm_case({3136, 64, 64, true, 0, 1.0f, true, true, Residual::Separate}));
+  // Shift layers' exact mode (B decoded from codes, output scale) and the MoE scatter (c_rows).
+  for (bool rows : {false, true}) {
+    t.push_back(gemm_case({197, 192, 768, true, 0, 1.0f, true, false, Residual::None, true, true, rows}));
+    t.push_back(gemm_case({33, 70, 300, true, 3, 1.0f, true, true, Residual::None, true, false, rows}));
+    t.push_back(gemm_case({5, 17, 9, true, 1, 0.5f, false, false, Residual::Separate, true, true, rows}));
+    t.push_back(gemm_case({97, 40, 500, true, 0, 1.0f, true, true, Residual::InPlace, false, true, rows}));
+    t.push_back(gemm_case({64, 33, 200, true, 2, 1.0f, true, false, Residual::InPlace, true, false, rows}));
+  }
   t.push_back(gemm_case({3136, 7, 300, true, 9, 0.5f, true, false, Residual::None}));
   t.push_back(gemm_case({1, 1000, 192, true, 0, 1.0f, true, false, Residual::None}));
   t.push_back(gemm_case({7, 1100, 100, false, 1, 1.0f, false, false, Residual::None}));

@@ -9,6 +9,7 @@
 #include <array>
 #include <cstring>
 
+#include "engine/shift_codes.h"
 #include "kernels/cpu/simd.h"
 #include "kernels/cpu/thread_pool.h"
 #include "shiftadd/error.h"
@@ -25,18 +26,25 @@ constexpr int64_t kMcResidual = 64;
 // (tens of us through a condition variable on a busy machine) costs more than it saves.
 constexpr double kMinFlopsPerThread = 4e6;
 
-// The MR x NR tile a microkernel computes, and what to do with it.
+// The MR x NR tile a microkernel computes, and what to do with it. Row r of the tile is stored
+// at C + row(r) * ldc with row(r) = crow ? crow[r] : r (likewise the residual with rrow).
 struct Tile {
-  float* C;
+  float* C;  // at the tile's first column: of its first row, or of row 0 when crow is set
+  const int32_t* crow;
   int64_t ldc;
   int64_t rows, cols;  // valid part of the tile (<= MR, <= NR)
   float alpha;
+  const float* scale;  // per-column multiplier at the tile's first column, or null
   bool accumulate;  // C += alpha * acc (later K blocks, or residual == C) instead of C = ...
   // Epilogue, set on the final K block only.
   const float* bias;  // at the tile's first column, or null
+  Combine combine;
   bool gelu;
-  const float* residual;  // at the tile's origin, or null
+  const float* residual;  // at the tile's first column (first row, or row 0 with rrow), or null
+  const int32_t* rrow;
   int64_t ldr;
+  float* c_row(int r) const { return C + (crow ? crow[r] : r) * ldc; }
+  const float* res_row(int r) const { return residual ? residual + (rrow ? rrow[r] : r) * ldr : nullptr; }
 };
 
 using Microkernel = void (*)(int64_t kc, const float* A, int64_t lda, const float* Bp,
@@ -93,54 +101,123 @@ void pack_b_nk_scalar(const GemmArgs& a, int64_t k0, int64_t kc, int64_t n0, int
   }
 }
 
+// Shift codes -> their fp32 weights (exact powers of two), one table for every packing path.
+struct CodeTable {
+  alignas(64) float w[32];
+  CodeTable() {
+    for (int c = 0; c < 32; ++c) w[c] = decode_shift_weight(static_cast<uint8_t>(c));
+  }
+};
+const CodeTable kCodes;
+
+// Decodes `rows` rows of kc codes (row stride ld) into dst [rows][kc].
+void decode_codes_scalar(const uint8_t* codes, int64_t ld, int64_t rows, int64_t kc, float* dst) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < kc; ++k) dst[r * kc + k] = kCodes.w[codes[r * ld + k] & 31];
+}
+
+template <int NR>
+void pack_b_codes_scalar(const GemmArgs& a, int64_t k0, int64_t kc, int64_t n0, int64_t nc, float* Bp) {
+  for (int64_t p = 0; p < nc; p += NR, Bp += kc * NR) {
+    const int64_t w = std::min<int64_t>(NR, nc - p);
+    for (int64_t j = 0; j < w; ++j) {
+      const uint8_t* src = a.B_codes + (n0 + p + j) * a.ldb + k0;
+      for (int64_t k = 0; k < kc; ++k) Bp[k * NR + j] = kCodes.w[src[k] & 31];
+    }
+    for (int64_t k = 0; k < kc; ++k) std::fill(Bp + k * NR + w, Bp + (k + 1) * NR, 0.0f);
+  }
+}
+
 template <int NR>
 void pack_b_scalar(const GemmArgs& a, int64_t k0, int64_t kc, int64_t n0, int64_t nc, float* Bp) {
-  if (a.b_is_nk)
+  if (a.B_codes)
+    pack_b_codes_scalar<NR>(a, k0, kc, n0, nc, Bp);
+  else if (a.b_is_nk)
     pack_b_nk_scalar<NR>(a, k0, kc, n0, nc, Bp);
   else
     pack_b_kn<NR>(a, k0, kc, n0, nc, Bp);
 }
 
 #if SHIFTADD_X86
-// [N,K] panels are transposed 8 rows x 8 k at a time with in-register 8x8 transposes.
+// Transposes 8 rows of kc floats (row stride ld) into lanes j..j+7 of a packed [kc][NR] panel,
+// 8 x 8 at a time in registers.
+template <int NR>
+SHIFTADD_AVX2 void transpose8_into_panel(const float* s, int64_t ld, int64_t kc, float* Bp) {
+  int64_t k = 0;
+  for (; k + 8 <= kc; k += 8) {
+    const __m256 r0 = _mm256_loadu_ps(s + 0 * ld + k), r1 = _mm256_loadu_ps(s + 1 * ld + k);
+    const __m256 r2 = _mm256_loadu_ps(s + 2 * ld + k), r3 = _mm256_loadu_ps(s + 3 * ld + k);
+    const __m256 r4 = _mm256_loadu_ps(s + 4 * ld + k), r5 = _mm256_loadu_ps(s + 5 * ld + k);
+    const __m256 r6 = _mm256_loadu_ps(s + 6 * ld + k), r7 = _mm256_loadu_ps(s + 7 * ld + k);
+    const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
+    const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    float* d = Bp + k * NR;
+    _mm256_storeu_ps(d + 0 * NR, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(d + 1 * NR, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(d + 2 * NR, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(d + 3 * NR, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(d + 4 * NR, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(d + 5 * NR, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(d + 6 * NR, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(d + 7 * NR, _mm256_permute2f128_ps(u3, u7, 0x31));
+  }
+  for (; k < kc; ++k)
+    for (int64_t r = 0; r < 8; ++r) Bp[k * NR + r] = s[r * ld + k];
+}
+
+// Decodes 8 rows of kc shift codes into floats [8][kc] (a 32-entry table lookup per code).
+SHIFTADD_AVX2 void decode8_codes_avx2(const uint8_t* codes, int64_t ld, int64_t kc, float* dst) {
+  const __m256 lo = _mm256_load_ps(kCodes.w), mid = _mm256_load_ps(kCodes.w + 8);
+  const __m256 hi = _mm256_load_ps(kCodes.w + 16), top = _mm256_load_ps(kCodes.w + 24);
+  for (int64_t r = 0; r < 8; ++r) {
+    const uint8_t* src = codes + r * ld;
+    float* d = dst + r * kc;
+    int64_t k = 0;
+    for (; k + 8 <= kc; k += 8) {
+      int64_t w;
+      std::memcpy(&w, src + k, 8);
+      const __m256i c = _mm256_and_si256(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(w)), _mm256_set1_epi32(31));
+      // Two 8-entry permutes per 16-entry half, blended on bit 3, then on bit 4.
+      const __m256 a = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, c), _mm256_permutevar8x32_ps(mid, c),
+                                        _mm256_castsi256_ps(_mm256_slli_epi32(c, 28)));
+      const __m256 b = _mm256_blendv_ps(_mm256_permutevar8x32_ps(hi, c), _mm256_permutevar8x32_ps(top, c),
+                                        _mm256_castsi256_ps(_mm256_slli_epi32(c, 28)));
+      _mm256_storeu_ps(d + k, _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(c, 27))));
+    }
+    for (; k < kc; ++k) d[k] = kCodes.w[src[k] & 31];
+  }
+}
+
+// [N,K] panels (floats, or shift codes decoded 8 rows at a time) transposed 8 rows x 8 k at a time.
 template <int NR>
 SHIFTADD_AVX2 void pack_b_nk_avx2(const GemmArgs& a, int64_t k0, int64_t kc, int64_t n0, int64_t nc,
                                   float* Bp) {
+  alignas(64) float decoded[8 * kKc];
   for (int64_t p = 0; p < nc; p += NR, Bp += kc * NR) {
     const int64_t w = std::min<int64_t>(NR, nc - p);
-    const float* rows = a.B + (n0 + p) * a.ldb + k0;
     int64_t j = 0;
     for (; j + 8 <= w; j += 8) {
-      const float* s = rows + j * a.ldb;
-      const int64_t ld = a.ldb;
-      int64_t k = 0;
-      for (; k + 8 <= kc; k += 8) {
-        const __m256 r0 = _mm256_loadu_ps(s + 0 * ld + k), r1 = _mm256_loadu_ps(s + 1 * ld + k);
-        const __m256 r2 = _mm256_loadu_ps(s + 2 * ld + k), r3 = _mm256_loadu_ps(s + 3 * ld + k);
-        const __m256 r4 = _mm256_loadu_ps(s + 4 * ld + k), r5 = _mm256_loadu_ps(s + 5 * ld + k);
-        const __m256 r6 = _mm256_loadu_ps(s + 6 * ld + k), r7 = _mm256_loadu_ps(s + 7 * ld + k);
-        const __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
-        const __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
-        const __m256 t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5);
-        const __m256 t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
-        const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-        const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-        const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-        const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-        float* d = Bp + k * NR + j;
-        _mm256_storeu_ps(d + 0 * NR, _mm256_permute2f128_ps(u0, u4, 0x20));
-        _mm256_storeu_ps(d + 1 * NR, _mm256_permute2f128_ps(u1, u5, 0x20));
-        _mm256_storeu_ps(d + 2 * NR, _mm256_permute2f128_ps(u2, u6, 0x20));
-        _mm256_storeu_ps(d + 3 * NR, _mm256_permute2f128_ps(u3, u7, 0x20));
-        _mm256_storeu_ps(d + 4 * NR, _mm256_permute2f128_ps(u0, u4, 0x31));
-        _mm256_storeu_ps(d + 5 * NR, _mm256_permute2f128_ps(u1, u5, 0x31));
-        _mm256_storeu_ps(d + 6 * NR, _mm256_permute2f128_ps(u2, u6, 0x31));
-        _mm256_storeu_ps(d + 7 * NR, _mm256_permute2f128_ps(u3, u7, 0x31));
+      if (a.B_codes) {
+        decode8_codes_avx2(a.B_codes + (n0 + p + j) * a.ldb + k0, a.ldb, kc, decoded);
+        transpose8_into_panel<NR>(decoded, kc, kc, Bp + j);
+      } else {
+        transpose8_into_panel<NR>(a.B + (n0 + p + j) * a.ldb + k0, a.ldb, kc, Bp + j);
       }
-      for (; k < kc; ++k)
-        for (int64_t r = 0; r < 8; ++r) Bp[k * NR + j + r] = s[r * ld + k];
     }
-    for (; j < w; ++j) pack_column<NR>(rows + j * a.ldb, kc, Bp + j);
+    for (; j < w; ++j) {
+      if (a.B_codes) {
+        decode_codes_scalar(a.B_codes + (n0 + p + j) * a.ldb + k0, a.ldb, 1, kc, decoded);
+        pack_column<NR>(decoded, kc, Bp + j);
+      } else {
+        pack_column<NR>(a.B + (n0 + p + j) * a.ldb + k0, kc, Bp + j);
+      }
+    }
     if (w < NR)
       for (int64_t k = 0; k < kc; ++k) std::fill(Bp + k * NR + w, Bp + (k + 1) * NR, 0.0f);
   }
@@ -148,7 +225,7 @@ SHIFTADD_AVX2 void pack_b_nk_avx2(const GemmArgs& a, int64_t k0, int64_t kc, int
 
 template <int NR>
 void pack_b_avx2(const GemmArgs& a, int64_t k0, int64_t kc, int64_t n0, int64_t nc, float* Bp) {
-  if (a.b_is_nk)
+  if (a.b_is_nk || a.B_codes)
     pack_b_nk_avx2<NR>(a, k0, kc, n0, nc, Bp);
   else
     pack_b_kn<NR>(a, k0, kc, n0, nc, Bp);
@@ -158,11 +235,14 @@ void pack_b_avx2(const GemmArgs& a, int64_t k0, int64_t kc, int64_t n0, int64_t 
 
 constexpr int kMr512 = 14, kNr512 = 32;
 
-SHIFTADD_AVX512 inline void store512(float* c, const float* bias, const float* res, __m512 acc,
-                                     __mmask16 m, const Tile& t) {
-  __m512 v = _mm512_mul_ps(acc, _mm512_set1_ps(t.alpha));
+SHIFTADD_AVX512 inline void store512(float* c, const float* scale, const float* bias, const float* res,
+                                     __m512 acc, __mmask16 m, const Tile& t) {
+  __m512 mul = _mm512_set1_ps(t.alpha);
+  if (scale) mul = _mm512_mul_ps(mul, _mm512_maskz_loadu_ps(m, scale));
+  __m512 v = _mm512_mul_ps(acc, mul);
   if (t.accumulate) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, c));
   if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias));
+  if (t.combine != Combine::None) v = combine512(v, t.combine);
   if (t.gelu) v = gelu512(v);
   if (res) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, res));
   _mm512_mask_storeu_ps(c, m, v);
@@ -187,11 +267,12 @@ SHIFTADD_AVX512 void kernel_avx512(int64_t kc, const float* A, int64_t lda, cons
   const __mmask16 m0 = mask16(t.cols), m1 = mask16(t.cols - 16);
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
-    float* c = t.C + r * t.ldc;
-    const float* res = t.residual ? t.residual + r * t.ldr : nullptr;
-    store512(c, t.bias, res, c0[r], m0, t);
+    float* c = t.c_row(r);
+    const float* res = t.res_row(r);
+    store512(c, t.scale, t.bias, res, c0[r], m0, t);
     if (m1)
-      store512(c + 16, t.bias ? t.bias + 16 : nullptr, res ? res + 16 : nullptr, c1[r], m1, t);
+      store512(c + 16, t.scale ? t.scale + 16 : nullptr, t.bias ? t.bias + 16 : nullptr,
+               res ? res + 16 : nullptr, c1[r], m1, t);
   }
 }
 
@@ -208,12 +289,16 @@ constexpr Microkernel pick512(int rows) {
 constexpr int kMr256 = 6, kNr256 = 16;
 
 // Full vectors (the common case) avoid VMASKMOVPS, whose stores AMD runs in microcode.
-SHIFTADD_AVX2 inline void store256(float* c, const float* bias, const float* res, __m256 acc,
-                                   int64_t cols, const Tile& t) {
-  __m256 v = _mm256_mul_ps(acc, _mm256_set1_ps(t.alpha));
+SHIFTADD_AVX2 inline void store256(float* c, const float* scale, const float* bias, const float* res,
+                                   __m256 acc, int64_t cols, const Tile& t) {
+  __m256 mul = _mm256_set1_ps(t.alpha);
+  if (scale)
+    mul = _mm256_mul_ps(mul, cols >= 8 ? _mm256_loadu_ps(scale) : _mm256_maskload_ps(scale, mask256(cols)));
+  __m256 v = _mm256_mul_ps(acc, mul);
   if (cols >= 8) {
     if (t.accumulate) v = _mm256_add_ps(v, _mm256_loadu_ps(c));
     if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias));
+    if (t.combine != Combine::None) v = combine256(v, t.combine);
     if (t.gelu) v = gelu256(v);
     if (res) v = _mm256_add_ps(v, _mm256_loadu_ps(res));
     _mm256_storeu_ps(c, v);
@@ -222,6 +307,7 @@ SHIFTADD_AVX2 inline void store256(float* c, const float* bias, const float* res
   const __m256i m = mask256(cols);
   if (t.accumulate) v = _mm256_add_ps(v, _mm256_maskload_ps(c, m));
   if (bias) v = _mm256_add_ps(v, _mm256_maskload_ps(bias, m));
+  if (t.combine != Combine::None) v = combine256(v, t.combine);
   if (t.gelu) v = gelu256(v);
   if (res) v = _mm256_add_ps(v, _mm256_maskload_ps(res, m));
   _mm256_maskstore_ps(c, m, v);
@@ -246,11 +332,12 @@ SHIFTADD_AVX2 void kernel_avx2(int64_t kc, const float* A, int64_t lda, const fl
   }
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
-    float* c = t.C + r * t.ldc;
-    const float* res = t.residual ? t.residual + r * t.ldr : nullptr;
-    store256(c, t.bias, res, c0[r], t.cols, t);
+    float* c = t.c_row(r);
+    const float* res = t.res_row(r);
+    store256(c, t.scale, t.bias, res, c0[r], t.cols, t);
     if (t.cols > 8)
-      store256(c + 8, t.bias ? t.bias + 8 : nullptr, res ? res + 8 : nullptr, c1[r], t.cols - 8, t);
+      store256(c + 8, t.scale ? t.scale + 8 : nullptr, t.bias ? t.bias + 8 : nullptr,
+               res ? res + 8 : nullptr, c1[r], t.cols - 8, t);
   }
 }
 
@@ -277,13 +364,15 @@ void kernel_scalar(int64_t kc, const float* A, int64_t lda, const float* Bp, con
     }
   }
   for (int r = 0; r < R; ++r) {
-    float* c = t.C + r * t.ldc;
+    float* c = t.c_row(r);
+    const float* res = t.res_row(r);
     for (int64_t j = 0; j < t.cols; ++j) {
-      float v = t.alpha * acc[r][j];
+      float v = acc[r][j] * (t.scale ? t.alpha * t.scale[j] : t.alpha);
       if (t.accumulate) v += c[j];
       if (t.bias) v += t.bias[j];
+      v = combine_value(v, t.combine);
       if (t.gelu) v = gelu_scalar(v);
-      if (t.residual) v += t.residual[r * t.ldr + j];
+      if (res) v += res[j];
       c[j] = v;
     }
   }
@@ -320,26 +409,31 @@ const Arch& current_arch() {
 
 // ----- the blocked loops ---------------------------------------------------------------------
 
-// Rows [m0, m1) x columns [jc, jc + nc) against one packed K block. `res` is the residual at
-// (m0, jc) with row stride ldr, used on the last K block.
+// Rows [m0, m1) x columns [jc, jc + nc) against one packed K block. `res` (used on the last K
+// block) is the residual at column jc: with res_rows, of row 0, logical row i being row
+// res_rows[i]; without, of row m0, rows contiguous with stride ldr.
 void macro_kernel(const GemmArgs& a, const Arch& arch, int64_t m0, int64_t m1, int64_t jc,
                   int64_t nc, int64_t k0, int64_t kc, const float* Bp, bool accumulate, bool last,
-                  const float* res, int64_t ldr) {
+                  const float* res, const int32_t* res_rows, int64_t ldr) {
   Tile t;
   t.ldc = a.ldc;
   t.alpha = a.alpha;
   t.accumulate = accumulate;
   t.gelu = last && a.epi.gelu;
+  t.combine = last ? a.epi.combine : Combine::None;
   t.ldr = ldr;
   for (int64_t i = m0; i < m1; i += arch.mr) {
     t.rows = std::min(arch.mr, m1 - i);
+    t.crow = a.c_rows ? a.c_rows + i : nullptr;
+    t.rrow = res_rows ? res_rows + i : nullptr;
     const Microkernel kernel = arch.kernels[t.rows - 1];
     const float* A = a.A + i * a.lda + k0;
     for (int64_t j = 0; j < nc; j += arch.nr) {
-      t.C = a.C + i * a.ldc + jc + j;
+      t.C = a.C + (a.c_rows ? 0 : i * a.ldc) + jc + j;
       t.cols = std::min(arch.nr, nc - j);
+      t.scale = a.epi.scale ? a.epi.scale + jc + j : nullptr;
       t.bias = last && a.epi.bias ? a.epi.bias + jc + j : nullptr;
-      t.residual = last && res ? res + (i - m0) * ldr + j : nullptr;
+      t.residual = !last || !res ? nullptr : res_rows ? res + j : res + (i - m0) * ldr + j;
       kernel(kc, A, a.lda, Bp + j * kc, t);
     }
   }
@@ -355,9 +449,11 @@ void gemm_rect(const GemmArgs& a, const Arch& arch, int64_t m0, int64_t m1, int6
   const int64_t kstep = (a.K + nkb - 1) / nkb;
   // residual == C: without GELU, accumulate onto C from the first K block (C += AB + bias).
   // With GELU and several K blocks, C holds partial sums, so the residual is copied first.
+  // (Likewise with a combine: both must see AB + bias without the residual.)
   const bool in_place = a.epi.residual == a.C;
-  const bool accumulate_onto_c = in_place && !a.epi.gelu;
-  const bool copy_residual = in_place && a.epi.gelu && nkb > 1;
+  const bool nonlinear = a.epi.gelu || a.epi.combine != Combine::None;
+  const bool accumulate_onto_c = in_place && !nonlinear;
+  const bool copy_residual = in_place && nonlinear && nkb > 1;
   const float* residual = accumulate_onto_c ? nullptr : a.epi.residual;
 
   for (int64_t jc = n0; jc < n1; jc += kNc) {
@@ -366,19 +462,22 @@ void gemm_rect(const GemmArgs& a, const Arch& arch, int64_t m0, int64_t m1, int6
       for (int64_t kb = 0; kb < nkb; ++kb) {
         const int64_t k0 = kb * kstep, kc = std::min(kstep, a.K - k0);
         arch.pack_b(a, k0, kc, jc, nc, Bp);
-        macro_kernel(a, arch, m0, m1, jc, nc, k0, kc, Bp, kb > 0 || accumulate_onto_c,
-                     kb == nkb - 1, residual ? residual + m0 * a.epi.ldr + jc : nullptr, a.epi.ldr);
+        const float* res = !residual ? nullptr : a.c_rows ? residual + jc : residual + m0 * a.epi.ldr + jc;
+        macro_kernel(a, arch, m0, m1, jc, nc, k0, kc, Bp, kb > 0 || accumulate_onto_c, kb == nkb - 1,
+                     res, a.c_rows, a.epi.ldr);
       }
       continue;
     }
     for (int64_t ic = m0; ic < m1; ic += kMcResidual) {
       const int64_t mc = std::min(kMcResidual, m1 - ic);
-      for (int64_t i = 0; i < mc; ++i)
-        std::memcpy(res_copy + i * nc, residual + (ic + i) * a.epi.ldr + jc, nc * sizeof(float));
+      for (int64_t i = 0; i < mc; ++i) {
+        const int64_t row = a.c_rows ? a.c_rows[ic + i] : ic + i;
+        std::memcpy(res_copy + i * nc, residual + row * a.epi.ldr + jc, nc * sizeof(float));
+      }
       for (int64_t kb = 0; kb < nkb; ++kb) {
         const int64_t k0 = kb * kstep, kc = std::min(kstep, a.K - k0);
         arch.pack_b(a, k0, kc, jc, nc, Bp);
-        macro_kernel(a, arch, ic, ic + mc, jc, nc, k0, kc, Bp, kb > 0, kb == nkb - 1, res_copy, nc);
+        macro_kernel(a, arch, ic, ic + mc, jc, nc, k0, kc, Bp, kb > 0, kb == nkb - 1, res_copy, nullptr, nc);
       }
     }
   }
@@ -388,6 +487,7 @@ void check(const GemmArgs& a) {
   if (a.M < 0 || a.N < 0 || a.K < 0) throw Error("gemm: negative size");
   if (a.epi.residual == a.C && a.epi.ldr != a.ldc)
     throw Error("gemm: residual aliases C with a different row stride");
+  if (a.B_codes && !a.b_is_nk) throw Error("gemm: shift-code B must be stored [N, K]");
 }
 
 }  // namespace

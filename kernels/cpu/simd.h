@@ -29,6 +29,8 @@ enum class Isa { Scalar, Avx2, Avx512 };
 
 // The path in use: the best this CPU supports unless set_simd() restricted it.
 Isa isa();
+// On the AVX-512 path: whether the int8 kernels use AVX-512 VNNI (vpdpbusd).
+bool isa_vnni();
 
 // Scalar exact-erf GELU (std::erf), used by the scalar path and for vector tails.
 inline float gelu_scalar(float x) { return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f)); }
@@ -86,6 +88,57 @@ SHIFTADD_AVX512 inline __m512 exp512(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
+// Natural log for positive normal x (Cephes logf: mantissa in [sqrt(1/2), sqrt(2)), degree-9
+// polynomial), ~1 ulp.
+#define SHIFTADD_LOG_COEFFS                                                                        \
+  constexpr float l8 = 7.0376836292E-2f, l7 = -1.1514610310E-1f, l6 = 1.1676998740E-1f,             \
+                  l5 = -1.2420140846E-1f, l4 = 1.4249322787E-1f, l3 = -1.6668057665E-1f,            \
+                  l2 = 2.0000714765E-1f, l1 = -2.4999993993E-1f, l0 = 3.3333331174E-1f
+
+SHIFTADD_AVX512 inline __m512 log512(__m512 x) {
+  SHIFTADD_LOG_COEFFS;
+  __m512 e = _mm512_getexp_ps(x);
+  __m512 m = _mm512_getmant_ps(x, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src);
+  const __mmask16 big = _mm512_cmp_ps_mask(m, _mm512_set1_ps(1.41421356f), _CMP_GT_OQ);
+  m = _mm512_mask_mul_ps(m, big, m, _mm512_set1_ps(0.5f));
+  e = _mm512_mask_add_ps(e, big, e, _mm512_set1_ps(1.0f));
+  const __m512 f = _mm512_sub_ps(m, _mm512_set1_ps(1.0f));
+  const __m512 z = _mm512_mul_ps(f, f);
+  __m512 y = _mm512_fmadd_ps(_mm512_set1_ps(l8), f, _mm512_set1_ps(l7));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(l6));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(l5));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(l4));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(l3));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(l2));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(l1));
+  y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(l0));
+  y = _mm512_mul_ps(_mm512_mul_ps(y, f), z);
+  y = _mm512_fmadd_ps(e, _mm512_set1_ps(-2.12194440e-4f), y);
+  y = _mm512_fnmadd_ps(z, _mm512_set1_ps(0.5f), y);
+  return _mm512_fmadd_ps(e, _mm512_set1_ps(0.693359375f), _mm512_add_ps(f, y));
+}
+
+// The MoE combine (kernels.h Combine) on 16 lanes: LogExp with the vector exp and log (~1 ulp
+// each) for |y| <= 80, the rare lanes outside (floor, +inf, NaN) by the scalar formula.
+SHIFTADD_AVX512 inline __m512 combine512(__m512 v, Combine c) {
+  if (c == Combine::Limits) {
+    // max_ps(floor, v) returns v when v is NaN: NaN stays NaN.
+    v = _mm512_max_ps(_mm512_set1_ps(kCombineFloor), v);
+    return _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, _mm512_set1_ps(kCombineMax), _CMP_GT_OQ),
+                              _mm512_set1_ps(INFINITY));
+  }
+  if (c != Combine::LogExp) return v;
+  const __m512 r = log512(_mm512_add_ps(exp512(v), _mm512_set1_ps(kCombineEps)));
+  const __mmask16 far = ~_mm512_cmp_ps_mask(_mm512_abs_ps(v), _mm512_set1_ps(80.0f), _CMP_LE_OQ);
+  if (!far) return r;
+  alignas(64) float in[16], out[16];
+  _mm512_store_ps(in, v);
+  _mm512_store_ps(out, r);
+  for (int k = 0; k < 16; ++k)
+    if (far >> k & 1) out[k] = combine_value(in[k], c);
+  return _mm512_load_ps(out);
+}
+
 // Lane mask for the first n lanes (all 16 when n >= 16, none when n <= 0).
 SHIFTADD_AVX512 inline __mmask16 mask16(int64_t n) {
   return n >= 16 ? 0xFFFF : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1);
@@ -135,6 +188,49 @@ SHIFTADD_AVX2 inline __m256 exp256(__m256 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
+SHIFTADD_AVX2 inline __m256 log256(__m256 x) {
+  SHIFTADD_LOG_COEFFS;
+  const __m256i bits = _mm256_castps_si256(x);
+  __m256 e = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127)));
+  __m256 m = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007FFFFF)),
+                                                 _mm256_set1_epi32(0x3F800000)));
+  const __m256 big = _mm256_cmp_ps(m, _mm256_set1_ps(1.41421356f), _CMP_GT_OQ);
+  m = _mm256_blendv_ps(m, _mm256_mul_ps(m, _mm256_set1_ps(0.5f)), big);
+  e = _mm256_add_ps(e, _mm256_and_ps(big, _mm256_set1_ps(1.0f)));
+  const __m256 f = _mm256_sub_ps(m, _mm256_set1_ps(1.0f));
+  const __m256 z = _mm256_mul_ps(f, f);
+  __m256 y = _mm256_fmadd_ps(_mm256_set1_ps(l8), f, _mm256_set1_ps(l7));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(l6));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(l5));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(l4));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(l3));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(l2));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(l1));
+  y = _mm256_fmadd_ps(y, f, _mm256_set1_ps(l0));
+  y = _mm256_mul_ps(_mm256_mul_ps(y, f), z);
+  y = _mm256_fmadd_ps(e, _mm256_set1_ps(-2.12194440e-4f), y);
+  y = _mm256_fnmadd_ps(z, _mm256_set1_ps(0.5f), y);
+  return _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), _mm256_add_ps(f, y));
+}
+
+SHIFTADD_AVX2 inline __m256 combine256(__m256 v, Combine c) {
+  if (c == Combine::Limits) {
+    v = _mm256_max_ps(_mm256_set1_ps(kCombineFloor), v);
+    return _mm256_blendv_ps(v, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(v, _mm256_set1_ps(kCombineMax), _CMP_GT_OQ));
+  }
+  if (c != Combine::LogExp) return v;
+  const __m256 r = log256(_mm256_add_ps(exp256(v), _mm256_set1_ps(kCombineEps)));
+  const __m256 abs = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF)));
+  const int far = ~_mm256_movemask_ps(_mm256_cmp_ps(abs, _mm256_set1_ps(80.0f), _CMP_LE_OQ)) & 0xFF;
+  if (!far) return r;
+  alignas(32) float in[8], out[8];
+  _mm256_store_ps(in, v);
+  _mm256_store_ps(out, r);
+  for (int k = 0; k < 8; ++k)
+    if (far >> k & 1) out[k] = combine_value(in[k], c);
+  return _mm256_load_ps(out);
+}
+
 SHIFTADD_AVX2 inline float hsum256(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -157,6 +253,7 @@ SHIFTADD_AVX2 inline __m256i mask256(int64_t n) {
 }
 
 #undef SHIFTADD_ERF_COEFFS
+#undef SHIFTADD_LOG_COEFFS
 #endif  // SHIFTADD_X86
 
 // Single-threaded GEMM on one thread's scratch (gemm_scratch_bytes() of it), for kernels

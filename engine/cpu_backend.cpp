@@ -38,15 +38,28 @@ struct ShiftWork {
   std::vector<std::array<int64_t, 2>> expert_tokens;  // per node index
   kernels::ShiftMode mode = kernels::ShiftMode::Exact;
   DecisionProbe* probe = nullptr;
+  int threads = 0;  // the optimized kernels' pool size (0: the reference kernels, no work areas)
 
   std::byte* data() { return buf.data(); }
 };
 
+// KSH work: the codes, then the optimized kernels' work area (hash, then additive attention).
+size_t ksh_kernel_work_bytes(const Graph& g, const Node& n, int64_t batch, int threads) {
+  if (threads == 0) return 0;
+  NodeBuffers b;
+  b.batch = batch;
+  return std::max(cpu::ksh_work_bytes(ksh_args(g, n, b, nullptr)),
+                  cpu::additive_attention_work_bytes(additive_args(g, n, b, nullptr), threads));
+}
+
 void reserve_work(ShiftWork& w, const Graph& g, const Node& n, int64_t batch) {
   if (w.expert_tokens.size() < g.nodes().size()) w.expert_tokens.resize(g.nodes().size(), {0, 0});
+  NodeBuffers b;
+  b.batch = batch;
   size_t bytes = 0;
+  if (n.op == OpKind::ShiftLinear) bytes = cpu::shift_linear_work_bytes(shift_args(g, n, b, w.mode));
   if (n.op == OpKind::MoeLinear) bytes = moe_work_bytes(g, n, batch);
-  if (n.op == OpKind::KshAttention) bytes = ksh_work_bytes(g, n, batch);
+  if (n.op == OpKind::KshAttention) bytes = ksh_codes_bytes(g, n, batch) + ksh_kernel_work_bytes(g, n, batch, w.threads);
   if (bytes > w.buf.size()) w.buf.resize(bytes);
 }
 
@@ -62,14 +75,17 @@ void force_decisions(const std::map<size_t, std::vector<F>>& forced, size_t idx,
   for (int64_t i = 0; i < count; ++i) dst[i] = static_cast<T>(it->second[static_cast<size_t>(i)]);
 }
 
+// Router -> plan -> each expert over its rows, writing them in place in token order: the dense
+// expert as a GEMM of its gathered rows whose epilogue scatters, the shift expert reading and
+// writing its rows through the plan (gather and scatter fused). The combine (upstream's
+// log(exp(y) + eps) in exact mode, its limits in fast mode) and GELU are the experts' epilogue.
 template <class K>
 void run_moe(const Graph& g, const Node& n, const NodeBuffers& b, ShiftWork& w, K& k) {
   const int64_t M = rows_of(g, n, b.batch), K_ = n.weights[2].dim(1), N = n.weights[2].dim(0);
   std::byte* p = w.data();
   auto* expert = reinterpret_cast<uint8_t*>(p);
   auto* perm = reinterpret_cast<int32_t*>(p + align64(M));
-  auto* gx = reinterpret_cast<float*>(p + align64(M) + align64(4 * M));
-  auto* gy = reinterpret_cast<float*>(p + align64(M) + align64(4 * M) + align64(4 * M * K_));
+  std::byte* rows_work = moe_rows_work(g, n, b.batch, p);
   RouterArgs r;
   r.M = M;
   r.K = K_;
@@ -89,111 +105,73 @@ void run_moe(const Graph& g, const Node& n, const NodeBuffers& b, ShiftWork& w, 
   int64_t counts[2];
   k.plan(M, expert, perm, counts);
   if (idx < w.expert_tokens.size()) w.expert_tokens[idx] = {counts[0], counts[1]};
-  int64_t begin = 0;
-  for (int e = 0; e < 2; ++e) {
-    const int64_t cnt = counts[e];
-    if (cnt == 0) continue;
-    k.gather(begin, begin + cnt, K_, perm, b.in[0], K_, gx, K_);
-    if (e == 0) {
-      GemmArgs a;
-      a.M = cnt;
-      a.K = K_;
-      a.N = N;
-      a.A = gx;
-      a.lda = K_;
-      a.B = n.weights[2].data<float>();
-      a.ldb = K_;
-      a.b_is_nk = true;
-      a.C = gy;
-      a.ldc = N;
-      a.epi.bias = n.weights[3].defined() && n.weights[3].numel() > 0 ? n.weights[3].data<float>() : nullptr;
-      k.gemm(a);
-    } else {
-      ShiftLinearArgs a;
-      a.M = cnt;
-      a.K = K_;
-      a.N = N;
-      a.x = gx;
-      a.ldx = K_;
-      a.codes = n.weights[4].data<uint8_t>();
-      a.ldw = K_;
-      a.bias = n.weights[5].defined() && n.weights[5].numel() > 0 ? n.weights[5].data<float>() : nullptr;
-      a.y = gy;
-      a.ldy = N;
-      a.mode = w.mode;
-      k.shift(a);
-      if (const float* scale = shift_scale(n))
-        for (int64_t m = 0; m < cnt; ++m)
-          for (int64_t j = 0; j < N; ++j) gy[m * N + j] *= scale[j];
-    }
-    k.scatter(begin, begin + cnt, N, perm, gy, N, b.out, N, n.p.log_exp_combine);
-    begin += cnt;
+  const Combine combine = !n.p.log_exp_combine      ? Combine::None
+                          : w.mode == ShiftMode::Exact ? Combine::LogExp
+                                                       : Combine::Limits;
+  if (counts[0] > 0) {
+    auto* gx = reinterpret_cast<float*>(rows_work);
+    k.gather(0, counts[0], K_, perm, b.in[0], K_, gx, K_);
+    GemmArgs a;
+    a.M = counts[0];
+    a.K = K_;
+    a.N = N;
+    a.A = gx;
+    a.lda = K_;
+    a.B = n.weights[2].data<float>();
+    a.ldb = K_;
+    a.b_is_nk = true;
+    a.C = b.out;
+    a.ldc = N;
+    a.c_rows = perm;
+    a.epi.bias = n.weights[3].defined() && n.weights[3].numel() > 0 ? n.weights[3].data<float>() : nullptr;
+    a.epi.combine = combine;
+    a.epi.gelu = n.p.gelu;
+    k.gemm(a);
   }
-  if (n.p.gelu) k.gelu(M * N, b.out, b.out);
+  if (counts[1] > 0) {
+    ShiftLinearArgs a = shift_args(g, n, b, w.mode, rows_work);
+    a.M = counts[1];
+    a.rows = perm + counts[0];
+    a.combine = combine;
+    a.gelu = n.p.gelu;
+    k.shift(a);
+  }
 }
 
-// Rows of `src` ([rows, ld], `count` heads of d values starting at column `col`) L2-normalised
-// per head into dst ([rows, ldd] at column `dcol`); a zero row stays zero.
-void normalise_heads(const float* src, int64_t ld, int64_t col, float* dst, int64_t ldd, int64_t dcol,
-                     int64_t rows, int64_t H, int64_t d) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t h = 0; h < H; ++h) {
-      const float* x = src + r * ld + col + h * d;
-      float* y = dst + r * ldd + dcol + h * d;
-      float ss = 0.0f;
-      for (int64_t c = 0; c < d; ++c) ss += x[c] * x[c];
-      const float norm = std::sqrt(ss);
-      for (int64_t c = 0; c < d; ++c) y[c] = norm > 0.0f ? x[c] / norm : 0.0f;
-    }
-}
-
+// Hash (both streams of a packed q|k|v, or the shared qk), then additive attention: KV over
+// the key (or shared) codes, Y over the query codes.
 template <class K>
 void run_ksh(const Graph& g, const Node& n, const NodeBuffers& b, ShiftWork& w, K& k) {
-  const Shape& s = g.sample_shape(n.output);
-  const int64_t rows = b.batch * s[0], C = s[1], H = n.p.heads, d = C / H;
-  const bool qkv = ksh_from_qkv(n);
-  const int streams = qkv ? 2 : 1;  // hashed inputs: shared qk, or q then k
-  auto* qn = reinterpret_cast<float*>(w.data());
-  for (int i = 0; i < streams; ++i)
-    normalise_heads(b.in[0], qkv ? 3 * C : C, i * C, qn, streams * C, i * C, rows, H, d);
+  void* codes = w.data();
+  void* kernel_work = w.data() + ksh_codes_bytes(g, n, b.batch);
+  KshArgs ka = ksh_args(g, n, b, codes);
+  ka.work = kernel_work;
   const size_t idx = static_cast<size_t>(&n - g.nodes().data());
-  const int64_t count = b.batch * H * s[0];
-  void* codes[2] = {nullptr, nullptr};
-  for (int i = 0; i < streams; ++i) {
-    codes[i] = ksh_codes(g, n, b.batch, w.data(), i);
-    KshArgs ka = ksh_args(g, n, b.batch, qn + i * C, codes[i]);
-    if (!w.probe) {
-      k.ksh(ka);
-      continue;
-    }
-    // Probe: pre-activations and forced codes of all streams, one after the other.
+  const int64_t count = ka.streams * b.batch * ka.H * ka.N;  // codes of all streams
+  if (w.probe) {
     auto& pre = w.probe->ksh_preact[idx];
-    pre.resize(static_cast<size_t>(streams * count * n.p.nbits));
-    ka.preact = pre.data() + static_cast<size_t>(i * count * n.p.nbits);
-    k.ksh(ka);
+    pre.resize(static_cast<size_t>(count * n.p.nbits));
+    ka.preact = pre.data();
+  }
+  k.ksh(ka);
+  if (w.probe) {
     const auto it = w.probe->force_codes.find(idx);
-    if (it == w.probe->force_codes.end()) continue;
-    if (static_cast<int64_t>(it->second.size()) != streams * count)
-      throw Error("decision probe: node '" + n.name + "' makes " + std::to_string(streams * count) +
-                  " hash codes per run, " + std::to_string(it->second.size()) + " were forced");
-    for (int64_t t = 0; t < count; ++t) {
-      const uint64_t c = it->second[static_cast<size_t>(i * count + t)];
-      if (n.p.nbits <= 16) static_cast<uint16_t*>(codes[i])[t] = static_cast<uint16_t>(c);
-      else static_cast<uint64_t*>(codes[i])[t] = c;
+    if (it != w.probe->force_codes.end()) {
+      if (static_cast<int64_t>(it->second.size()) != count)
+        throw Error("decision probe: node '" + n.name + "' makes " + std::to_string(count) +
+                    " hash codes per run, " + std::to_string(it->second.size()) + " were forced");
+      for (int64_t t = 0; t < count; ++t) {
+        const uint64_t c = it->second[static_cast<size_t>(t)];
+        if (n.p.nbits <= 16) static_cast<uint16_t*>(codes)[t] = static_cast<uint16_t>(c);
+        else static_cast<uint64_t*>(codes)[t] = c;
+      }
     }
   }
-  // Keys (or the shared codes) build KV; queries read it.
-  if (qkv) k.additive(additive_args(g, n, b, codes[1], codes[0]));
-  else k.additive(additive_args(g, n, b, codes[0]));
-}
-
-// Per-output scale, then GELU, in place on a shift layer's output [M, N].
-template <class K>
-void shift_epilogue(const Node& n, float* y, int64_t M, int64_t N, K& k) {
-  if (const float* scale = shift_scale(n))
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t j = 0; j < N; ++j) y[m * N + j] *= scale[j];
-  if (n.p.gelu) k.gelu(M * N, y, y);
+  AdditiveAttentionArgs aa = ksh_from_qkv(n)
+      ? additive_args(g, n, b, ksh_stream_codes(g, n, b.batch, codes, 1), codes)
+      : additive_args(g, n, b, codes);
+  aa.work = kernel_work;
+  k.additive(aa);
 }
 
 struct CpuK {
@@ -203,10 +181,6 @@ struct CpuK {
   void gather(int64_t b, int64_t e, int64_t cols, const int32_t* perm, const float* src, int64_t lds,
               float* dst, int64_t ldd) {
     cpu::moe_gather(b, e, cols, perm, src, lds, dst, ldd, pool);
-  }
-  void scatter(int64_t b, int64_t e, int64_t cols, const int32_t* perm, const float* src,
-               int64_t lds, float* dst, int64_t ldd, bool combine) {
-    cpu::moe_scatter(b, e, cols, perm, src, lds, dst, ldd, combine, pool);
   }
   void gemm(const GemmArgs& a) { cpu::gemm(a, pool); }
   void shift(const ShiftLinearArgs& a) { cpu::shift_linear(a, pool); }
@@ -221,10 +195,6 @@ struct RefK {
   void gather(int64_t b, int64_t e, int64_t cols, const int32_t* perm, const float* src, int64_t lds,
               float* dst, int64_t ldd) {
     ref::moe_gather(b, e, cols, perm, src, lds, dst, ldd);
-  }
-  void scatter(int64_t b, int64_t e, int64_t cols, const int32_t* perm, const float* src,
-               int64_t lds, float* dst, int64_t ldd, bool combine) {
-    ref::moe_scatter(b, e, cols, perm, src, lds, dst, ldd, combine);
   }
   void gemm(const GemmArgs& a) { ref::gemm(a); }
   void shift(const ShiftLinearArgs& a) { ref::shift_linear(a); }
@@ -256,7 +226,7 @@ class HostBackend : public Backend {
 
 class CpuBackend final : public HostBackend {
  public:
-  CpuBackend(int threads, ShiftMode mode) : HostBackend(mode), pool_(threads) {}
+  CpuBackend(int threads, ShiftMode mode) : HostBackend(mode), pool_(threads) { work_.threads = pool_.size(); }
   const char* name() const override { return "cpu"; }
 
   bool supports_op(const Graph&, const Node& n, std::string* why) const override {
@@ -273,19 +243,13 @@ class CpuBackend final : public HostBackend {
       case OpKind::Linear: bytes = cpu::gemm_scratch_bytes(); break;
       case OpKind::Attention: bytes = cpu::attention_scratch_bytes(attention_args(g, n, b)); break;
       case OpKind::Conv2d: bytes = cpu::conv2d_scratch_bytes(conv_args(g, n, b)); break;
-      case OpKind::ShiftLinear: bytes = cpu::shift_linear_scratch_bytes(shift_args(g, n, b, work_.mode)); break;
-      case OpKind::MoeLinear: {
-        ShiftLinearArgs a;
-        a.K = n.weights[2].dim(1);
-        bytes = std::max(cpu::gemm_scratch_bytes(), cpu::shift_linear_scratch_bytes(a));
+      case OpKind::ShiftLinear:
+      case OpKind::MoeLinear:
+        bytes = std::max(cpu::gemm_scratch_bytes(), cpu::shift_linear_scratch_bytes(shift_args(g, n, b, work_.mode)));
         break;
-      }
-      case OpKind::KshAttention: {
-        // Only the sizes matter here: no buffers are bound yet.
-        bytes = std::max(cpu::ksh_scratch_bytes(ksh_args(g, n, batch, nullptr, nullptr)),
-                         cpu::additive_attention_scratch_bytes(additive_args(g, n, b, nullptr)));
+      case OpKind::KshAttention:
+        bytes = cpu::additive_attention_scratch_bytes(additive_args(g, n, b, nullptr));
         break;
-      }
       default: break;
     }
     pool_.reserve_scratch(bytes);
@@ -307,13 +271,7 @@ class CpuBackend final : public HostBackend {
       case OpKind::TakeTokens: take_tokens(g, n, b); break;
       case OpKind::DwConv3x3: cpu::dwconv3x3(dwconv_args(g, n, b), pool_); break;
       case OpKind::MeanTokens: cpu::mean_tokens(mean_args(g, n, b), pool_); break;
-      case OpKind::ShiftLinear: {
-        const ShiftLinearArgs a = shift_args(g, n, b, work_.mode);
-        cpu::shift_linear(a, pool_);
-        CpuK k{pool_};
-        shift_epilogue(n, a.y, a.M, a.N, k);
-        break;
-      }
+      case OpKind::ShiftLinear: cpu::shift_linear(shift_args(g, n, b, work_.mode, work_.data()), pool_); break;
       case OpKind::MoeLinear: {
         CpuK k{pool_};
         run_moe(g, n, b, work_, k);
@@ -354,13 +312,7 @@ class RefBackend final : public HostBackend {
       case OpKind::TakeTokens: take_tokens(g, n, b); break;
       case OpKind::DwConv3x3: ref::dwconv3x3(dwconv_args(g, n, b)); break;
       case OpKind::MeanTokens: ref::mean_tokens(mean_args(g, n, b)); break;
-      case OpKind::ShiftLinear: {
-        const ShiftLinearArgs a = shift_args(g, n, b, work_.mode);
-        ref::shift_linear(a);
-        RefK k;
-        shift_epilogue(n, a.y, a.M, a.N, k);
-        break;
-      }
+      case OpKind::ShiftLinear: ref::shift_linear(shift_args(g, n, b, work_.mode)); break;
       case OpKind::MoeLinear: {
         RefK k;
         run_moe(g, n, b, work_, k);

@@ -93,7 +93,8 @@ size_t scratch_bytes(const Graph& g, const Node& n, int64_t batch, CudaMath math
     case OpKind::KshAttention: {  // mirrors run_ksh
       const Shape& s = g.sample_shape(n.output);
       const int64_t rows = batch * s[0], streams = ksh_from_qkv(n) ? 2 : 1;
-      KshArgs k = ksh_args(g, n, batch, nullptr, nullptr);
+      KshArgs k = ksh_args(g, n, b, nullptr);
+      k.streams = 1;
       return align256(4 * rows * streams * s[1]) +
              streams * align256((n.p.nbits <= 16 ? 2 : 8) * batch * n.p.heads * s[0]) +
              align256(4 * cuda::ksh_scratch_floats(k)) +
@@ -477,13 +478,19 @@ class CudaBackend final : public Backend {
         break;
       case OpKind::ShiftLinear: {
         ShiftLinearArgs a = shift_args(g, n, b, opt_.shift_mode);
+        const float* residual = a.residual;
         a.codes = dev(a.codes);
         a.bias = dev(a.bias);
+        a.scale = nullptr, a.residual = nullptr, a.panel = {}, a.gelu = false;  // host-side CPU fields
         cuda::RowMap rows;
         rows.scale = dev(shift_scale(n));
         rows.gelu = n.p.gelu;
         cuda::shift_linear(a, rows, s);
         check_launch("shift_linear");
+        if (residual) {
+          cuda::add(a.M * a.N, a.y, residual, 1.0f, a.y, s);
+          check_launch("shift_linear residual");
+        }
         break;
       }
       case OpKind::MoeLinear: run_moe(g, n, b, scratch); break;
@@ -577,10 +584,16 @@ class CudaBackend final : public Backend {
       cuda::l2norm_heads(rows, H, d, b.in[0] + i * C, qkv ? 3 * C : C, qn + i * C, streams * C, stream_);
       check_launch("l2norm_heads");
     }
-    KshArgs k0 = ksh_args(g, n, b.batch, qn, codes[0]);
-    float* D = scratch.take<float>(cuda::ksh_scratch_floats(k0));  // reused by both streams (stream order)
+    // One stream at a time over the normalised rows.
+    auto stream_args = [&](int i) {
+      KshArgs k = ksh_args(g, n, b, codes[i]);
+      k.qk = qn + i * C, k.qk_ld = streams * C, k.qk_bstride = s[0] * streams * C;
+      k.streams = 1, k.prepared = nullptr;
+      return k;
+    };
+    float* D = scratch.take<float>(cuda::ksh_scratch_floats(stream_args(0)));  // reused by both streams (stream order)
     for (int i = 0; i < streams; ++i) {
-      KshArgs k = ksh_args(g, n, b.batch, qn + i * C, codes[i]);
+      KshArgs k = stream_args(i);
       k.anchors = dev(k.anchors);
       k.mvec = dev(k.mvec);
       k.A = dev(k.A);

@@ -6,7 +6,7 @@ namespace shiftadd {
 
 static const DTypeTraits kTraits[] = {
     {"F32", 4, true}, {"F16", 2, true}, {"BF16", 2, true}, {"I32", 4, false},
-    {"I64", 8, false}, {"U8", 1, false}, {"U16", 2, false},
+    {"I64", 8, false}, {"U8", 1, false}, {"U16", 2, false}, {"I8", 1, false},
 };
 static_assert(sizeof(kTraits) / sizeof(kTraits[0]) == static_cast<size_t>(DType::Count));
 

@@ -6,7 +6,7 @@
 
 namespace shiftadd {
 
-enum class DType : uint8_t { F32, F16, BF16, I32, I64, U8, U16, Count };
+enum class DType : uint8_t { F32, F16, BF16, I32, I64, U8, U16, I8, Count };
 
 struct DTypeTraits {
   std::string_view name;  // safetensors spelling: "F32", "F16", ...

@@ -1,6 +1,7 @@
 #include "engine/graph.h"
 
 #include "engine/shift_codes.h"
+#include "kernels/shift_kernels.h"
 #include "shiftadd/error.h"
 
 namespace shiftadd {
@@ -302,13 +303,33 @@ int64_t check_shift(const std::string& node, const char* what, const ShiftWeight
 }
 }  // namespace
 
-int Graph::shift_linear(int x, ShiftWeights w, std::string name, bool gelu) {
+namespace {
+ShiftPanelTensors make_panel(const Tensor& codes) {
+  const int64_t N = codes.dim(0), K = codes.dim(1);
+  ShiftPanelTensors p;
+  p.w = Tensor::empty(DType::I8, {static_cast<int64_t>(kernels::cpu::shift_panel_bytes(N, K))});
+  p.colsum = Tensor::empty(DType::I32, {N});
+  p.row_scale = Tensor::empty(DType::F32, {N});
+  p.dropped = kernels::cpu::pack_shift_panel(codes.data<uint8_t>(), N, K, K, p.w.data<int8_t>(),
+                                             p.colsum.data<int32_t>(), p.row_scale.data<float>());
+  return p;
+}
+}  // namespace
+
+int Graph::shift_linear(int x, ShiftWeights w, std::string name, bool gelu, int residual) {
   Shape s = sample_shape(x);
   s.back() = check_shift(name, "shift", w, s);
   Node n;
   n.op = OpKind::ShiftLinear;
   n.name = std::move(name);
   n.inputs = {x};
+  if (residual >= 0) {
+    if (sample_shape(residual) != s)
+      shape_error(n.name, "residual " + shape_str(sample_shape(residual)) + " does not match output " +
+                              shape_str(s));
+    n.inputs.push_back(residual);
+  }
+  n.prepared.shift = make_panel(w.codes);
   n.weights = {std::move(w.codes), std::move(w.bias), std::move(w.scale)};
   n.p.gelu = gelu;
   return add_node(std::move(n), s);
@@ -341,6 +362,7 @@ int Graph::moe_linear(int x, Tensor wg, Tensor bg, Tensor w0, Tensor b0, ShiftWe
   n.op = OpKind::MoeLinear;
   n.name = std::move(name);
   n.inputs = {x};
+  n.prepared.shift = make_panel(w1.codes);
   n.weights = {std::move(wg), std::move(bg), std::move(w0), std::move(b0), std::move(w1.codes),
                std::move(w1.bias), std::move(w1.scale)};
   n.p.log_exp_combine = log_exp_combine;
@@ -379,6 +401,18 @@ void check_ksh(const std::string& name, int64_t H, int64_t d, const Tensor& anch
     shape_error(name, "dconv weight " + shape_str(taps.shape()) + ", expected " + std::to_string(H) +
                           " x 9 values");
 }
+
+// The hash constants of a KSH node (weights: anchor [H, m, d], mvec [H, m], A [H, nbits, m]).
+Tensor prepare_ksh(const Node& n, int64_t d) {
+  kernels::KshArgs a;
+  a.H = n.p.heads, a.m = n.p.anchors, a.d = d, a.nbits = n.p.nbits;
+  a.anchors = n.weights[0].data<float>();
+  a.mvec = n.weights[1].data<float>();
+  a.A = n.weights[2].data<float>();
+  Tensor t = Tensor::empty(DType::U8, {static_cast<int64_t>(kernels::cpu::ksh_prepared_bytes(a))});
+  kernels::cpu::ksh_prepare(a, t.data<uint8_t>());
+  return t;
+}
 }  // namespace
 
 int Graph::ksh_attention(int qk, int v, int64_t heads, const Tensor& anchor, const Tensor& mvec,
@@ -410,6 +444,7 @@ int Graph::ksh_attention(int qk, int v, int64_t heads, const Tensor& anchor, con
   n.p.heads = H;
   n.p.nbits = nbits;
   n.p.anchors = m;
+  n.prepared.ksh = prepare_ksh(n, d);
   return add_node(std::move(n), sq);
 }
 
@@ -430,6 +465,7 @@ int Graph::ksh_attention_qkv(int qkv, int64_t heads, const Tensor& anchor, const
   n.p.heads = H;
   n.p.nbits = nbits;
   n.p.anchors = m;
+  n.prepared.ksh = prepare_ksh(n, d);
   return add_node(std::move(n), {s[0], C});
 }
 

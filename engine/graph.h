@@ -24,8 +24,9 @@ enum class OpKind : uint8_t {
   DwConv3x3,    // depthwise 3x3 conv (pad 1, bias) over the [H*W, C] token grid, optional GELU
   MeanTokens,   // mean over tokens [N, C] -> [1, C]
   ShiftLinear,  // DeepShift-PS linear q(x) W^T + q(b), W = g * 2^s packed as 5-bit codes
-                // (engine/shift_codes.h), times an optional per-output scale, optional GELU;
-                // weights: codes U8 [out, in], bias [out] (raw), scale [out] (or undefined)
+                // (engine/shift_codes.h), times an optional per-output scale, optional GELU,
+                // optional fused residual add (input 1); weights: codes U8 [out, in], bias [out]
+                // (raw), scale [out] (or undefined)
   MoeLinear,    // top-1 mixture of a dense (expert 0) and a shift (expert 1) linear, combined
                 // by log(exp(y) + eps) when p.log_exp_combine, optional GELU; weights: Wg [2, in],
                 // bg [2], W0 [out, in], b0 [out], codes1 U8 [out, in], b1 [out], scale1 [out]
@@ -66,6 +67,19 @@ struct ShiftWeights {
                                Tensor bias);
 };
 
+// What the optimized CPU kernels read of a layer in their own layout, derived once from its
+// weights when the graph is built (not model parameters):
+// - a shift layer's int8 panels, column sums and row scales (kernels::ShiftPanel);
+// - a KSH layer's hash constants (kernels::cpu::ksh_prepare).
+struct ShiftPanelTensors {
+  Tensor w, colsum, row_scale;
+  int64_t dropped = 0;  // nonzero weights below the int8 window (zero in fast mode)
+};
+struct PreparedWeights {
+  ShiftPanelTensors shift;  // ShiftLinear, MoeLinear (its shift expert)
+  Tensor ksh;               // KshAttention
+};
+
 struct Node {
   OpKind op = OpKind::Input;
   std::string name;             // e.g. "blocks.3.mlp.fc1"
@@ -73,6 +87,7 @@ struct Node {
   int output = -1;              // value id
   std::vector<Tensor> weights;  // op-specific order (Linear: W [out,in], b [out])
   OpParams p;
+  PreparedWeights prepared;
 };
 
 struct ValueInfo {
@@ -97,7 +112,8 @@ class Graph {
   int dwconv3x3(int x, int64_t grid_h, int64_t grid_w, const Tensor& w, Tensor b, bool gelu,
                 std::string name);
   int mean_tokens(int x, std::string name);
-  int shift_linear(int x, ShiftWeights w, std::string name, bool gelu = false);
+  // Optional fused residual add (input 1), as Linear.
+  int shift_linear(int x, ShiftWeights w, std::string name, bool gelu = false, int residual = -1);
   // Shift linear from raw upstream float `shift` and `sign` [out, in] and bias [out].
   int shift_linear(int x, const Tensor& shift, const Tensor& sign, Tensor b, std::string name);
   // MoE linear: router gate Wg [2, in], bg [2]; expert 0 dense W0 [out, in], b0 [out];

@@ -156,9 +156,32 @@ inline int64_t rows_of(const Graph& g, const Node& n, int64_t batch) {
   return batch * shape_numel(in) / in.back();
 }
 
-inline ShiftLinearArgs shift_args(const Graph& g, const Node& n, const NodeBuffers& b, ShiftMode mode) {
+// Per-output scale of a shift layer (weights[2] of ShiftLinear, weights[6] of MoeLinear), or null.
+inline const float* shift_scale(const Node& n) {
+  const size_t i = n.op == OpKind::MoeLinear ? 6 : 2;
+  return n.weights.size() > i && n.weights[i].defined() && n.weights[i].numel() > 0
+             ? n.weights[i].data<float>()
+             : nullptr;
+}
+
+inline ShiftPanel shift_panel(const Node& n) {
+  const ShiftPanelTensors& t = n.prepared.shift;
+  ShiftPanel p;
+  if (!t.w.defined()) return p;
+  p.w = t.w.data<int8_t>();
+  p.colsum = t.colsum.data<int32_t>();
+  p.row_scale = t.row_scale.data<float>();
+  return p;
+}
+
+// A ShiftLinear node, or (with its weights offset: codes at 4) the shift expert of a MoeLinear
+// over `M` gathered rows; `work` is the exact mode's work buffer (cpu::shift_linear_work_bytes).
+inline ShiftLinearArgs shift_args(const Graph& g, const Node& n, const NodeBuffers& b, ShiftMode mode,
+                                  void* work = nullptr) {
   ShiftLinearArgs a;
-  const Tensor& codes = n.weights[0];
+  const size_t w0 = n.op == OpKind::MoeLinear ? 4 : 0;
+  const Tensor& codes = n.weights[w0];
+  const Tensor& bias = n.weights[w0 + 1];
   a.M = rows_of(g, n, b.batch);
   a.K = codes.dim(1);
   a.N = codes.dim(0);
@@ -166,56 +189,72 @@ inline ShiftLinearArgs shift_args(const Graph& g, const Node& n, const NodeBuffe
   a.ldx = a.K;
   a.codes = codes.data<uint8_t>();
   a.ldw = a.K;
-  a.bias = n.weights[1].defined() && n.weights[1].numel() > 0 ? n.weights[1].data<float>() : nullptr;
+  a.bias = bias.defined() && bias.numel() > 0 ? bias.data<float>() : nullptr;
   a.y = b.out;
   a.ldy = a.N;
   a.mode = mode;
+  a.scale = shift_scale(n);
+  if (n.op == OpKind::ShiftLinear) {
+    a.gelu = n.p.gelu;
+    if (n.inputs.size() > 1) {
+      a.residual = b.in[1];
+      a.ldr = a.N;
+    }
+  }
+  a.panel = shift_panel(n);
+  a.work = work;
   return a;
 }
 
-// MoE layout in the work buffer: expert[M] u8 | perm[M] i32 | gathered x [M, K] | expert out [M, N].
+// MoE layout in the work buffer: expert[M] u8 | perm[M] i32 | rows [M, K] floats, holding the
+// dense expert's gathered input and then the shift expert's exact-mode work (q(x) and its bias).
 inline size_t moe_work_bytes(const Graph& g, const Node& n, int64_t batch) {
   const int64_t M = rows_of(g, n, batch), K = n.weights[2].dim(1), N = n.weights[2].dim(0);
-  return align64(M) + align64(4 * M) + align64(4 * M * K) + align64(4 * M * N);
+  return align64(M) + align64(4 * M) + align64(4 * (M * K + 16 + N));
+}
+inline std::byte* moe_rows_work(const Graph& g, const Node& n, int64_t batch, std::byte* work) {
+  const int64_t M = rows_of(g, n, batch);
+  return work + align64(M) + align64(4 * M);
 }
 
 // KSH attention over a packed q|k|v input (ViT blocks; one input) rather than qk and v (two).
 inline bool ksh_from_qkv(const Node& n) { return n.inputs.size() == 1; }
 
-// KSH layout: normalised rows [B, N, S*C] floats | S code arrays [B, H, N] (uint16 or uint64),
-// S = 1 (shared qk) or 2 (q and k of a packed qkv: q rows first, then k; query codes first).
-inline size_t ksh_work_bytes(const Graph& g, const Node& n, int64_t batch) {
-  const Shape& s = g.sample_shape(n.output);
-  const int64_t H = n.p.heads, S = ksh_from_qkv(n) ? 2 : 1;
-  return align64(4 * batch * s[0] * S * s[1]) +
-         static_cast<size_t>(S) * align64((n.p.nbits <= 16 ? 2 : 8) * batch * H * s[0]);
+// Hashed streams: the shared qk (upstream), or q then k of a packed q|k|v.
+inline int64_t ksh_streams(const Node& n) { return ksh_from_qkv(n) ? 2 : 1; }
+
+// The codes of all streams, [streams, B, H, N] uint16 (nbits <= 16) or uint64.
+inline size_t ksh_codes_bytes(const Graph& g, const Node& n, int64_t batch) {
+  return align64(static_cast<size_t>(ksh_streams(n) * (n.p.nbits <= 16 ? 2 : 8) * batch * n.p.heads *
+                                     g.sample_shape(n.output)[0]));
 }
-// Start of code array `which` (0: queries or shared, 1: keys) in the KSH work area at `work`.
-inline void* ksh_codes(const Graph& g, const Node& n, int64_t batch, std::byte* work, int which) {
-  const Shape& s = g.sample_shape(n.output);
-  const int64_t S = ksh_from_qkv(n) ? 2 : 1;
-  return work + align64(4 * batch * s[0] * S * s[1]) +
-         static_cast<size_t>(which) * align64((n.p.nbits <= 16 ? 2 : 8) * batch * n.p.heads * s[0]);
+// Start of stream `which`'s codes (0: queries or shared, 1: keys) in `codes`.
+inline void* ksh_stream_codes(const Graph& g, const Node& n, int64_t batch, void* codes, int which) {
+  return static_cast<std::byte*>(codes) +
+         which * (n.p.nbits <= 16 ? 2 : 8) * batch * n.p.heads * g.sample_shape(n.output)[0];
 }
 
-// Hash arguments for normalised rows at `qn` (row stride S*C; the k rows start at qn + C).
-inline KshArgs ksh_args(const Graph& g, const Node& n, int64_t batch, float* qn, void* codes) {
+// Hash arguments over the node's raw input rows: every stream, codes into `codes`.
+inline KshArgs ksh_args(const Graph& g, const Node& n, const NodeBuffers& b, void* codes) {
   const Shape& s = g.sample_shape(n.output);
-  const int64_t ld = (ksh_from_qkv(n) ? 2 : 1) * s[1];
+  const int64_t C = s[1];
   KshArgs a;
-  a.B = batch;
+  a.B = b.batch;
   a.H = n.p.heads;
   a.N = s[0];
-  a.d = s[1] / n.p.heads;
+  a.d = C / n.p.heads;
   a.m = n.p.anchors;
   a.nbits = n.p.nbits;
-  a.qk = qn;
-  a.qk_ld = ld;
-  a.qk_bstride = s[0] * ld;
+  a.qk = b.in[0];
+  a.qk_ld = (ksh_from_qkv(n) ? 3 : 1) * C;
+  a.qk_bstride = s[0] * a.qk_ld;
+  a.streams = ksh_streams(n);
+  a.stream_offset = C;
   a.anchors = n.weights[0].data<float>();
   a.mvec = n.weights[1].data<float>();
   a.A = n.weights[2].data<float>();
   a.codes = codes;
+  a.prepared = n.prepared.ksh.defined() && n.prepared.ksh.numel() ? n.prepared.ksh.raw() : nullptr;
   return a;
 }
 
@@ -245,14 +284,6 @@ inline AdditiveAttentionArgs additive_args(const Graph& g, const Node& n, const 
   a.o_ld = C;
   a.o_bstride = s[0] * C;
   return a;
-}
-
-// Per-output scale of a shift layer (weights[2] of ShiftLinear, weights[6] of MoeLinear), or null.
-inline const float* shift_scale(const Node& n) {
-  const size_t i = n.op == OpKind::MoeLinear ? 6 : 2;
-  return n.weights.size() > i && n.weights[i].defined() && n.weights[i].numel() > 0
-             ? n.weights[i].data<float>()
-             : nullptr;
 }
 
 }  // namespace shiftadd::node_args

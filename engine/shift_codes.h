@@ -99,5 +99,54 @@ SHIFTADD_HD inline int32_t quantize_q16(float x) {
   if (f > kQ16Max) f = kQ16Max;
   return static_cast<int32_t>(f);
 }
+// q(x) as a float: X / 2^16, exactly upstream's fp32 value.
+SHIFTADD_HD inline float quantize_q16_float(float x) { return static_cast<float>(quantize_q16(x)) * 0x1p-16f; }
+
+// ----- the int8 view of a shift layer (fast mode, docs/shiftadd.md) ------------------------
+// Per output row n with largest exponent e_n (over its nonzero weights), a weight g * 2^s is the
+// int8 g * 2^(s - e_n + 6) times the row scale 2^(e_n - 6): exact for the 7 exponents
+// e_n - 6 .. e_n (|int8| in {1, 2, ..., 64}); weights below that window (< 2^-6 of the row's
+// largest) become 0 (dropped; the converter reports how many). |int8| <= 64 also keeps
+// u8 * s8 pair sums inside int16 (255 * 64 * 2 < 32767), so AVX2's vpmaddubsw cannot saturate.
+constexpr int kShiftInt8Levels = 7;
+constexpr int kNoExponent = -127;  // row exponent of an all-zero row
+
+// e_n of a row of K codes (kNoExponent when every weight is zero).
+SHIFTADD_HD inline int shift_row_exponent(const uint8_t* codes, int64_t K) {
+  int e = kNoExponent;
+  for (int64_t k = 0; k < K; ++k)
+    if (!shift_code_is_zero(codes[k])) {
+      const int s = shift_code_exponent(codes[k]);
+      e = s > e ? s : e;
+    }
+  return e;
+}
+
+// The int8 weight of `code` in a row of exponent e (0 when dropped or zero).
+SHIFTADD_HD inline int8_t shift_code_int8(uint8_t code, int row_exponent) {
+  if (shift_code_is_zero(code)) return 0;
+  const int j = shift_code_exponent(code) - row_exponent + kShiftInt8Levels - 1;
+  if (j < 0) return 0;
+  const int v = 1 << j;
+  return static_cast<int8_t>((code & kShiftSignBit) ? -v : v);
+}
+
+// The row scale 2^(e - 6) (0 for an all-zero row).
+SHIFTADD_HD inline float shift_row_scale(int row_exponent) {
+  return row_exponent == kNoExponent ? 0.0f : ldexpf(1.0f, row_exponent - (kShiftInt8Levels - 1));
+}
+
+// Fast mode's per-token activation quantizer: symmetric int8 with step amax / 127.
+//   inv = 127 / amax (0 when amax is 0), xq = round_half_even(clamp(x * inv, -127, 127)).
+// The clamps are written as the SIMD min/max compute them (NaN -> 127), so every backend
+// produces the same integers.
+SHIFTADD_HD inline float int8_quant_inv(float amax) { return amax > 0.0f ? 127.0f / amax : 0.0f; }
+SHIFTADD_HD inline float int8_quant_step(float amax) { return amax / 127.0f; }
+SHIFTADD_HD inline int8_t quantize_int8(float x, float inv) {
+  float v = x * inv;
+  v = v < 127.0f ? v : 127.0f;
+  v = v > -127.0f ? v : -127.0f;
+  return static_cast<int8_t>(static_cast<int>(nearbyintf(v)));
+}
 
 }  // namespace shiftadd

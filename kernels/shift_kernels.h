@@ -7,6 +7,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/kernels.h"
+
 namespace shiftadd {
 class ThreadPool;
 
@@ -14,21 +16,37 @@ namespace kernels {
 
 // ----- shift linear (spec section 3) -------------------------------------------------------
 //
-// y[m, n] = q(x[m]) . W[n] + q(bias[n]),  W = decode_shift_weight(codes) = g * 2^s,
-// q(x) = clamp(floor(x * 2^16) / 2^16, -32768, 32767)   (see engine/shift_codes.h).
+// A shift layer's weights W = g * 2^s come as 5-bit codes (engine/shift_codes.h). Two modes:
 //
-// Exact: with X = quantize_q16(x), Bq = quantize_q16(bias), the exact value of the float
-// formula is T * 2^-30 with T = sum_k g_k * (X_k << (14 + s_k)) + (Bq << 14), accumulated in
-// int64 (no overflow for K < 2^18). y = fp32(T) * 2^-30, i.e. the exact result rounded ONCE to
-// the nearest fp32 (ties to even). Upstream's fp32 matmul rounds at every partial sum, so it
-// differs from this by its own accumulation error (~1e-7 * sqrt(K) relative); this result is
-// the correctly rounded one and is independent of thread count and SIMD path (bit-for-bit).
+// Exact (upstream's float semantics): y = q(x) W^T + q(b), q the Q16.16 floor quantizer.
+//   ref:: computes it exactly, T = sum_k g_k (X_k << (14 + s_k)) + (Bq << 14) in int64 with
+//   X = quantize_q16(x), and rounds once: y = fp32(T) * 2^-30 (the correctly rounded value; the
+//   oracle). cpu:: computes what upstream computes, an fp32 GEMM of q(x) against the decoded
+//   weights (exact powers of two), so it differs from ref:: by fp32 accumulation only
+//   (<= ~K * 2^-24 of sum |terms|; upstream's own GEMM differs from ref:: the same way).
 //
-// Fast: real integer shift-and-add on 32-bit lanes with arithmetic right shifts:
-// T16 = sum_k g_k * (Xs_k >> -s_k) + Bq, y = fp32(T16) * 2^-16, where Xs = X saturated to
-// +-2^27 (|x| < 2048; larger activations saturate) so 32-bit partial sums cannot overflow.
-// Each right shift truncates toward -inf: |y_fast - y_exact| <= (nonzero weights) * 2^-16.
+// Fast (integer units): per token m, x is quantized to int8 with amax_m = max_k |x[m, k]|
+//   (int8_quant_inv / quantize_int8 in engine/shift_codes.h), each weight row n is the int8
+//   window of its codes with row scale r_n = 2^(e_n - 6) (shift_code_int8), and
+//     acc[m, n] = sum_k xq[m, k] * wq[n, k]                (int32, exact)
+//     y[m, n]   = fma(fp32(acc), step_m * ws_n, bq_n),   step_m = int8_quant_step(amax_m),
+//                 ws_n = r_n * scale_n,  bq_n = quantize_q16_float(b_n) * scale_n
+//   ref:: and every cpu:: path compute exactly this (bit for bit, before GELU).
+//
+// Both modes then apply, in order: per-output scale (exact mode: y *= scale_n; fast mode has it
+// folded into ws_n and bq_n), the MoE combine (kernels.h), GELU (exact erf; the cpu:: paths use
+// a ~1e-7 approximation), and y += residual.
 enum class ShiftMode { Exact, Fast };
+
+// The fast kernels' prepared weights, derived once per layer from the codes (pack_shift_panel):
+// int8 weights in 32-column panels of 4-deep k groups, [ceil(N/32)][ceil(K/4)][32][4] (zero
+// padded), their column sums (for the u8 activation offset of VNNI) and the row scales r_n.
+struct ShiftPanel {
+  const int8_t* w = nullptr;
+  const int32_t* colsum = nullptr;  // [N] sum_k wq[n, k]
+  const float* row_scale = nullptr;  // [N] r_n = shift_row_scale(e_n)
+};
+constexpr int64_t kShiftPanelCols = 32, kShiftPanelDepth = 4;
 
 struct ShiftLinearArgs {
   int64_t M = 0, N = 0, K = 0;
@@ -40,29 +58,51 @@ struct ShiftLinearArgs {
   float* y = nullptr;            // [M, N], row stride ldy
   int64_t ldy = 0;
   ShiftMode mode = ShiftMode::Exact;
+  // Epilogue after the layer's bias: y *= scale[n] (may be null); the MoE combine (kernels.h);
+  // GELU; y += residual (rows mapped like y's; may be y itself, with ldr == ldy).
+  const float* scale = nullptr;
+  Combine combine = Combine::None;
+  bool gelu = false;
+  const float* residual = nullptr;
+  int64_t ldr = 0;
+  // Row map (the MoE shift expert): row m of the layer reads x row rows[m] and writes y (and
+  // reads residual) row rows[m]: gather and scatter fused. Null: row m is row m.
+  const int32_t* rows = nullptr;
+  // cpu:: only: the prepared weights (fast mode; from pack_shift_panel on these codes) and a
+  // work buffer of shift_linear_work_bytes(*this) bytes (exact mode).
+  ShiftPanel panel;
+  void* work = nullptr;
 };
 
 // ----- KSH hash (spec section 2 step 3) ----------------------------------------------------
 //
-// Per image b and head h, over the N tokens qk[n] = qk + b*qk_bstride + n*qk_ld + h*d
-// (already L2-normalised):
-//   D[n,j]  = sum_c (qk[n,c] - anchors[h,j,c])^2          anchors [H, m, d]
-//   sigma   = mean of D over all n < N, j < m (this image and head only)
+// Per stream s, image b and head h, over the N token rows
+// qk[n] = qk + s*stream_offset + b*qk_bstride + n*qk_ld + h*d:
+//   q[n]    = qk[n] / ||qk[n]||_2                         (a zero row stays zero)
+//   D[n,j]  = sum_c (q[n,c] - anchors[h,j,c])^2          anchors [H, m, d]
+//   sigma   = mean of D over all n < N, j < m (this stream, image and head only)
 //   Kf[n,j] = exp(-D[n,j] / (2 sigma)) - mvec[h,j]       mvec [H, m]
 //   y[n,k]  = sum_j Kf[n,j] * A[h,k,j]                    A [H, nbits, m]
-//   bit k of code[b,h,n] = (y[n,k] > 0)
-// codes: [B, H, N] uint16 when nbits <= 16, else uint64 (nbits <= 64); bit k = 1 << k.
-// preact (optional): y as [B, H, N, nbits] floats, for boundary-aware comparisons.
+//   bit k of code[s,b,h,n] = (y[n,k] > 0)
+// Streams: upstream hashes one shared qk (streams = 1); a ViT block hashes its q and its k with
+// the same hash (streams = 2, stream_offset = C: the k columns of a packed q|k|v).
+// codes: [streams, B, H, N] uint16 when nbits <= 16, else uint64 (nbits <= 64); bit k = 1 << k.
+// preact (optional): y as [streams, B, H, N, nbits] floats, for boundary-aware comparisons.
 // sigma == 0 (all tokens on every anchor) gives exp(-0/0): guarded to Kf = 1 - mvec.
 struct KshArgs {
   int64_t B = 0, H = 0, N = 0, d = 0, m = 0, nbits = 0;
   const float* qk = nullptr;
   int64_t qk_ld = 0, qk_bstride = 0;
+  int64_t streams = 1, stream_offset = 0;
   const float* anchors = nullptr;
   const float* mvec = nullptr;
   const float* A = nullptr;
   void* codes = nullptr;
   float* preact = nullptr;
+  // cpu:: only: a work buffer of ksh_work_bytes(*this) bytes, and optionally the layer's
+  // constants prepared once by ksh_prepare (else they are prepared in the work buffer per call).
+  void* work = nullptr;
+  const void* prepared = nullptr;
 };
 
 // ----- additive attention on packed codes (spec section 2 steps 4-8) ------------------------
@@ -86,6 +126,7 @@ struct AdditiveAttentionArgs {
   const float* taps = nullptr;  // [H, 9] (Conv2d weight (H, 1, 9, 1))
   float* out = nullptr;
   int64_t o_ld = 0, o_bstride = 0;
+  void* work = nullptr;  // cpu:: only: additive_attention_work_bytes(*this, threads) bytes
 };
 
 // ----- MoE routing helpers (spec section 4) ------------------------------------------------
@@ -105,9 +146,9 @@ struct RouterArgs {
 // Per-expert index lists in one caller buffer `perm` of M entries: perm[0, counts[0]) are the
 // rows routed to expert 0 in ascending order, perm[counts[0], M) those of expert 1, ascending.
 // O(M), allocates nothing.
-// gather: dst[i] = src[perm[i]] for i in [begin, end) (dst row i - begin), `cols` floats each.
-// scatter: dst[perm[i]] = src[i - begin] for i in [begin, end); with log_exp_combine the
-// exact-mode combine dst = log(exp(src) + 2.220446e-16f) in fp32 is applied on the way.
+// gather: dst[i] = src[perm[i]] for i in [begin, end) (dst row i - begin), `cols` floats each
+// (the dense expert's input rows; its GEMM scatters through GemmArgs::c_rows, the shift expert
+// reads and writes its rows through ShiftLinearArgs::rows).
 
 namespace ref {
 void pack_shift_codes(int64_t n, const float* shift, const float* sign, uint8_t* codes);
@@ -118,20 +159,28 @@ void moe_router(const RouterArgs& a);
 void moe_plan(int64_t M, const uint8_t* expert, int32_t* perm, int64_t counts[2]);
 void moe_gather(int64_t begin, int64_t end, int64_t cols, const int32_t* perm, const float* src,
                 int64_t lds, float* dst, int64_t ldd);
-void moe_scatter(int64_t begin, int64_t end, int64_t cols, const int32_t* perm, const float* src,
-                 int64_t lds, float* dst, int64_t ldd, bool log_exp_combine);
-// y = log(exp(x) + 2.220446e-16f) elementwise in fp32 (in place allowed).
-void moe_combine(int64_t n, const float* x, float* y);
 }  // namespace ref
 
 namespace cpu {
 // Per-thread scratch (bytes) to reserve on the pool before calling these.
 size_t shift_linear_scratch_bytes(const ShiftLinearArgs& a);
-size_t ksh_scratch_bytes(const KshArgs& a);
+size_t ksh_work_bytes(const KshArgs& a);
+// The hash's constants (anchors, mvec, A rearranged) for KshArgs::prepared: depend on the
+// layer's weights and shapes only (H, m, d, nbits).
+size_t ksh_prepared_bytes(const KshArgs& a);
+void ksh_prepare(const KshArgs& a, void* out);
 size_t additive_attention_scratch_bytes(const AdditiveAttentionArgs& a);
+size_t additive_attention_work_bytes(const AdditiveAttentionArgs& a, int threads);
+
+size_t shift_linear_work_bytes(const ShiftLinearArgs& a);
 
 void pack_shift_codes(int64_t n, const float* shift, const float* sign, uint8_t* codes,
                       ThreadPool& pool);
+// The fast kernels' panel of an [N, K] code matrix: `w` holds shift_panel_bytes(N, K) bytes,
+// colsum and row_scale N values each. Returns how many nonzero weights the int8 window dropped.
+size_t shift_panel_bytes(int64_t N, int64_t K);
+int64_t pack_shift_panel(const uint8_t* codes, int64_t N, int64_t K, int64_t ldw, int8_t* w,
+                         int32_t* colsum, float* row_scale);
 void shift_linear(const ShiftLinearArgs& a, ThreadPool& pool);
 void ksh_hash(const KshArgs& a, ThreadPool& pool);
 void additive_attention(const AdditiveAttentionArgs& a, ThreadPool& pool);
@@ -139,9 +188,6 @@ void moe_router(const RouterArgs& a, ThreadPool& pool);
 void moe_plan(int64_t M, const uint8_t* expert, int32_t* perm, int64_t counts[2]);
 void moe_gather(int64_t begin, int64_t end, int64_t cols, const int32_t* perm, const float* src,
                 int64_t lds, float* dst, int64_t ldd, ThreadPool& pool);
-void moe_scatter(int64_t begin, int64_t end, int64_t cols, const int32_t* perm, const float* src,
-                 int64_t lds, float* dst, int64_t ldd, bool log_exp_combine, ThreadPool& pool);
-void moe_combine(int64_t n, const float* x, float* y, ThreadPool& pool);
 }  // namespace cpu
 
 }  // namespace kernels

@@ -204,7 +204,9 @@ TEST_P(Decisions, FastModeErrorWithExactDecisions) {
   RecordProperty("fast_vs_exact_rel_error", std::to_string(err));
   std::printf("  %s: fast vs exact with exact decisions forced: %.3g relative\n",
               c.dir.filename().string().c_str(), err);
-  EXPECT_LT(err, 2e-3) << c.dir;
+  // Fast mode quantizes each token's activations to int8 (step max|x| / 127) and keeps 7
+  // exponents per weight row: ~1% per layer (ShiftLinear.FastDeviationPerLayer).
+  EXPECT_LT(err, 3e-2) << c.dir;
 }
 
 // A forced decision list of the wrong length is an error naming the node, not a silent misuse.

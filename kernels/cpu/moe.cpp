@@ -1,5 +1,5 @@
 // MoE routing helpers (spec section 4) on the CPU: router logits and top-1 choice, the O(M)
-// per-expert plan, row gather/scatter and the exact-mode log(exp(y) + eps) combine.
+// per-expert plan and the dense expert's row gather.
 #include <cmath>
 #include <cstring>
 
@@ -52,28 +52,6 @@ void moe_gather(int64_t begin, int64_t end, int64_t cols, const int32_t* perm, c
     for (int64_t i = begin + i0; i < begin + i1; ++i)
       std::memcpy(dst + (i - begin) * ldd, src + perm[i] * lds, sizeof(float) * cols);
   });
-}
-
-void moe_combine(int64_t n, const float* x, float* y, ThreadPool& pool) {
-  parallel_chunks(pool, n, 16, 65536, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) y[i] = std::log(std::exp(x[i]) + 2.220446e-16f);
-  });
-}
-
-void moe_scatter(int64_t begin, int64_t end, int64_t cols, const int32_t* perm, const float* src,
-                 int64_t lds, float* dst, int64_t ldd, bool log_exp_combine, ThreadPool& pool) {
-  parallel_chunks(pool, end - begin, log_exp_combine ? 16 * cols : cols, 65536,
-                  [&](int64_t i0, int64_t i1) {
-                    for (int64_t i = begin + i0; i < begin + i1; ++i) {
-                      const float* s = src + (i - begin) * lds;
-                      float* d = dst + perm[i] * ldd;
-                      if (log_exp_combine)
-                        for (int64_t c = 0; c < cols; ++c)
-                          d[c] = std::log(std::exp(s[c]) + 2.220446e-16f);
-                      else
-                        std::memcpy(d, s, sizeof(float) * cols);
-                    }
-                  });
 }
 
 }  // namespace shiftadd::kernels::cpu

@@ -1,5 +1,5 @@
-// Reference KSH hashing and additive attention on packed codes (spec section 2), in double
-// precision with plain loops.
+// Reference KSH hashing (row normalisation included) and additive attention on packed codes
+// (spec section 2), in double precision with plain loops.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -9,40 +9,46 @@
 namespace shiftadd::kernels::ref {
 
 void ksh_hash(const KshArgs& a) {
-  std::vector<double> D(static_cast<size_t>(a.N * a.m));
-  for (int64_t b = 0; b < a.B; ++b) {
-    for (int64_t h = 0; h < a.H; ++h) {
-      const float* anchors = a.anchors + h * a.m * a.d;
-      double total = 0.0;
-      for (int64_t n = 0; n < a.N; ++n) {
-        const float* q = a.qk + b * a.qk_bstride + n * a.qk_ld + h * a.d;
-        for (int64_t j = 0; j < a.m; ++j) {
-          double s = 0.0;
-          for (int64_t c = 0; c < a.d; ++c) {
-            const double t = static_cast<double>(q[c]) - anchors[j * a.d + c];
-            s += t * t;
-          }
-          D[n * a.m + j] = s;
-          total += s;
-        }
-      }
-      const double sigma = total / static_cast<double>(a.N * a.m);
-      for (int64_t n = 0; n < a.N; ++n) {
-        uint64_t code = 0;
-        for (int64_t k = 0; k < a.nbits; ++k) {
-          double y = 0.0;
+  std::vector<double> D(static_cast<size_t>(a.N * a.m)), q(static_cast<size_t>(a.d));
+  for (int64_t s = 0; s < a.streams; ++s) {
+    for (int64_t b = 0; b < a.B; ++b) {
+      for (int64_t h = 0; h < a.H; ++h) {
+        const float* anchors = a.anchors + h * a.m * a.d;
+        double total = 0.0;
+        for (int64_t n = 0; n < a.N; ++n) {
+          const float* x = a.qk + s * a.stream_offset + b * a.qk_bstride + n * a.qk_ld + h * a.d;
+          double nn = 0.0;
+          for (int64_t c = 0; c < a.d; ++c) nn += static_cast<double>(x[c]) * x[c];
+          const double inv = nn > 0.0 ? 1.0 / std::sqrt(nn) : 0.0;
+          for (int64_t c = 0; c < a.d; ++c) q[c] = x[c] * inv;
           for (int64_t j = 0; j < a.m; ++j) {
-            const double e = sigma > 0.0 ? std::exp(-D[n * a.m + j] / (2.0 * sigma)) : 1.0;
-            y += (e - a.mvec[h * a.m + j]) * a.A[(h * a.nbits + k) * a.m + j];
+            double dd = 0.0;
+            for (int64_t c = 0; c < a.d; ++c) {
+              const double t = q[c] - anchors[j * a.d + c];
+              dd += t * t;
+            }
+            D[n * a.m + j] = dd;
+            total += dd;
           }
-          if (y > 0.0) code |= uint64_t{1} << k;
-          if (a.preact) a.preact[((b * a.H + h) * a.N + n) * a.nbits + k] = static_cast<float>(y);
         }
-        const int64_t i = (b * a.H + h) * a.N + n;
-        if (a.nbits <= 16)
-          static_cast<uint16_t*>(a.codes)[i] = static_cast<uint16_t>(code);
-        else
-          static_cast<uint64_t*>(a.codes)[i] = code;
+        const double sigma = total / static_cast<double>(a.N * a.m);
+        for (int64_t n = 0; n < a.N; ++n) {
+          uint64_t code = 0;
+          const int64_t i = ((s * a.B + b) * a.H + h) * a.N + n;
+          for (int64_t k = 0; k < a.nbits; ++k) {
+            double y = 0.0;
+            for (int64_t j = 0; j < a.m; ++j) {
+              const double e = sigma > 0.0 ? std::exp(-D[n * a.m + j] / (2.0 * sigma)) : 1.0;
+              y += (e - a.mvec[h * a.m + j]) * a.A[(h * a.nbits + k) * a.m + j];
+            }
+            if (y > 0.0) code |= uint64_t{1} << k;
+            if (a.preact) a.preact[i * a.nbits + k] = static_cast<float>(y);
+          }
+          if (a.nbits <= 16)
+            static_cast<uint16_t*>(a.codes)[i] = static_cast<uint16_t>(code);
+          else
+            static_cast<uint64_t*>(a.codes)[i] = code;
+        }
       }
     }
   }

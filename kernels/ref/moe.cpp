@@ -1,5 +1,4 @@
 // Reference MoE routing helpers (spec section 4).
-#include <cmath>
 
 #include "kernels/shift_kernels.h"
 
@@ -33,22 +32,6 @@ void moe_gather(int64_t begin, int64_t end, int64_t cols, const int32_t* perm, c
                 int64_t lds, float* dst, int64_t ldd) {
   for (int64_t i = begin; i < end; ++i)
     for (int64_t c = 0; c < cols; ++c) dst[(i - begin) * ldd + c] = src[perm[i] * lds + c];
-}
-
-void moe_combine(int64_t n, const float* x, float* y) {
-  for (int64_t i = 0; i < n; ++i) y[i] = std::log(std::exp(x[i]) + 2.220446e-16f);
-}
-
-void moe_scatter(int64_t begin, int64_t end, int64_t cols, const int32_t* perm, const float* src,
-                 int64_t lds, float* dst, int64_t ldd, bool log_exp_combine) {
-  for (int64_t i = begin; i < end; ++i) {
-    const float* s = src + (i - begin) * lds;
-    float* d = dst + perm[i] * ldd;
-    if (log_exp_combine)
-      moe_combine(cols, s, d);
-    else
-      for (int64_t c = 0; c < cols; ++c) d[c] = s[c];
-  }
 }
 
 }  // namespace shiftadd::kernels::ref

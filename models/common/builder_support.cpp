@@ -96,7 +96,7 @@ int converted_linear(Graph& g, WeightTaker& W, const std::map<std::string, Layer
   if (w.has(L + ".weight")) {
     return g.linear(x, W.take(L + ".weight", {N, K}), bias(L + ".bias"), L, gelu, residual);
   } else if (w.has(L + ".codes")) {
-    y = g.shift_linear(x, shift(L), L, gelu);
+    return g.shift_linear(x, shift(L), L, gelu, residual);
   } else if (w.has(L + ".router.weight")) {
     const auto it = kinds.find(L);
     const bool log_exp = it != kinds.end() && it->second.combine == "log_exp";

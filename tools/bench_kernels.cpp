@@ -1,0 +1,160 @@
+// shiftadd_bench_kernels: the ShiftAdd kernels against the dense ones they replace, in one
+// process on the same data, printing median times and ratios (docs/benchmarks.md).
+//
+//   shiftadd_bench_kernels [--threads N] [--runs R] [--only linear|attention] [--tokens N]
+//
+// - linear: the fp32 GEMM of a dense Linear vs the shift linear in exact mode (fp32 GEMM of q(x)
+//   against the decoded codes) and fast mode (int8 on the integer dot-product units), at the
+//   DeiT-Tiny / DeiT-Small / PVTv2-b0 layer shapes, batch 1 and 8.
+// - attention: softmax attention vs KSH attention (normalise, hash q and k, additive attention,
+//   dconv) on the same packed q|k|v, DeiT-Tiny heads (3 x 64), at token counts 64 .. 3136.
+// Timings only; correctness is the tests' job (tests/test_shift_kernels.cpp).
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/executor.h"
+#include "engine/graph.h"
+#include "engine/shift_codes.h"
+#include "kernels/cpu/thread_pool.h"
+#include "kernels/kernels.h"
+#include "kernels/shift_kernels.h"
+
+namespace {
+
+using namespace shiftadd;
+using namespace shiftadd::kernels;
+
+int g_runs = 30;
+int64_t g_tokens = 0;  // attention: only this token count (0: all)
+
+double median_ms(const std::function<void()>& fn) {
+  for (int i = 0; i < 3; ++i) fn();
+  std::vector<double> t;
+  for (int i = 0; i < g_runs; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    fn();
+    t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+std::vector<float> normal(std::mt19937& rng, size_t n, float sd) {
+  std::normal_distribution<float> d(0.0f, sd);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+void bench_linear(int threads) {
+  struct L {
+    const char* name;
+    int64_t M, K, N;
+  };
+  const L layers[] = {{"DeiT-Tiny qkv   b1", 197, 192, 576},   {"DeiT-Tiny proj  b1", 197, 192, 192},
+                      {"DeiT-Tiny fc1   b1", 197, 192, 768},   {"DeiT-Tiny fc2   b1", 197, 768, 192},
+                      {"DeiT-Tiny fc1   b8", 1576, 192, 768},  {"DeiT-Tiny fc2   b8", 1576, 768, 192},
+                      {"DeiT-Small qkv  b1", 197, 384, 1152},  {"DeiT-Small fc2  b8", 1576, 1536, 384},
+                      {"PVTv2-b0 s1 fc1 b1", 3136, 32, 256},   {"PVTv2-b0 s1 fc2 b1", 3136, 256, 32},
+                      {"PVTv2-b0 s1 proj b1", 3136, 32, 32},   {"PVTv2-b0 s3 fc1 b1", 196, 160, 640}};
+  std::printf("\n## shift linear vs dense linear (%d threads, median of %d runs)\n\n", threads, g_runs);
+  std::printf("| layer (M tokens, K -> N) | dense fp32 ms | shift exact ms | shift fast ms | exact / dense | fast / dense | fast GMAC/s |\n");
+  std::printf("|---|---|---|---|---|---|---|\n");
+  ThreadPool pool(threads);
+  std::mt19937 rng(1);
+  for (const L& l : layers) {
+    const std::vector<float> x = normal(rng, l.M * l.K, 1.0f), w = normal(rng, l.N * l.K, 1.0f / std::sqrt(float(l.K)));
+    const std::vector<float> bias = normal(rng, l.N, 0.1f);
+    std::vector<uint8_t> codes(w.size());
+    for (size_t i = 0; i < w.size(); ++i) codes[i] = pack_shift_weight(std::log2(std::fabs(w[i])), w[i] > 0 ? 1.0f : -1.0f);
+    std::vector<int8_t> panel(cpu::shift_panel_bytes(l.N, l.K));
+    std::vector<int32_t> colsum(l.N);
+    std::vector<float> row_scale(l.N), y(l.M * l.N);
+    cpu::pack_shift_panel(codes.data(), l.N, l.K, l.K, panel.data(), colsum.data(), row_scale.data());
+    GemmArgs g;
+    g.M = l.M, g.N = l.N, g.K = l.K, g.A = x.data(), g.lda = l.K, g.B = w.data(), g.ldb = l.K, g.C = y.data();
+    g.ldc = l.N, g.epi.bias = bias.data();
+    ShiftLinearArgs s;
+    s.M = l.M, s.N = l.N, s.K = l.K, s.x = x.data(), s.ldx = l.K, s.codes = codes.data(), s.ldw = l.K;
+    s.bias = bias.data(), s.y = y.data(), s.ldy = l.N;
+    s.panel.w = panel.data(), s.panel.colsum = colsum.data(), s.panel.row_scale = row_scale.data();
+    std::vector<uint8_t> work;
+    double ms[3];
+    pool.reserve_scratch(cpu::gemm_scratch_bytes());
+    ms[0] = median_ms([&] { cpu::gemm(g, pool); });
+    for (ShiftMode mode : {ShiftMode::Exact, ShiftMode::Fast}) {
+      s.mode = mode;
+      work.resize(cpu::shift_linear_work_bytes(s));
+      s.work = work.data();
+      pool.reserve_scratch(cpu::shift_linear_scratch_bytes(s));
+      ms[mode == ShiftMode::Exact ? 1 : 2] = median_ms([&] { cpu::shift_linear(s, pool); });
+    }
+    std::printf("| %s (%lld, %lld -> %lld) | %.3f | %.3f | %.3f | %.2fx | %.2fx | %.0f |\n", l.name, (long long)l.M,
+                (long long)l.K, (long long)l.N, ms[0], ms[1], ms[2], ms[1] / ms[0], ms[2] / ms[0],
+                double(l.M) * l.N * l.K / ms[2] / 1e6);
+  }
+}
+
+// One KshAttention or Attention node on a packed q|k|v, run by the CPU backend.
+void bench_attention(int threads) {
+  const int64_t H = 3, d = 64, C = H * d, m = 25, nbits = 16;
+  std::printf("\n## KSH attention vs softmax attention, %lld heads x %lld, packed q|k|v (%d threads, median of %d runs)\n\n",
+              (long long)H, (long long)d, threads, g_runs);
+  std::printf("| tokens | softmax ms | KSH ms | KSH / softmax |\n|---|---|---|---|\n");
+  std::mt19937 rng(2);
+  const std::vector<float> anchor = normal(rng, H * m * d, 0.2f), mvec = normal(rng, H * m, 0.3f);
+  const std::vector<float> A = normal(rng, H * nbits * m, 1.0f), taps = normal(rng, H * 9, 0.3f);
+  auto f32 = [](const std::vector<float>& v, Shape s) {
+    Tensor t = Tensor::empty(DType::F32, std::move(s));
+    std::copy(v.begin(), v.end(), t.data<float>());
+    return t;
+  };
+  for (int64_t N : {64, 128, 197, 256, 512, 785, 1024, 3136}) {
+    if (g_tokens && N != g_tokens) continue;
+    const std::vector<float> qkv = normal(rng, N * 3 * C, 1.0f);
+    std::vector<float> out(N * C);
+    double ms[2];
+    for (int ksh = 0; ksh < 2; ++ksh) {
+      Graph gr;
+      const int x = gr.input({N, 3 * C});
+      gr.set_output(ksh ? gr.ksh_attention_qkv(x, H, f32(anchor, {H, m, d}), f32(mvec, {H, m}),
+                                               f32(A, {H, nbits, m}), f32(taps, {H, 9}), "attn")
+                        : gr.attention(x, H, 1.0f / std::sqrt(float(d)), "attn"));
+      auto backend = make_cpu_backend(threads, ShiftMode::Fast);
+      Executor ex(gr, *backend);
+      ms[ksh] = median_ms([&] { ex.run(1, qkv.data(), out.data()); });
+    }
+    std::printf("| %lld | %.3f | %.3f | %.2fx |\n", (long long)N, ms[0], ms[1], ms[1] / ms[0]);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int threads = 2;
+  std::string only;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--threads" && i + 1 < argc) threads = std::atoi(argv[++i]);
+    else if (a == "--runs" && i + 1 < argc) g_runs = std::max(1, std::atoi(argv[++i]));
+    else if (a == "--only" && i + 1 < argc) only = argv[++i];
+    else if (a == "--tokens" && i + 1 < argc) g_tokens = std::atoll(argv[++i]);
+    else {
+      std::fprintf(stderr, "usage: %s [--threads N] [--runs R] [--only linear|attention] [--tokens N]\n", argv[0]);
+      return a == "-h" || a == "--help" ? 0 : 2;
+    }
+  }
+  std::printf("shiftadd kernel benchmark: %s kernels, %d threads\n", cpu::simd_name(), threads);
+  if (only.empty() || only == "linear") bench_linear(threads);
+  if (only.empty() || only == "attention") bench_attention(threads);
+  return 0;
+}

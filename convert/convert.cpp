@@ -148,13 +148,32 @@ double time_us(const std::function<void()>& fn) {
   return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / reps;
 }
 
-// Converts one linear layer; adds its tensors to `out` and returns its report row.
+// The stored form of [N, K] codes at `bits` (docs/format.md): packed rows, and for 4 bits the
+// row exponents (written to *exponents).
+Tensor packed_codes(const std::vector<uint8_t>& codes, int64_t N, int64_t K, int bits, Tensor* exponents) {
+  const int64_t row = packed_code_bytes(K, bits);
+  Tensor t = Tensor::empty(DType::U8, {N, row});
+  if (bits == 4) *exponents = Tensor::empty(DType::I8, {N});
+  for (int64_t n = 0; n < N; ++n) {
+    const uint8_t* c = codes.data() + n * K;
+    const int e = bits == 4 ? shift_row_exponent(c, K) : 0;
+    if (bits == 4) {
+      exponents->data<int8_t>()[n] = static_cast<int8_t>(e);
+      if (!codes_fit_4bit(c, K, e)) throw Error("convert: internal error: row " + std::to_string(n) + " exceeds 4 bits");
+    }
+    pack_code_row(c, K, bits, e, t.data<uint8_t>() + n * row);
+  }
+  return t;
+}
+
+// Converts one linear layer; adds its tensors to `out` and returns its report row. `be` runs in
+// exact mode, `fast` in fast mode (the per-layer errors of both).
 LayerReport convert_linear(LinearJob& j, const Tensor& w, const Tensor& b, const Options& o, Backend& be,
-                           std::map<std::string, Tensor>& out, json& layers) {
+                           Backend& fast, std::map<std::string, Tensor>& out, json& layers) {
   LayerReport r;
   r.name = j.name;
   r.kind = j.kind;
-  ShiftFit fit = fit_shift(w.data<float>(), j.N, j.K, o.shift_scale);
+  ShiftFit fit = fit_shift(w.data<float>(), j.N, j.K, o.shift_scale, o.shift_bits);
   std::vector<float> bias(static_cast<size_t>(j.N), 0.0f);
   if (b.defined())
     for (int64_t n = 0; n < j.N; ++n) bias[n] = b.data<float>()[n] / fit.scale[n];
@@ -163,7 +182,22 @@ LayerReport convert_linear(LinearJob& j, const Tensor& w, const Tensor& b, const
   sw.bias = f32_tensor(bias, {j.N});
   if (o.shift_scale) sw.scale = f32_tensor(fit.scale, {j.N});
   r.detail = code_detail(fit.codes) + (o.shift_scale ? ", per-channel scale" : "");
-  json entry{{"kind", j.kind}, {"bits", 5}, {"scale", o.shift_scale}};
+  {
+    // 4 bits: nonzero weights the converter moved into the int8 window (rounded to its lowest
+    // exponent or to 0); 5 bits: nonzero weights fast mode drops.
+    int64_t nonzero = 0, outside = fit.windowed;
+    for (int64_t n = 0; n < j.N; ++n) {
+      const uint8_t* c = fit.codes.data() + n * j.K;
+      const int lowest = shift_row_exponent(c, j.K) - (kShiftInt8Levels - 1);
+      for (int64_t k = 0; k < j.K; ++k) {
+        if (shift_code_is_zero(c[k])) continue;
+        ++nonzero;
+        outside += shift_code_exponent(c[k]) < lowest;
+      }
+    }
+    r.outside_window = static_cast<double>(outside) / static_cast<double>(std::max<int64_t>(1, nonzero + fit.windowed));
+  }
+  json entry{{"kind", j.kind}, {"bits", o.shift_bits}, {"scale", o.shift_scale}};
   {
     int lo = 1, hi = -15;
     for (uint8_t c : fit.codes)
@@ -174,11 +208,14 @@ LayerReport convert_linear(LinearJob& j, const Tensor& w, const Tensor& b, const
   const std::vector<float> yd = dense_rows(j, w, b, be);
   std::vector<float> ys = shift_rows(j, sw, be);
   const std::string p = j.kind == "moe" ? j.name + ".experts.1" : j.name;
-  out[p + ".codes"] = sw.codes;
+  Tensor exponents;
+  out[p + ".codes"] = packed_codes(fit.codes, j.N, j.K, o.shift_bits, &exponents);
+  if (o.shift_bits == 4) out[p + ".exponent"] = exponents;
   out[p + ".bias"] = sw.bias;
   if (o.shift_scale) out[p + ".scale"] = sw.scale;
   if (j.kind == "shift") {
     r.rel_error = rel_fro(ys, yd);
+    r.rel_error_fast = rel_fro(shift_rows(j, sw, fast), yd);
     layers[j.name] = entry;
     return r;
   }
@@ -235,17 +272,16 @@ LayerReport convert_linear(LinearJob& j, const Tensor& w, const Tensor& b, const
   out[j.name + ".experts.0.weight"] = w;
   if (b.defined()) out[j.name + ".experts.0.bias"] = b;
   else out[j.name + ".experts.0.bias"] = f32_tensor(std::vector<float>(static_cast<size_t>(j.N), 0.0f), {j.N});
-  // Error of the whole MoE layer as the engine runs it.
+  // Error of the whole MoE layer as the engine runs it (both modes).
   Graph g;
   const int x = g.input({j.K});
   g.set_output(g.moe_linear(x, out[j.name + ".router.weight"], out[j.name + ".router.bias"], w,
                             out[j.name + ".experts.0.bias"], sw, j.name, /*log_exp_combine=*/false, j.gelu));
-  Executor ex(g, be);
-  std::vector<float> ym(static_cast<size_t>(j.R * j.N));
-  ex.run(j.R, j.x.data(), ym.data());
+  const std::vector<float> ym = run_graph(g, be, j.R, j.x.data());
   const auto tokens = be.expert_tokens(1);
   r.shift_share = static_cast<double>(tokens[1]) / static_cast<double>(std::max<int64_t>(1, tokens[0] + tokens[1]));
   r.rel_error = rel_fro(ym, yd);
+  r.rel_error_fast = rel_fro(run_graph(g, fast, j.R, j.x.data()), yd);
   r.detail += ", router: " + std::to_string(static_cast<int>(std::lround(100 * r.shift_share))) + "% to shift";
   entry["shift_ratio"] = r.shift_share;
   entry["combine"] = "none";
@@ -406,6 +442,8 @@ void check_options(const Options& o) {
     throw Error("convert: --attn-proj '" + o.attn_proj + "': expected dense, shift or moe");
   if (!kAttnKinds.count(o.attn)) throw Error("convert: --attn '" + o.attn + "': expected dense or ksh-linear");
   if (o.bits < 1 || o.bits > 64) throw Error("convert: --bits " + std::to_string(o.bits) + ": expected 1..64");
+  if (o.shift_bits != 4 && o.shift_bits != 5)
+    throw Error("convert: --bits-shift " + std::to_string(o.shift_bits) + ": expected 4 or 5");
   if (o.anchors < 1) throw Error("convert: --anchors must be >= 1");
   if (o.bits > o.anchors)
     throw Error("convert: --bits " + std::to_string(o.bits) + " > --anchors " + std::to_string(o.anchors) +
@@ -568,6 +606,7 @@ Report convert_model(const Options& o) {
       64, std::min<int64_t>(kMaxRows, sum_k ? static_cast<int64_t>(kCaptureBudget / (4.0 * sum_k)) : kMaxRows));
   std::mt19937 rng(o.seed);
   auto backend = make_cpu_backend(o.threads);
+  auto fast_backend = make_cpu_backend(o.threads, kernels::ShiftMode::Fast);
   const int64_t per_image_bytes = [&] {
     int64_t s = 0;
     for (const ValueInfo& v : dense.values()) s += 4 * shape_numel(v.sample_shape);
@@ -651,7 +690,7 @@ Report convert_model(const Options& o) {
     const Tensor b = n.weights.size() > 1 && n.weights[1].defined() && n.weights[1].numel() ? n.weights[1] : Tensor();
     out.erase(j.name + ".weight");
     out.erase(j.name + ".bias");
-    rep.layers.push_back(convert_linear(j, w, b, o, *backend, out, layers));
+    rep.layers.push_back(convert_linear(j, w, b, o, *backend, *fast_backend, out, layers));
     j.x.clear();
     j.x.shrink_to_fit();
     progress("layers", ++done, total);
@@ -667,10 +706,10 @@ Report convert_model(const Options& o) {
 
   // 3. Write (atomically), load back, check end to end.
   json source{{"input", fs::path(o.input).filename().string()}, {"mlp", o.mlp}, {"attn_proj", o.attn_proj},
-              {"attn", o.attn}, {"calib_images", N}, {"shift_scale", o.shift_scale},
+              {"attn", o.attn}, {"calib_images", N}, {"shift_scale", o.shift_scale}, {"shift_bits", o.shift_bits},
               {"shift_ratio", o.latency_aware ? json("latency-aware") : json(o.shift_ratio)}};
   std::map<std::string, std::string> meta{{"format", "shiftadd"},
-                                          {"format_version", "1"},
+                                          {"format_version", "2"},
                                           {"architecture", pvt ? "pvt_v2" : "vit"},
                                           {"config", (pvt ? pvt_config_json(dense, info, mi.preprocess)
                                                           : config_json(c, info)).dump()},
@@ -712,6 +751,7 @@ json Report::to_json() const {
   json l = json::array();
   for (const LayerReport& r : layers) {
     json e{{"name", r.name}, {"kind", r.kind}, {"rel_error", r.rel_error}, {"detail", r.detail}};
+    if (r.rel_error_fast >= 0) e["rel_error_fast"] = r.rel_error_fast, e["outside_int8_window"] = r.outside_window;
     if (r.shift_share >= 0) e["shift_share"] = r.shift_share;
     if (r.dense_us > 0) e["dense_us_per_1k_tokens"] = r.dense_us, e["shift_us_per_1k_tokens"] = r.shift_us;
     l.push_back(e);
@@ -737,11 +777,17 @@ void Report::save_json(const std::string& path, bool overwrite) const {
 std::string Report::to_table() const {
   std::ostringstream s;
   char line[512];
-  std::snprintf(line, sizeof line, "%-22s %-6s %10s  %s\n", "layer", "kind", "rel.error", "detail");
+  std::snprintf(line, sizeof line, "%-22s %-6s %10s %10s %8s  %s\n", "layer", "kind", "rel.error", "fast", "window",
+                "detail");
   s << line;
   for (const LayerReport& r : layers) {
-    std::snprintf(line, sizeof line, "%-22s %-6s %10.4f  %s\n", r.name.c_str(), r.kind.c_str(), r.rel_error,
-                  r.detail.c_str());
+    char fast[32] = "", window[32] = "";
+    if (r.rel_error_fast >= 0) {
+      std::snprintf(fast, sizeof fast, "%.4f", r.rel_error_fast);
+      std::snprintf(window, sizeof window, "%.2f%%", 100 * r.outside_window);
+    }
+    std::snprintf(line, sizeof line, "%-22s %-6s %10.4f %10s %8s  %s\n", r.name.c_str(), r.kind.c_str(), r.rel_error,
+                  fast, window, r.detail.c_str());
     s << line;
   }
   std::snprintf(line, sizeof line,

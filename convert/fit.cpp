@@ -16,7 +16,7 @@ uint8_t code_of(float w) {
 }
 }  // namespace
 
-ShiftFit fit_shift(const float* w, int64_t N, int64_t K, bool scale) {
+ShiftFit fit_shift(const float* w, int64_t N, int64_t K, bool scale, int bits) {
   ShiftFit f;
   f.codes.resize(static_cast<size_t>(N * K));
   f.scale.assign(static_cast<size_t>(N), 1.0f);
@@ -24,8 +24,20 @@ ShiftFit fit_shift(const float* w, int64_t N, int64_t K, bool scale) {
     const float* row = w + n * K;
     uint8_t* c = f.codes.data() + n * K;
     float s = 1.0f;
+    int64_t windowed = 0;
     for (int it = 0; it < (scale ? 3 : 1); ++it) {
       for (int64_t k = 0; k < K; ++k) c[k] = code_of(row[k] / s);
+      windowed = 0;
+      if (bits == 4) {
+        const int e = shift_row_exponent(c, K);
+        const int lowest = e - (kShiftInt8Levels - 1);
+        for (int64_t k = 0; k < K; ++k) {
+          if (shift_code_is_zero(c[k]) || shift_code_exponent(c[k]) >= lowest) continue;
+          ++windowed;
+          const float v = row[k] / s;
+          c[k] = std::fabs(v) >= std::ldexp(1.0f, lowest - 1) ? encode_shift(v > 0 ? 1 : -1, lowest) : kShiftZeroCode;
+        }
+      }
       if (!scale) break;
       double num = 0, den = 0;
       for (int64_t k = 0; k < K; ++k) {
@@ -37,6 +49,7 @@ ShiftFit fit_shift(const float* w, int64_t N, int64_t K, bool scale) {
       s = static_cast<float>(num / den);
     }
     f.scale[static_cast<size_t>(n)] = s;
+    f.windowed += windowed;
   }
   return f;
 }

@@ -12,11 +12,14 @@ namespace shiftadd::convert {
 // s = round(log2|w|) clamped to [-14, 0], g = sign(w). With `scale`, a per-row factor
 // s_n = <w_n, W_n> / <W_n, W_n> (least squares) is fitted, the codes re-derived from w_n / s_n
 // and the factor re-fitted (twice), so that s_n * W_n approximates w_n; without, s_n = 1.
+// bits = 4 keeps each row within the 7 exponents below its largest e (docs/format.md): a weight
+// below the window becomes 2^(e-6) when |w| >= 2^(e-7) (the nearer of it and 0), else 0.
 struct ShiftFit {
   std::vector<uint8_t> codes;  // [N, K]
   std::vector<float> scale;    // [N] (all 1 without `scale`)
+  int64_t windowed = 0;        // bits = 4: nonzero weights below their row's window
 };
-ShiftFit fit_shift(const float* w, int64_t N, int64_t K, bool scale);
+ShiftFit fit_shift(const float* w, int64_t N, int64_t K, bool scale, int bits = 5);
 
 // Ridge regression y ~ X v + c over R rows of K features (X row-major), with the features
 // standardised internally; returns v (K) and c. lambda is relative to the mean feature variance.

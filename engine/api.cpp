@@ -116,8 +116,8 @@ ModelFiles resolve_model(const std::string& path) {
 }
 
 // The family-independent part of ModelInfo: files, parameter counts and the layer list.
-// "5-bit shift codes, exponent [lo, hi], P% nonzero" for a U8 code tensor.
-std::string shift_detail(const Tensor& codes) {
+// "shift codes, exponent [lo, hi], P% nonzero" and how fast mode's int8 window holds them.
+std::string shift_detail(const Tensor& codes, int64_t dropped) {
   const uint8_t* c = codes.data<uint8_t>();
   int lo = 1, hi = -15;
   int64_t nonzero = 0;
@@ -127,16 +127,20 @@ std::string shift_detail(const Tensor& codes) {
     lo = std::min(lo, shift_code_exponent(c[i]));
     hi = std::max(hi, shift_code_exponent(c[i]));
   }
-  std::string r = "5-bit shift codes";
+  std::string r = "shift codes";
   if (nonzero) r += ", exponent [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
   const int64_t pct = codes.numel() ? (100 * nonzero + codes.numel() / 2) / codes.numel() : 0;
-  return r + ", " + std::to_string(pct) + "% nonzero";
+  r += ", " + std::to_string(pct) + "% nonzero";
+  if (dropped == 0) return r + ", int8-exact (7 exponents per row)";
+  char d[64];
+  std::snprintf(d, sizeof d, ", %.2f%% below fast mode's int8 window", 100.0 * dropped / std::max<int64_t>(1, nonzero));
+  return r + d;
 }
 
 std::string layer_detail(const Node& n) {
   switch (n.op) {
-    case OpKind::ShiftLinear: return shift_detail(n.weights[0]);
-    case OpKind::MoeLinear: return "top-1 of 2: dense fp32 | " + shift_detail(n.weights[4]);
+    case OpKind::ShiftLinear: return shift_detail(n.weights[0], n.prepared.shift.dropped);
+    case OpKind::MoeLinear: return "top-1 of 2: dense fp32 | " + shift_detail(n.weights[4], n.prepared.shift.dropped);
     case OpKind::KshAttention:
       return std::to_string(n.p.nbits) + "-bit KSH codes, " + std::to_string(n.p.anchors) +
              " anchors, " + std::to_string(n.p.heads) + " heads";
@@ -239,9 +243,9 @@ ShiftaddFile read_shiftadd_metadata(const WeightStore& w) {
     return it->second;
   };
   const std::string& version = get("format_version");
-  if (version != "1")
+  if (version != "1" && version != "2")
     throw Error(w.source + ": shiftadd format version '" + version + "' is not supported by this build "
-                "(it reads version 1); convert the model again or update shiftadd");
+                "(it reads versions 1 and 2); convert the model again or update shiftadd");
   f.architecture = get("architecture");
   auto parse = [&](const char* key) {
     try {
@@ -257,7 +261,16 @@ ShiftaddFile read_shiftadd_metadata(const WeightStore& w) {
   for (const auto& [name, l] : layers.items()) {
     if (!l.is_object() || !l.contains("kind") || !l["kind"].is_string())
       throw Error(w.source + ": metadata 'layers' entry '" + name + "' has no \"kind\"");
-    f.layers[name] = {l["kind"].get<std::string>(), l.value("combine", std::string("none"))};
+    LayerKind& k = f.layers[name];
+    k.kind = l["kind"].get<std::string>();
+    k.combine = l.value("combine", std::string("none"));
+    // Version 2 stores shift codes at their real width (docs/format.md).
+    if (version == "2" && (k.kind == "shift" || k.kind == "moe")) {
+      if (!l.contains("bits") || !l["bits"].is_number_integer() || (l["bits"] != 4 && l["bits"] != 5))
+        throw Error(w.source + ": metadata 'layers' entry '" + name + "' (" + k.kind +
+                    ") needs \"bits\": 4 or 5, the stored width of its shift codes");
+      k.code_bits = l["bits"].get<int>();
+    }
   }
   return f;
 }

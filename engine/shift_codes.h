@@ -149,4 +149,63 @@ SHIFTADD_HD inline int8_t quantize_int8(float x, float inv) {
   return static_cast<int8_t>(static_cast<int>(nearbyintf(v)));
 }
 
+// ----- storage at the real width (shiftadd format v2, docs/format.md) ----------------------
+// A row of K codes is stored in packed_code_bytes(K, bits) bytes, LSB first:
+//   5 bits: the codes themselves, weight k at bits [5k, 5k + 5) of the row;
+//   4 bits: a nibble per weight, sign (bit 3) | level (bits 0-2): level 0 is the zero weight,
+//           level l in 1..7 the exponent e - (l - 1), e the row's exponent stored beside it (the
+//           7 exponents of fast mode's int8 window; shift_row_exponent).
+inline int64_t packed_code_bytes(int64_t K, int bits) { return (K * bits + 7) / 8; }
+
+// Whether every code of the row fits 4 bits under row exponent e (no exponent below e - 6).
+inline bool codes_fit_4bit(const uint8_t* codes, int64_t K, int row_exponent) {
+  for (int64_t k = 0; k < K; ++k)
+    if (!shift_code_is_zero(codes[k]) && shift_code_exponent(codes[k]) < row_exponent - (kShiftInt8Levels - 1))
+      return false;
+  return true;
+}
+
+// Packs a row (4 bits: codes_fit_4bit must hold).
+inline void pack_code_row(const uint8_t* codes, int64_t K, int bits, int row_exponent, uint8_t* out) {
+  for (int64_t i = 0; i < packed_code_bytes(K, bits); ++i) out[i] = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    const uint8_t c = codes[k];
+    if (bits == 5) {
+      const int64_t bit = 5 * k;
+      const unsigned v = static_cast<unsigned>(c & 31) << (bit % 8);
+      out[bit / 8] |= static_cast<uint8_t>(v);
+      if (bit % 8 > 3) out[bit / 8 + 1] |= static_cast<uint8_t>(v >> 8);
+    } else {
+      const unsigned level = shift_code_is_zero(c) ? 0u : static_cast<unsigned>(row_exponent - shift_code_exponent(c) + 1);
+      const unsigned nib = (c & kShiftSignBit ? 8u : 0u) | level;
+      out[k / 2] |= static_cast<uint8_t>(nib << (4 * (k % 2)));
+    }
+  }
+}
+
+// Unpacks a row into 5-bit codes; false when a 4-bit level names an exponent outside [-14, 0]
+// (or the row exponent is out of range while the row has nonzero weights).
+inline bool unpack_code_row(const uint8_t* in, int64_t K, int bits, int row_exponent, uint8_t* codes) {
+  for (int64_t k = 0; k < K; ++k) {
+    if (bits == 5) {
+      const int64_t bit = 5 * k;
+      unsigned v = in[bit / 8] >> (bit % 8);
+      if (bit % 8 > 3) v |= static_cast<unsigned>(in[bit / 8 + 1]) << (8 - bit % 8);
+      codes[k] = static_cast<uint8_t>(v & 31);
+    } else {
+      const unsigned nib = (in[k / 2] >> (4 * (k % 2))) & 15u;
+      const int level = static_cast<int>(nib & 7u);
+      if (level == 0) {
+        codes[k] = kShiftZeroCode;
+        continue;
+      }
+      const int s = row_exponent - (level - 1);
+      if (s < kShiftMin || s > 0) return false;
+      codes[k] = encode_shift(nib & 8u ? -1 : 1, s);
+    }
+  }
+  return true;
+}
+
 }  // namespace shiftadd
+

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "engine/model_impl.h"
+#include "engine/shift_codes.h"
 #include "loaders/safetensors.h"
 #include "shiftadd/convert.h"
 #include "shiftadd/dataset.h"
@@ -146,20 +147,42 @@ TEST(Convert, ShiftMlpFormatAndScale) {
   }
   const auto w = shiftadd::load_safetensors((dir / "shift.safetensors").string());
   EXPECT_EQ(w.metadata.at("format"), "shiftadd");
-  EXPECT_EQ(w.metadata.at("format_version"), "1");
+  EXPECT_EQ(w.metadata.at("format_version"), "2");
   EXPECT_EQ(w.metadata.at("architecture"), "vit");
   const json layers = json::parse(w.metadata.at("layers"));
   EXPECT_EQ(layers["blocks.0.mlp.fc1"]["kind"], "shift");
+  EXPECT_EQ(layers["blocks.0.mlp.fc1"]["bits"], 4);
   EXPECT_EQ(layers["blocks.0.attn.qkv"]["kind"], "dense");
   EXPECT_EQ(layers["blocks.0.attn"]["kind"], "softmax");
   const json cfg = json::parse(w.metadata.at("config"));
   EXPECT_EQ(cfg["num_heads"], 3);
+  // 4 bits per shift weight (default): two per byte, with each output row's exponent.
   const auto& codes = w.at("blocks.0.mlp.fc1.codes");
   EXPECT_EQ(codes.dtype(), shiftadd::DType::U8);
-  EXPECT_EQ(codes.shape(), (shiftadd::Shape{192, 96}));
+  EXPECT_EQ(codes.shape(), (shiftadd::Shape{192, 48}));
+  EXPECT_EQ(w.at("blocks.0.mlp.fc1.exponent").dtype(), shiftadd::DType::I8);
+  EXPECT_EQ(w.at("blocks.0.mlp.fc1.exponent").shape(), (shiftadd::Shape{192}));
   EXPECT_FALSE(w.has("blocks.0.mlp.fc1.weight"));
-  // Smaller than the dense fp32 file: 1 byte per shift weight.
+  for (const auto& l : plain.layers) EXPECT_GE(l.rel_error_fast, 0) << l.name;
+  // 5 bits: 8 weights in 5 bytes, no exponent tensor; the 4-bit file is smaller by the difference.
+  o.output = (dir / "shift5.safetensors").string();
+  o.shift_bits = 5;
+  const auto five = shiftadd::convert::convert_model(o);
+  const auto w5 = shiftadd::load_safetensors(o.output);
+  EXPECT_EQ(w5.at("blocks.0.mlp.fc1.codes").shape(), (shiftadd::Shape{192, 60}));
+  EXPECT_FALSE(w5.has("blocks.0.mlp.fc1.exponent"));
+  EXPECT_EQ(json::parse(w5.metadata.at("layers"))["blocks.0.mlp.fc1"]["bits"], 5);
+  // Per layer [N, K]: N * (ceil(5K/8) - ceil(K/2)) bytes less, N exponent bytes more (the JSON
+  // header differs by a few hundred bytes).
+  int64_t saved = 0;
+  for (const auto& l : plain.layers) {
+    const bool fc1 = l.name.find("fc1") != std::string::npos;
+    const int64_t N = fc1 ? 192 : 96, K = fc1 ? 96 : 192;
+    saved += N * (shiftadd::packed_code_bytes(K, 5) - shiftadd::packed_code_bytes(K, 4)) - N;
+  }
   EXPECT_LT(plain.output_bytes, plain.input_bytes);
+  EXPECT_NEAR(static_cast<double>(five.output_bytes - scaled.output_bytes), static_cast<double>(saved), 1024.0);
+  EXPECT_NO_THROW(shiftadd::Model::load(o.output));
 }
 
 TEST(Convert, LatencyAwareSharesFollowMeasuredLatency) {
@@ -269,13 +292,71 @@ TEST(Convert, FormatVersionAndMetadataChecked) {
   shiftadd::convert::convert_model(o);
   auto w = shiftadd::load_safetensors(o.output);
   auto meta = w.metadata;
-  meta["format_version"] = "2";
-  shiftadd::save_safetensors((dir / "v2.safetensors").string(), w.tensors, meta, true);
+  meta["format_version"] = "3";
+  shiftadd::save_safetensors((dir / "v3.safetensors").string(), w.tensors, meta, true);
   try {
-    shiftadd::Model::load((dir / "v2.safetensors").string());
+    shiftadd::Model::load((dir / "v3.safetensors").string());
     FAIL();
   } catch (const shiftadd::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("format version '2'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("format version '3'"), std::string::npos) << e.what();
+  }
+  // Version 2 shift layers say how wide their codes are stored.
+  meta = w.metadata;
+  json layers = json::parse(meta["layers"]);
+  layers["blocks.0.mlp.fc1"].erase("bits");
+  meta["layers"] = layers.dump();
+  shiftadd::save_safetensors((dir / "nobits.safetensors").string(), w.tensors, meta, true);
+  try {
+    shiftadd::Model::load((dir / "nobits.safetensors").string());
+    FAIL();
+  } catch (const shiftadd::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("blocks.0.mlp.fc1"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("bits"), std::string::npos) << e.what();
+  }
+  // A 4-bit row whose exponent puts a level below 2^-14 names the tensor.
+  {
+    auto t = w.tensors;
+    shiftadd::Tensor e = shiftadd::Tensor::empty(shiftadd::DType::I8, {192});
+    std::fill_n(e.data<int8_t>(), 192, int8_t{-13});
+    t["blocks.0.mlp.fc1.exponent"] = e;
+    shiftadd::save_safetensors((dir / "exp.safetensors").string(), t, w.metadata, true);
+    try {
+      shiftadd::Model::load((dir / "exp.safetensors").string());
+      FAIL();
+    } catch (const shiftadd::Error& err) {
+      EXPECT_NE(std::string(err.what()).find("blocks.0.mlp.fc1.codes"), std::string::npos) << err.what();
+      EXPECT_NE(std::string(err.what()).find("[-14, 0]"), std::string::npos) << err.what();
+    }
+  }
+  // Format version 1 (one unpacked code per byte) still loads, and computes the same.
+  {
+    auto t = w.tensors;
+    json l1 = json::parse(w.metadata.at("layers"));
+    for (const auto& [name, entry] : l1.items()) {
+      if (entry["kind"] != "shift") continue;
+      const std::string p = name;
+      const int64_t N = t.at(p + ".exponent").dim(0), K = 2 * t.at(p + ".codes").dim(1);
+      shiftadd::Tensor codes = shiftadd::Tensor::empty(shiftadd::DType::U8, {N, K});
+      for (int64_t n = 0; n < N; ++n)
+        ASSERT_TRUE(shiftadd::unpack_code_row(t.at(p + ".codes").data<uint8_t>() + n * (K / 2), K, 4,
+                                              t.at(p + ".exponent").data<int8_t>()[n], codes.data<uint8_t>() + n * K));
+      t[p + ".codes"] = codes;
+      t.erase(p + ".exponent");
+      l1[name]["bits"] = 5;
+    }
+    auto m1meta = w.metadata;
+    m1meta["format_version"] = "1";
+    m1meta["layers"] = l1.dump();
+    shiftadd::save_safetensors((dir / "v1.safetensors").string(), t, m1meta, true);
+    const auto v1 = shiftadd::Model::load((dir / "v1.safetensors").string());
+    const auto v2 = shiftadd::Model::load(o.output);
+    const auto& info = v2->info();
+    std::vector<float> x(static_cast<size_t>(2 * info.in_chans * info.image_size * info.image_size));
+    for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.1f * static_cast<float>(i));
+    std::vector<float> y1(static_cast<size_t>(2 * info.num_classes)), y2 = y1;
+    shiftadd::Session(v1, {1}).run(x.data(), 2, y1.data());
+    shiftadd::Session(v2, {1}).run(x.data(), 2, y2.data());
+    EXPECT_EQ(y1, y2);
   }
   meta = w.metadata;
   meta["layers"] = "{not json";
@@ -286,10 +367,9 @@ TEST(Convert, FormatVersionAndMetadataChecked) {
   } catch (const shiftadd::Error& e) {
     EXPECT_NE(std::string(e.what()).find("'layers'"), std::string::npos) << e.what();
   }
-  // Codes beyond 5 bits are rejected naming the tensor.
+  // Packed codes of the wrong shape are rejected naming the tensor.
   auto t = w.tensors;
-  shiftadd::Tensor codes = shiftadd::Tensor::empty(shiftadd::DType::U8, t.at("blocks.0.mlp.fc1.codes").shape());
-  std::fill_n(codes.data<uint8_t>(), codes.numel(), uint8_t{0x40});
+  shiftadd::Tensor codes = shiftadd::Tensor::empty(shiftadd::DType::U8, {192, 96});
   t["blocks.0.mlp.fc1.codes"] = codes;
   shiftadd::save_safetensors((dir / "codes.safetensors").string(), t, w.metadata, true);
   try {

@@ -89,6 +89,39 @@ TEST(ShiftCodes, HalfEvenRoundingAndClamp) {
   EXPECT_EQ(quantize_q16(-1e9f), std::numeric_limits<int32_t>::min());
 }
 
+// Storage at the real width (format v2): 5-bit rows round-trip every code; 4-bit rows round-trip
+// every row within the 7-exponent window of its largest exponent and refuse levels below -14.
+TEST(ShiftCodes, PackedRowsRoundTrip) {
+  Rng rng(11);
+  for (int64_t K : {1, 2, 3, 7, 8, 9, 15, 16, 17, 96, 301}) {
+    const std::vector<uint8_t> codes = random_codes(rng, K);
+    std::vector<uint8_t> packed(shiftadd::packed_code_bytes(K, 5) + 1, 0xAB), back(K, 0xFF);
+    shiftadd::pack_code_row(codes.data(), K, 5, 0, packed.data());
+    EXPECT_EQ(packed.back(), 0xAB) << "wrote past the row";
+    ASSERT_TRUE(shiftadd::unpack_code_row(packed.data(), K, 5, 0, back.data()));
+    EXPECT_EQ(back, codes) << K;
+    // A row within a window: exponents e - 6 .. e.
+    std::uniform_int_distribution<int> e(-14, 0), lvl(0, 6), g(-1, 1);
+    const int row_e = std::max(-8, e(rng));
+    std::vector<uint8_t> w(K);
+    for (auto& c : w) c = encode_shift(g(rng), row_e - lvl(rng));
+    w[0] = encode_shift(1, row_e);
+    const int re = shift_row_exponent(w.data(), K);
+    ASSERT_TRUE(codes_fit_4bit(w.data(), K, re));
+    std::vector<uint8_t> p4(shiftadd::packed_code_bytes(K, 4) + 1, 0xCD), b4(K, 0xFF);
+    shiftadd::pack_code_row(w.data(), K, 4, re, p4.data());
+    EXPECT_EQ(p4.back(), 0xCD);
+    ASSERT_TRUE(shiftadd::unpack_code_row(p4.data(), K, 4, re, b4.data()));
+    EXPECT_EQ(b4, w) << K;
+  }
+  // Level 7 under row exponent -9 is 2^-15: refused.
+  const uint8_t nib = 7;
+  uint8_t out = 0xEE;
+  EXPECT_FALSE(shiftadd::unpack_code_row(&nib, 1, 4, -9, &out));
+  EXPECT_TRUE(shiftadd::unpack_code_row(&nib, 1, 4, -8, &out));
+  EXPECT_EQ(out, encode_shift(1, -14));
+}
+
 TEST(ShiftCodes, CpuPackMatchesRef) {
   Rng rng(3);
   std::uniform_real_distribution<float> sh(-20.f, 2.f), sg(-2.f, 2.f);
@@ -622,7 +655,10 @@ TEST(MoeCombine, EveryPathInBothExpertEpilogues) {
 }
 
 TEST(MoeRouting, RouterPlanGather) {
+  SimdGuard guard;
+  for (const char* path : kPaths)
   for (int threads : {1, 2}) {
+    if (!cpu::set_simd(path)) continue;
     ThreadPool pool(threads);
     for (int64_t M : {1, 7, 197, 3136})
       for (int64_t K : {1, 7, 64, 320}) {

@@ -27,6 +27,9 @@ struct Options {
   double shift_ratio = 0.5;    // MoE: share of tokens for the shift expert
   bool latency_aware = false;  // MoE: derive each layer's share from measured expert latencies
   bool shift_scale = false;    // per-output-channel scale on shift layers (extension)
+  // Stored width of shift weights (docs/format.md): 4 (7 exponents per output row, exactly
+  // what fast mode's int8 kernels compute with) or 5 (sign and any exponent in [-14, 0]).
+  int shift_bits = 4;
   int threads = 0;
   uint32_t seed = 0;
   // Progress of long stages ("calibrate", "layers", "check"); may be empty.
@@ -41,6 +44,11 @@ struct LayerReport {
   double rel_error = 0;
   double shift_share = -1;  // moe: share of calibration tokens routed to the shift expert
   double dense_us = 0, shift_us = 0;  // moe with latency_aware: measured time per 1000 tokens
+  // shift / moe: the same error in fast mode (int8 activations, int8 weight window), and the
+  // share of nonzero shift weights outside the int8 window (4 bits: moved into it by the
+  // converter; 5 bits: dropped by fast mode's kernels).
+  double rel_error_fast = -1;
+  double outside_window = 0;
   std::string detail;       // e.g. "exponent [-12, 0], 58% nonzero"
 };
 

@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engine/shift_codes.h"
 #include "loaders/safetensors.h"
 #include "shiftadd/error.h"
 
@@ -55,21 +56,50 @@ Tensor WeightTaker::take(const std::string& name, const Shape& shape) {
   return to_f32(t);
 }
 
-Tensor WeightTaker::take_codes(const std::string& name, const Shape& shape) {
+Tensor WeightTaker::take_codes(const std::string& name, const Shape& shape, int bits,
+                               const std::string& exponent_name) {
   const Tensor& t = w_.at(name);
-  if (t.shape() != shape)
-    throw Error(w_.source + ": tensor '" + name + "' has shape " + shape_str(t.shape()) +
-                ", expected " + shape_str(shape));
+  const int64_t N = shape.at(0), K = shape.at(1);
+  const Shape stored = bits ? Shape{N, packed_code_bytes(K, bits)} : shape;
+  const std::string what = bits ? std::to_string(bits) + "-bit packed shift codes of [" + std::to_string(N) +
+                                       ", " + std::to_string(K) + "] weights"
+                                 : "5-bit shift codes, one per byte";
+  if (t.shape() != stored)
+    throw Error(w_.source + ": tensor '" + name + "' has shape " + shape_str(t.shape()) + ", expected " +
+                shape_str(stored) + " (" + what + ")");
   if (t.dtype() != DType::U8)
     throw Error(w_.source + ": tensor '" + name + "' has dtype " + std::string(dtype_name(t.dtype())) +
-                "; expected U8 (5-bit shift codes)");
-  const uint8_t* c = t.data<uint8_t>();
-  for (int64_t i = 0; i < t.numel(); ++i)
-    if (c[i] & 0xE0)
-      throw Error(w_.source + ": tensor '" + name + "' holds " + std::to_string(c[i]) + " at element " +
-                  std::to_string(i) + "; shift codes are 5-bit (0..31)");
+                "; expected U8 (" + what + ")");
   used_.insert(name);
-  return t;
+  const uint8_t* c = t.data<uint8_t>();
+  if (bits == 0) {
+    for (int64_t i = 0; i < t.numel(); ++i)
+      if (c[i] & 0xE0)
+        throw Error(w_.source + ": tensor '" + name + "' holds " + std::to_string(c[i]) + " at element " +
+                    std::to_string(i) + "; shift codes are 5-bit (0..31)");
+    return t;
+  }
+  if (bits != 4 && bits != 5)
+    throw Error(w_.source + ": tensor '" + name + "': shift codes stored at " + std::to_string(bits) +
+                " bits; expected 4 or 5");
+  const int8_t* exp = nullptr;
+  if (bits == 4) {
+    const Tensor& e = w_.at(exponent_name);
+    if (e.shape() != Shape{N} || e.dtype() != DType::I8)
+      throw Error(w_.source + ": tensor '" + exponent_name + "' has " + std::string(dtype_name(e.dtype())) + " " +
+                  shape_str(e.shape()) + "; expected I8 [" + std::to_string(N) +
+                  "] (the row exponents of 4-bit shift codes)");
+    used_.insert(exponent_name);
+    exp = e.data<int8_t>();
+  }
+  Tensor codes = Tensor::empty(DType::U8, shape);
+  const int64_t row_bytes = stored[1];
+  for (int64_t n = 0; n < N; ++n)
+    if (!unpack_code_row(c + n * row_bytes, K, bits, exp ? exp[n] : 0, codes.data<uint8_t>() + n * K))
+      throw Error(w_.source + ": tensor '" + name + "' row " + std::to_string(n) + " with exponent " +
+                  std::to_string(exp ? exp[n] : 0) + " in '" + exponent_name +
+                  "' names a weight exponent outside [-14, 0]");
+  return codes;
 }
 
 void WeightTaker::check_all_used(const std::string& model) const {
@@ -85,9 +115,11 @@ int converted_linear(Graph& g, WeightTaker& W, const std::map<std::string, Layer
   auto bias = [&](const std::string& name) {
     return bias_optional && !w.has(name) ? Tensor() : W.take(name, {N});
   };
+  const auto kind = kinds.find(L);
+  const int bits = kind == kinds.end() ? 0 : kind->second.code_bits;
   auto shift = [&](const std::string& p) {
     ShiftWeights s;
-    s.codes = W.take_codes(p + ".codes", {N, K});
+    s.codes = W.take_codes(p + ".codes", {N, K}, bits, p + ".exponent");
     s.bias = bias(p + ".bias");
     if (w.has(p + ".scale")) s.scale = W.take(p + ".scale", {N});
     return s;
@@ -98,8 +130,7 @@ int converted_linear(Graph& g, WeightTaker& W, const std::map<std::string, Layer
   } else if (w.has(L + ".codes")) {
     return g.shift_linear(x, shift(L), L, gelu, residual);
   } else if (w.has(L + ".router.weight")) {
-    const auto it = kinds.find(L);
-    const bool log_exp = it != kinds.end() && it->second.combine == "log_exp";
+    const bool log_exp = kind != kinds.end() && kind->second.combine == "log_exp";
     y = g.moe_linear(x, W.take(L + ".router.weight", {2, K}), W.take(L + ".router.bias", {2}),
                      W.take(L + ".experts.0.weight", {N, K}), bias(L + ".experts.0.bias"),
                      shift(L + ".experts.1"), L, log_exp, gelu);

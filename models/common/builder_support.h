@@ -32,8 +32,12 @@ class WeightTaker {
   // The tensor as float32 (F16/BF16 converted, F32 borrowed); Error unless it exists with
   // exactly this shape and a float dtype.
   Tensor take(const std::string& name, const Shape& shape);
-  // Packed 5-bit shift codes: Error unless a U8 tensor of exactly this shape, every value < 32.
-  Tensor take_codes(const std::string& name, const Shape& shape);
+  // Shift codes [N, K] as the engine holds them (one 5-bit code per byte). `bits` is how the file
+  // stores them (docs/format.md): 0 (format v1) one code per byte, every value < 32; 4 or 5
+  // (format v2) packed rows [N, packed_code_bytes(K, bits)], 4-bit rows with their exponents in
+  // `exponent_name` (I8 [N]). Error naming the tensor unless exactly that.
+  Tensor take_codes(const std::string& name, const Shape& shape, int bits = 0,
+                    const std::string& exponent_name = "");
   // Counts a tensor as used without taking it (e.g. stored but unused upstream buffers).
   void skip(const std::string& name) { used_.insert(name); }
   // Error naming the first tensor nobody took, for a model described as `model`.
@@ -52,6 +56,7 @@ namespace shiftadd {
 struct LayerKind {
   std::string kind;     // dense | shift | moe | softmax | ksh
   std::string combine;  // moe: "log_exp" | "none"
+  int code_bits = 0;    // shift / moe: stored code width, 4 or 5 (format v2); 0: one code per byte (v1)
 };
 
 // The preprocessing a shiftadd file carries in its config ("shiftadd_preprocess", docs/format.md):

@@ -60,6 +60,11 @@ void register_convert(CLI::App& app) {
       ->excludes(ratio);
   sub->add_flag("--shift-scale", o->c.shift_scale,
                 "Per-output-channel scale on shift layers (an extension of upstream's pure powers of two)");
+  sub->add_option("--bits-shift", o->c.shift_bits,
+                  "Stored bits per shift weight: 4 (sign + the 7 exponents below each output row's largest, "
+                  "exactly what --mode fast computes with; smallest file) or 5 (sign + any exponent in [-14, 0])")
+      ->check(CLI::IsMember({4, 5}))
+      ->capture_default_str();
   sub->add_option("--seed", o->c.seed, "Random seed (token sampling, k-means)")->capture_default_str();
   sub->add_option("-t,--threads", o->c.threads, "Worker threads (0 = all cores)")->check(CLI::NonNegativeNumber);
   sub->add_option("--report", o->report, "Also write the report as JSON to this file (refused if it exists, unless --force)");

@@ -64,20 +64,77 @@ def decode_codes(codes):
     return torch.where(mag == 0, torch.zeros_like(w), w)
 
 
-def pow2_quantize(u):
-    """P2(u) = sign(u) 2^clamp(round(log2|u|), -14, 0) (0 for u == 0), no gradient."""
+INT8_LEVELS = 7  # exponents per output row that 4-bit storage (and fast mode's int8) hold
+
+
+def _exponents(u, bits):
+    """Sign and exponent of P2(u) per weight: s = clamp(round(log2|u|), -14, 0); with bits == 4
+    each row keeps the 7 exponents below its largest e: a weight below becomes 2^(e-6) when
+    |u| >= 2^(e-7), else 0 (the converter's rule, convert/fit.cpp). Returns (sign, s, nonzero)."""
     a = u.abs()
     s = torch.clamp(torch.round(torch.log2(torch.where(a > 0, a, torch.ones_like(a)))), S_MIN, 0)
-    return torch.sign(u) * torch.pow(2.0, s)
+    nz = a > 0
+    if bits == 4:
+        e = torch.where(nz, s, torch.full_like(s, -1e9)).max(dim=1, keepdim=True).values
+        lowest = e - (INT8_LEVELS - 1)
+        below = nz & (s < lowest)
+        s = torch.where(below, lowest.expand_as(s), s)
+        nz = nz & ~(below & (a < torch.pow(2.0, lowest - 1)))
+    return torch.sign(u), s, nz
 
 
-def encode_codes(u):
-    """Latent weights -> uint8 codes of P2(u)."""
-    a = u.detach().abs().double()
-    s = torch.clamp(torch.round(torch.log2(torch.where(a > 0, a, torch.ones_like(a)))), S_MIN, 0).long()
-    code = (1 - s) | torch.where(u.detach() < 0, 16, 0).long()
-    code = torch.where(a > 0, code, torch.zeros_like(code))
-    return code.to(torch.uint8).numpy()
+def pow2_quantize(u, bits=5):
+    """P2(u) = sign(u) 2^s (0 for u == 0; see _exponents), no gradient."""
+    g, s, nz = _exponents(u, bits)
+    return torch.where(nz, g * torch.pow(2.0, s), torch.zeros_like(u))
+
+
+def encode_codes(u, bits=5):
+    """Latent weights -> uint8 (5-bit) codes of P2(u)."""
+    g, s, nz = _exponents(u.detach().double(), bits)
+    code = (1 - s.long()) | torch.where(g < 0, 16, 0).long()
+    return torch.where(nz, code, torch.zeros_like(code)).to(torch.uint8).numpy()
+
+
+# Storage at the real width (format v2, docs/format.md), rows packed LSB first.
+def pack_codes(codes, bits):
+    """[N, K] 5-bit codes -> (packed uint8 [N, ceil(K*bits/8)], int8 row exponents or None)."""
+    c = np.asarray(codes, dtype=np.uint8)
+    N, K = c.shape
+    if bits == 5:
+        bitpos = 5 * np.arange(K)
+        out = np.zeros((N, (5 * K + 7) // 8), dtype=np.uint16)
+        for b in range(5):
+            pos = bitpos + b
+            np.add.at(out, (slice(None), pos // 8), ((c >> b) & 1).astype(np.uint16) << (pos % 8))
+        return out.astype(np.uint8), None
+    nz = (c & 15) != 0
+    s = np.where(nz, 1 - (c & 15).astype(np.int64), -127)
+    e = s.max(axis=1)
+    level = np.where(nz, e[:, None] - s + 1, 0)
+    if (level > INT8_LEVELS).any():
+        raise ValueError("a row spans more than 7 exponents: it does not fit 4 bits")
+    nib = (level | np.where(c & 16, 8, 0)).astype(np.uint8)
+    if K % 2:
+        nib = np.concatenate([nib, np.zeros((N, 1), np.uint8)], axis=1)
+    return (nib[:, 0::2] | (nib[:, 1::2] << 4)).astype(np.uint8), e.astype(np.int8)
+
+
+def unpack_codes(packed, K, bits, exponents=None):
+    """Inverse of pack_codes: packed rows -> [N, K] 5-bit codes."""
+    p = np.asarray(packed, dtype=np.uint8)
+    if bits == 5:
+        pos = 5 * np.arange(K)
+        v = p[:, pos // 8].astype(np.uint16) | (np.concatenate([p, np.zeros((p.shape[0], 1), np.uint8)], axis=1)
+                                                [:, pos // 8 + 1].astype(np.uint16) << 8)
+        return ((v >> (pos % 8)) & 31).astype(np.uint8)
+    nib = np.stack([p & 15, p >> 4], axis=2).reshape(p.shape[0], -1)[:, :K].astype(np.int64)
+    level = nib & 7
+    s = np.asarray(exponents, dtype=np.int64)[:, None] - (level - 1)
+    if ((level > 0) & ((s < S_MIN) | (s > 0))).any():
+        raise ValueError("4-bit shift codes name an exponent outside [-14, 0]")
+    code = (1 - s) | np.where(nib & 8, 16, 0)
+    return np.where(level > 0, code, 0).astype(np.uint8)
 
 
 def quantize_q16(x):
@@ -92,10 +149,11 @@ def quantize_q16_ste(x):
 class ShiftLinear(nn.Module):
     """Shift (power-of-two) linear layer; see the module docstring."""
 
-    def __init__(self, codes, bias, scale=None):
+    def __init__(self, codes, bias, scale=None, bits=5):
         super().__init__()
         w = decode_codes(codes)
         self.out_features, self.in_features = w.shape
+        self.bits = bits  # stored width: 4 keeps 7 exponents per row (training quantizes the same way)
         self.has_scale = scale is not None
         self.u = nn.Parameter(w.clone())  # latent weight in units of scale; P2(u) == decode(codes)
         self.bias = nn.Parameter(torch.as_tensor(np.array(bias, dtype=np.float32)))
@@ -104,11 +162,11 @@ class ShiftLinear(nn.Module):
         self.exact64 = False  # eval: accumulate in float64 (golden generation)
 
     def weight_q(self):
-        return pow2_quantize(self.u.detach())
+        return pow2_quantize(self.u.detach(), self.bits)
 
     def forward(self, x):
         if self.training:
-            wq = self.u + (pow2_quantize(self.u) - self.u).detach()
+            wq = self.u + (pow2_quantize(self.u, self.bits) - self.u).detach()
             y = F.linear(quantize_q16_ste(x), wq, quantize_q16_ste(self.bias))
             return y * self.scale if self.has_scale else y
         wq = self.weight_q()
@@ -121,14 +179,16 @@ class ShiftLinear(nn.Module):
         return y * self.scale if self.has_scale else y
 
     def state_tensors(self, prefix):
-        out = {prefix + ".codes": encode_codes(self.u),
-               prefix + ".bias": self.bias.detach().float().numpy().copy()}
+        packed, exponents = pack_codes(encode_codes(self.u, self.bits), self.bits)
+        out = {prefix + ".codes": packed, prefix + ".bias": self.bias.detach().float().numpy().copy()}
+        if exponents is not None:
+            out[prefix + ".exponent"] = exponents
         if self.has_scale:
             out[prefix + ".scale"] = self.scale.detach().float().numpy().copy()
         return out
 
     def exponent_range(self):
-        c = encode_codes(self.u)
+        c = encode_codes(self.u, self.bits)
         nz = c[(c & 15) != 0]
         if nz.size == 0:
             return [0, 0]
@@ -146,18 +206,34 @@ def _dense_from(t, prefix):
     return lin
 
 
-def _shift_from(t, prefix):
-    return ShiftLinear(t[prefix + ".codes"], t[prefix + ".bias"], t.get(prefix + ".scale"))
+def _shift_from(t, prefix, bits=0, K=None):
+    """A shift layer from its stored codes: bits 0 (format v1, one code per byte) or 4 / 5 (v2)."""
+    codes = t[prefix + ".codes"]
+    if bits:
+        codes = unpack_codes(codes, K, bits, t.get(prefix + ".exponent"))
+    return ShiftLinear(codes, t[prefix + ".bias"], t.get(prefix + ".scale"), bits=bits or 5)
+
+
+def _in_features(t, block, name, dim):
+    """Input width of a block's linear layer: the model dim, or for fc2 the hidden width (fc1's
+    output: the length of its bias, whatever its kind)."""
+    if name != "mlp.fc2":
+        return dim
+    p = "blocks.%d.mlp.fc1" % block
+    for key in (p + ".bias", p + ".experts.0.bias"):
+        if key in t:
+            return int(np.asarray(t[key]).shape[0])
+    raise ValueError("%s: no bias to read the hidden width from" % p)
 
 
 class MoELinear(nn.Module):
     """Top-1 mixture of a dense expert (0) and a shift expert (1); see the module docstring."""
 
-    def __init__(self, t, prefix, combine="none"):
+    def __init__(self, t, prefix, combine="none", bits=0):
         super().__init__()
         self.router = _dense_from(t, prefix + ".router")
-        self.experts = nn.ModuleList([_dense_from(t, prefix + ".experts.0"),
-                                      _shift_from(t, prefix + ".experts.1")])
+        dense = _dense_from(t, prefix + ".experts.0")
+        self.experts = nn.ModuleList([dense, _shift_from(t, prefix + ".experts.1", bits, dense.in_features)])
         self.combine = combine
         self.last_aux = None     # training: (gate probs [T,2], P(expert chosen) [T,2]) of the last call
         self.count = None        # tokens per expert, accumulated while `counting` is True
@@ -323,6 +399,9 @@ class ShiftAddViT(nn.Module):
         self.metadata = dict(metadata)
         self.config = dict(config)
         layers = json.loads(metadata["layers"]) if metadata.get("layers") else {}
+        version = metadata.get("format_version", "1")
+        if version not in ("1", "2"):
+            raise ValueError("shiftadd format version %r is not supported (1 and 2 are)" % version)
         self.layer_desc = layers
         cfg = self.config
         self.dim = int(cfg["embed_dim"])
@@ -355,12 +434,13 @@ class ShiftAddViT(nn.Module):
                 if kind is None:
                     kind = "moe" if (p + ".router.weight") in t else "shift" if (p + ".codes") in t else "dense"
                 self.kinds[p] = kind
+                bits = int(layers.get(p, {}).get("bits", 5)) if version == "2" else 0
                 if kind == "dense":
                     lin[name] = _dense_from(t, p)
                 elif kind == "shift":
-                    lin[name] = _shift_from(t, p)
+                    lin[name] = _shift_from(t, p, bits, _in_features(t, i, name, self.dim))
                 elif kind == "moe":
-                    lin[name] = MoELinear(t, p, layers.get(p, {}).get("combine", "none"))
+                    lin[name] = MoELinear(t, p, layers.get(p, {}).get("combine", "none"), bits)
                 else:
                     raise ValueError("%s: unknown layer kind %r" % (p, kind))
             pa = "blocks.%d.attn" % i
@@ -496,7 +576,7 @@ class ShiftAddViT(nn.Module):
                     e.setdefault("kind", "dense")
                     continue
                 e["kind"] = "moe" if isinstance(mod, MoELinear) else "shift"
-                e["bits"] = 5
+                e["bits"] = sh.bits
                 e["exponent"] = sh.exponent_range()
                 e["scale"] = bool(sh.has_scale)
                 if isinstance(mod, MoELinear):
@@ -512,7 +592,7 @@ class ShiftAddViT(nn.Module):
         return layers
 
     def save(self, path, source_note="", shift_ratios=None):
-        md = {"format": "shiftadd", "format_version": "1", "architecture": "vit",
+        md = {"format": "shiftadd", "format_version": "2", "architecture": "vit",
               "config": json.dumps(self.config, separators=(",", ":")),
               "layers": json.dumps(self.updated_layers(shift_ratios), separators=(",", ":"), sort_keys=True)}
         src = self.metadata.get("source", "")

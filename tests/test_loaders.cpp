@@ -417,8 +417,8 @@ TEST_F(LoaderTest, UnreadableImagesRaiseErrorsNamingTheFile) {
   ASSERT_TRUE(stbi_write_png(png.c_str(), w, h, 3, rgb.data(), w * 3));
   ASSERT_TRUE(stbi_write_bmp(bmp.c_str(), w, h, 3, rgb.data()));
   ASSERT_TRUE(stbi_write_jpg(jpg.c_str(), w, h, 3, rgb.data(), 90));
-  for (auto [full, problem] : {std::pair{png, "cannot decode image"},
-                               {jpg, "cannot decode image"},
+  for (auto [full, problem] : {std::pair{png, "cannot decode PNG"},
+                               {jpg, "truncated JPEG"},
                                {bmp, "truncated BMP"}}) {
     const std::string bytes = read_bytes(full);
     const std::string cut = path("cut_" + fs::path(full).filename().string());
@@ -427,7 +427,7 @@ TEST_F(LoaderTest, UnreadableImagesRaiseErrorsNamingTheFile) {
   }
   const std::string text = path("notes.png");
   write_bytes(text, "this is not an image");
-  expect_error([&] { load_image(text); }, text, "unknown image type");
+  expect_error([&] { load_image(text); }, text, "not a JPEG, PNG or BMP");
   expect_error([&] { load_image(path("absent.jpg")); }, "absent.jpg", "cannot open image");
 }
 

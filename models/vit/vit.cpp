@@ -146,9 +146,14 @@ VitConfig infer_vit_config(const WeightStore& w, const json* cfg, const json* pr
   for (const char* t : {".weight", ".codes", ".experts.0.weight"})
     if (w.has(std::string("blocks.0.mlp.fc1") + t)) c.mlp_hidden = expect(w, std::string("blocks.0.mlp.fc1") + t, 2).dim(0);
   if (c.mlp_hidden == 0) expect(w, "blocks.0.mlp.fc1.weight", 2);  // names the missing tensor
-  c.num_classes = expect(w, "head.weight", 2).dim(0);
+  const Tensor& head = expect(w, "head.weight", 2);
+  c.num_classes = head.dim(0);
   if (c.mlp_hidden <= 0 || c.num_classes <= 0)
     throw Error(w.source + ": 'blocks.0.mlp.fc1.weight' and 'head.weight' must have non-zero sizes");
+  // Checked before the class count sizes anything (labels), as the builder would check it later.
+  if (head.dim(1) != c.dim)
+    throw Error(w.source + ": 'head.weight' " + shape_str(head.shape()) + " does not read the embedding dim " +
+                std::to_string(c.dim) + "; expected [classes, " + std::to_string(c.dim) + "]");
   if (const json* act = config_find(cfg, "hidden_act"); act && act->is_string() && act->get<std::string>() != "gelu")
     throw Error(w.source + ": config hidden_act '" + act->get<std::string>() +
                 "' is not supported (only the exact erf GELU, \"gelu\")");

@@ -261,7 +261,7 @@ void check_bmp_complete(std::FILE* file, const std::string& path) {
 void check_pixel_count(int64_t width, int64_t height, const std::string& path) {
   if (width <= 0 || height <= 0)
     throw Error(path + ": image header says " + std::to_string(width) + "x" + std::to_string(height) + " pixels");
-  if (width * height > kMaxPixels)
+  if (width > kMaxPixels || height > kMaxPixels || width * height > kMaxPixels)  // 32-bit sides: no overflow
     throw Error(path + ": image is " + std::to_string(width) + "x" + std::to_string(height) +
                 " pixels, over the limit of " + std::to_string(kMaxPixels));
 }

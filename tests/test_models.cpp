@@ -184,7 +184,7 @@ fs::path write_variant(const std::string& name,
   const fs::path dir = fs::temp_directory_path() / ("shiftadd_bad_" + std::to_string(::getpid()));
   fs::create_directories(dir);
   const fs::path p = dir / (name + ".safetensors");
-  shiftadd::save_safetensors(p.string(), t, {}, /*overwrite=*/true);
+  shiftadd::save_safetensors(p.string(), t, src.metadata, /*overwrite=*/true);
   return p;
 }
 
@@ -216,6 +216,28 @@ TEST(BadCheckpoint, WrongShapeIsNamedWithBothShapes) {
   const std::string e = load_error(p);
   EXPECT_NE(e.find("blocks.1.mlp.fc1.weight"), std::string::npos) << e;
   EXPECT_NE(e.find("[100, 64]"), std::string::npos) << e;
+}
+
+// The weights of a ViT fit any head count dividing dim: without config.json or the file's
+// __metadata__ num_heads the load fails saying how to give it, rather than guessing head dim 64.
+TEST(BadCheckpoint, HeadCountIsNeverGuessed) {
+  const shiftadd::WeightStore src =
+      shiftadd::load_safetensors((kGoldens / "timm_vit_p16_224_bare" / "model.safetensors").string());
+  const fs::path dir = fs::temp_directory_path() / ("shiftadd_heads_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const fs::path p = dir / "model.safetensors";
+  shiftadd::save_safetensors(p.string(), src.tensors, {{"format", "pt"}}, /*overwrite=*/true);
+  std::string e = load_error(p);
+  EXPECT_NE(e.find("cannot tell the number of attention heads"), std::string::npos) << e;
+  EXPECT_NE(e.find("config.json with {\"num_heads\": N}"), std::string::npos) << e;
+  shiftadd::save_safetensors(p.string(), src.tensors, {{"num_heads", "two"}}, /*overwrite=*/true);
+  e = load_error(p);
+  EXPECT_NE(e.find("num_heads 'two' is not a positive integer"), std::string::npos) << e;
+  // config.json beside the file gives it (and wins over the metadata).
+  std::ofstream(dir / "config.json") << R"({"num_heads": 2})";
+  const auto model = shiftadd::Model::load(dir.string());
+  EXPECT_EQ(model->info().heads, 2);
+  fs::remove_all(dir);
 }
 
 TEST(BadCheckpoint, NotAViT) {

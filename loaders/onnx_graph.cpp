@@ -232,6 +232,11 @@ bool OnnxGraph::shape_only(const std::string& t) const {
   return v && (v->constant || v->shape_only);
 }
 
+const PartialInts* OnnxGraph::shape(const std::string& t) const {
+  const Value* v = value(t);
+  return v && v->shape ? &*v->shape : nullptr;
+}
+
 bool OnnxGraph::folded(int i) const {
   for (const auto& out : node(i).output())
     if (!out.empty() && !constant(out)) return false;

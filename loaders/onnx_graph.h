@@ -60,6 +60,9 @@ class OnnxGraph {
   // True when t depends only on constants and shapes, never on activation values (a Reshape
   // target or a batch size, known or not).
   bool shape_only(const std::string& t) const;
+  // t's shape as far as it is known (unknown rank: null). Open graph-input dims (the batch) are
+  // symbols: negative values below any real entry, equal for the same dimension.
+  const PartialInts* shape(const std::string& t) const;
   // True when every output of node i is a folded constant (the node computes nothing at run time).
   bool folded(int i) const;
 

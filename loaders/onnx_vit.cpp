@@ -57,6 +57,7 @@ std::string number(double v) {
 struct Linear {
   int node = -1;
   int bias_node = -1;
+  int flatten = -1;  // Reshape(x, [-1, in]) before a Gemm on 2-D rows (onnxsim), or -1
   std::string input, output;
   int64_t out = 0, in = 0;
   std::vector<float> weight;  // [out, in]
@@ -109,6 +110,7 @@ struct AttentionPath {
   std::vector<int64_t> factor_sizes;
   std::map<int, int64_t> selected;  // factor -> index picked by Split/Gather/Slice
   double scale = 1.0;               // product of the (folded) scale factors
+  std::map<int64_t, float> bias;    // linear output row -> bias added on the path (onnxsim)
 };
 
 using Dims = std::vector<Dim>;
@@ -223,10 +225,53 @@ class Recognizer {
           }
         }
       }
+      unflatten(l);
       by_output_[l.output] = static_cast<int>(linears_.size());
       linears_.push_back(std::move(l));
     }
   }
+
+  // onnxsim (and some exporters) run a linear on [batch, tokens, in] as Reshape(x, [-1, in]) ->
+  // Gemm -> Reshape(y, [batch, tokens, out]). The layer then reads x and, when the second
+  // Reshape restores x's leading dims, writes its output; without it (a reshape straight into
+  // heads) the rows keep x's leading dims in order, as the flattening keeps them.
+  void unflatten(Linear& l) {
+    const int flatten = g_.producer(l.input);
+    if (flatten < 0 || g_.op(flatten) != "Reshape") return;
+    const std::string& x = g_.node(flatten).input(0);
+    const PartialInts* shape = g_.shape(x);
+    const OnnxConst* target = g_.constant(g_.node(flatten).input(1));
+    if (!shape || shape->v.size() < 2 || !target || target->is_float || target->i.size() != 2 ||
+        target->i[0] != -1 || target->i[1] != l.in)
+      return;
+    // x = [lead..., trailing...] with the trailing dims multiplying to `in` (heads x head_dim of
+    // the attention output, or the features).
+    size_t lead = shape->v.size();
+    int64_t product = 1;
+    while (lead > 1 && product < l.in && shape->v[lead - 1] && *shape->v[lead - 1] > 0 &&
+           !__builtin_mul_overflow(product, *shape->v[lead - 1], &product))
+      --lead;
+    if (product != l.in) return;
+    l.flatten = flatten;
+    l.input = x;
+    auto cons = g_.consumers(l.output);
+    if (cons.size() != 1 || g_.op(cons[0]) != "Reshape") return;
+    const OnnxConst* restore = g_.constant(g_.node(cons[0]).input(1));
+    if (!restore || restore->is_float || restore->i.size() != lead + 1 || restore->i.back() != l.out) return;
+    int inferred = 0;
+    for (size_t k = 0; k < lead; ++k) {
+      const auto& dim = shape->v[k];
+      const int64_t want = restore->i[k];
+      const bool known = dim && *dim > 0;
+      if (want == -1 && !known) ++inferred;  // the one unknown leading dim (the batch)
+      else if (!known || want != *dim) return;
+    }
+    if (inferred > 1) return;
+    l.output = g_.node(cons[0]).output(0);
+  }
+
+  // The node that reads a linear's input.
+  static int reader(const Linear& l) { return l.flatten >= 0 ? l.flatten : l.node; }
 
   const Linear* linear_at(const std::string& output) const {
     auto it = by_output_.find(output);
@@ -237,7 +282,7 @@ class Recognizer {
   const Linear& sole_linear_reading(const std::string& t, int context_node, const std::string& what) {
     auto cons = g_.consumers(t);
     for (const auto& l : linears_)
-      if (l.input == t && cons.size() == 1 && cons[0] == l.node) return claim(l);
+      if (l.input == t && cons.size() == 1 && cons[0] == reader(l)) return claim(l);
     g_.fail(
         cons.size() == 1 ? cons[0] : context_node,
         "expected " + what + " (a MatMul by a constant weight or a Gemm) as the only reader of '" + t + "'");
@@ -358,15 +403,14 @@ class Recognizer {
   }
 
   // cls/dist token: a constant, possibly broadcast to the batch with Expand or Tile.
+  // (Walked back before it is read: a static-batch export folds Expand(token) to [B, 1, C].)
   const OnnxConst* token_constant(std::string t) {
-    while (true) {
-      if (const OnnxConst* c = g_.constant(t)) return c;
-      int p = g_.producer(t);
-      if (p < 0) return nullptr;
+    for (int p = g_.producer(t); p >= 0; p = g_.producer(t)) {
       const std::string& op = g_.op(p);
-      if (op != "Expand" && op != "Tile" && op != "Cast" && op != "Identity") return nullptr;
+      if (op != "Expand" && op != "Tile" && op != "Cast" && op != "Identity") break;
       t = g_.node(p).input(0);
     }
+    return g_.constant(t);
   }
 
   // --- LayerNorm ----------------------------------------------------------------------------
@@ -691,7 +735,8 @@ class Recognizer {
       for (int64_t row : source_rows(*p, fh, fd, *l)) {
         ++used[row];
         std::copy_n(&l->weight[row * dim_], dim_, &w[dst * dim_]);
-        b[dst++] = l->bias[row];
+        const auto extra = p->bias.find(row);
+        b[dst++] = l->bias[row] + (extra == p->bias.end() ? 0.0f : extra->second);
       }
     }
     for (auto& [node, used] : rows_used)
@@ -780,7 +825,7 @@ class Recognizer {
   std::string trace_back(std::string t, int context, std::vector<Step>& steps,
                          const std::function<bool(const std::string&)>& stop) {
     static const std::set<std::string> layout = {"Reshape", "Transpose", "Squeeze", "Split", "Gather",
-                                                 "Slice", "Cast", "Identity", "Mul", "Div"};
+                                                 "Slice", "Cast", "Identity", "Mul", "Div", "Add"};
     std::vector<Step> reversed;
     while (!stop(t)) {
       int p = g_.producer(t);
@@ -801,6 +846,11 @@ class Recognizer {
   // The activation operand of a layout op or of a Mul/Div by a scale.
   std::string data_operand(int p) {
     const auto& n = g_.node(p);
+    if (n.op_type() == "Add") {  // a bias: the constant is the other operand
+      const bool bias0 = g_.constant(n.input(0)) != nullptr, bias1 = g_.constant(n.input(1)) != nullptr;
+      if (bias0 != bias1) return bias0 ? n.input(1) : n.input(0);
+      g_.fail(p, "expected a constant bias added to the projection output");
+    }
     if (n.op_type() != "Mul" && n.op_type() != "Div") return n.input(0);
     bool scale0 = g_.shape_only(n.input(0)), scale1 = g_.shape_only(n.input(1));
     if (n.op_type() == "Div" && !scale0 && scale1) return n.input(0);
@@ -874,6 +924,10 @@ class Recognizer {
       return;
     }
     if (op == "Reshape") return reshape(p, s.node);
+    if (op == "Split" && p.axes.back().role == Role::Features &&
+        normalize_axis(onnx_attr_int(n, "axis", 0), p.axes.size(), s.node) == static_cast<int>(p.axes.size()) - 1)
+      return split_features(p, s);
+    if (op == "Add") return add_bias(p, s.node);
     if (op == "Split") {
       int axis = normalize_axis(onnx_attr_int(n, "axis", 0), p.axes.size(), s.node);
       if (n.input_size() > 1 && !n.input(1).empty()) {
@@ -925,6 +979,41 @@ class Recognizer {
     g_.fail(s.node, "unexpected op in the attention");
   }
 
+  // onnxsim fuses the q, k and v MatMuls of a block into one: its output features are Split into
+  // equal parts, each biased by an Add. A part is a new factor of the rows, selected.
+  void split_features(AttentionPath& p, const Step& s) {
+    const auto& n = g_.node(s.node);
+    Axis& features = p.axes.back();
+    const int64_t parts = n.output_size();
+    if (n.input_size() > 1 && !n.input(1).empty()) {
+      auto sizes = g_.require_const(s.node, 1, "split sizes").ints();
+      if (static_cast<int64_t>(sizes.size()) != parts ||
+          std::any_of(sizes.begin(), sizes.end(), [&](int64_t v) { return v != sizes[0]; }))
+        g_.fail(s.node, "expected a split of the projection features into equal parts");
+    }
+    if (parts <= 0 || features.size % parts != 0)
+      g_.fail(s.node, "splits " + std::to_string(features.size) + " features into " + std::to_string(parts) + " parts");
+    p.selected[static_cast<int>(p.factor_sizes.size())] = s.output_index;
+    p.factor_sizes.push_back(parts);
+    features.size /= parts;
+  }
+
+  // A bias added to whole rows of the linear's output, before they are split into heads.
+  void add_bias(AttentionPath& p, int node) {
+    const auto& n = g_.node(node);
+    const OnnxConst* b = g_.constant(n.input(0) == data_operand(node) ? n.input(1) : n.input(0));
+    const Axis& features = p.axes.back();
+    if (!b || !b->is_float || b->dims.size() != 1 || features.role != Role::Features || b->numel() != features.size)
+      g_.fail(node, "expected a [" + std::to_string(features.size) + "] bias added to the projection features");
+    // Rows of this part: the selected factors, each of stride (later factors x what is left).
+    int64_t base = 0, stride = features.size;
+    for (size_t f = p.factor_sizes.size(); f-- > 0;) {
+      base += p.selected.at(static_cast<int>(f)) * stride;
+      stride *= p.factor_sizes[f];
+    }
+    for (int64_t j = 0; j < b->numel(); ++j) p.bias[base + j] += b->f[j];
+  }
+
   // Splits the linear's features into (…, H, d) factors, merges (H, d) back into features, or
   // regroups axes (identity reshapes, [B, H, N, d] <-> [B*H, N, d]) when every target entry is
   // a constant or a dimension read off a tensor whose layout is known.
@@ -932,7 +1021,7 @@ class Recognizer {
     auto target = target_dims(g_.node(node).input(1));
     if (!target) g_.fail(node, "cannot read the target shape");
     const size_t in_rank = p.axes.size(), out_rank = target->size();
-    if (p.axes.back().role == Role::Features && p.factor_sizes.empty() && out_rank > in_rank) {
+    if (p.axes.back().role == Role::Features && out_rank > in_rank) {
       const int64_t features = p.axes.back().size;
       std::vector<int64_t> factors;
       int inferred = -1;
@@ -947,17 +1036,22 @@ class Recognizer {
           g_.fail(node, "expected constant sizes for the split of the projection features");
         factors.push_back(v.value);
       }
-      int64_t product = 1;
-      for (int64_t f : factors) product *= f;
-      if (inferred >= 0 && product > 0 && features % product == 0) factors[inferred] = features / product;
-      product = 1;
-      for (int64_t f : factors) product *= f;
-      if (product != features)
+      auto product = [&]() {
+        int64_t n = 1;
+        for (int64_t f : factors)
+          if (__builtin_mul_overflow(n, f, &n)) return int64_t{-1};
+        return n;
+      };
+      if (inferred >= 0 && product() > 0 && features % product() == 0) factors[inferred] = features / product();
+      if (product() != features)
         g_.fail(node, "splits " + std::to_string(features) + " features into " + shape_str(factors));
       p.axes.pop_back();
-      p.factor_sizes = factors;
-      for (size_t i = 0; i < factors.size(); ++i)
-        p.axes.push_back({Role::Factor, static_cast<int>(i), factors[i]});
+      // After a Split of the features (below) the new factors subdivide what is left.
+      const int first = static_cast<int>(p.factor_sizes.size());
+      for (size_t i = 0; i < factors.size(); ++i) {
+        p.factor_sizes.push_back(factors[i]);
+        p.axes.push_back({Role::Factor, first + static_cast<int>(i), factors[i]});
+      }
       return;
     }
     if (out_rank + 1 == in_rank && in_rank >= 2) {
@@ -1211,6 +1305,10 @@ class Recognizer {
         g_.fail(s.node, "unexpected op between the attention and its output projection");
       apply(p, s);
     }
+    // A flattening projection (Reshape to [-1, C]) merges [heads, head_dim] itself.
+    const bool merged_by_flatten = proj.flatten >= 0 && p.axes.size() == 4 && p.axes[2].role == Role::Factor &&
+                                   p.axes[2].factor == 0 && p.axes[3].role == Role::Factor && p.axes[3].factor == 1;
+    if (merged_by_flatten) p.axes = {p.axes[0], p.axes[1], {Role::Features, -1, heads * d}};
     if (p.axes.size() != 3 || p.axes[0].role != Role::Batch || p.axes[1].role != Role::Token ||
         p.axes[2].role != Role::Features || proj.in != dim_)
       g_.fail(proj.node,
@@ -1294,7 +1392,7 @@ class Recognizer {
     auto cons = g_.consumers(t);
     if (cons.size() != 1) return nullptr;
     for (const auto& l : linears_)
-      if (l.node == cons[0] && l.input == t) return &l;
+      if (reader(l) == cons[0] && l.input == t) return &l;
     return nullptr;
   }
 

@@ -57,11 +57,13 @@ TEST_P(Golden, MatchesPyTorch) {
   }
 }
 
-// Paths relative to tests/fixtures: goldens/<case> (synthetic models, gen_goldens.py) and
-// goldens_real/<case> (real timm / transformers models and exports, gen_real_goldens.py).
+// Paths relative to tests/fixtures: goldens/<case> (synthetic models, gen_goldens.py),
+// goldens_real/<case> (real timm / transformers models and exports, gen_real_goldens.py) and
+// goldens_onnx/<case> (exports spelling the math differently, onnxruntime goldens,
+// gen_onnx_corpus.py).
 std::vector<std::string> golden_cases() {
   std::vector<std::string> names;
-  for (const char* set : {"goldens", "goldens_real"}) {
+  for (const char* set : {"goldens", "goldens_real", "goldens_onnx"}) {
     const json m = manifest(kFixtures / set);
     for (const auto& c : m["cases"])
       names.push_back(std::string(set) + "/" +
@@ -76,6 +78,8 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, Golden, ::testing::ValuesIn(golden_cases()),
                            std::string n = info.param;  // goldens/x -> x, goldens_real/y -> real_y
                            if (n.rfind("goldens_real/", 0) == 0)
                              n = "real_" + n.substr(13);
+                           else if (n.rfind("goldens_onnx/", 0) == 0)
+                             n = "onnx_" + n.substr(13);
                            else if (n.rfind("goldens/", 0) == 0)
                              n = n.substr(8);
                            for (char& ch : n)

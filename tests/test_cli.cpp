@@ -101,14 +101,22 @@ TEST(Cli, ClassifyUnreadableImageFails) {
   EXPECT_NE(r.out.find("not_an_image.png"), std::string::npos) << r.out;
 }
 
+// A batch of 2 inputs for `model`, value(i) at element i.
+shiftadd::Array model_input(const shiftadd::Model& model, float (*value)(size_t)) {
+  const auto& mi = model.info();
+  shiftadd::Array x;
+  x.shape = {2, mi.in_chans, mi.image_size, mi.image_size};
+  x.data.resize(static_cast<size_t>(2 * mi.in_chans * mi.image_size * mi.image_size));
+  for (size_t i = 0; i < x.data.size(); ++i) x.data[i] = value(i);
+  return x;
+}
+
 TEST(Cli, RunWritesLogitsAndRefusesToOverwrite) {
   const fs::path dir = temp_dir();
   const auto model = shiftadd::Model::load(kModel);
   const auto& mi = model->info();
-  shiftadd::Array x;
-  x.shape = {2, mi.in_chans, mi.image_size, mi.image_size};
-  x.data.resize(static_cast<size_t>(2 * mi.in_chans * mi.image_size * mi.image_size));
-  for (size_t i = 0; i < x.data.size(); ++i) x.data[i] = static_cast<float>((i * 7919) % 101) / 50.0f - 1.0f;
+  const shiftadd::Array x =
+      model_input(*model, [](size_t i) { return static_cast<float>((i * 7919) % 101) / 50.0f - 1.0f; });
   shiftadd::save_npy_f32((dir / "x.npy").string(), x);
   fs::remove(dir / "y.npy");
   Result r = shiftadd_cli("run " + kModel + " --input " + (dir / "x.npy").string() + " --output " +
@@ -129,11 +137,7 @@ TEST(Cli, RunWritesLogitsAndRefusesToOverwrite) {
 // names the input.
 TEST(Cli, RunWarnsOnceWhenLogitsAreNotFinite) {
   const fs::path dir = temp_dir();
-  const auto model = shiftadd::Model::load(kModel);
-  const auto& mi = model->info();
-  shiftadd::Array x;
-  x.shape = {2, mi.in_chans, mi.image_size, mi.image_size};
-  x.data.assign(static_cast<size_t>(2 * mi.in_chans * mi.image_size * mi.image_size), 0.25f);
+  shiftadd::Array x = model_input(*shiftadd::Model::load(kModel), [](size_t) { return 0.25f; });
   x.data[5] = NAN;
   shiftadd::save_npy_f32((dir / "x_nan.npy").string(), x);
   const Result r = shiftadd_cli("run " + kModel + " --input " + (dir / "x_nan.npy").string() + " --output " +

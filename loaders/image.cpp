@@ -233,22 +233,44 @@ uint32_t read_le(const uint8_t* p, int bytes) {
   return v;
 }
 
-// stb_image decodes a truncated uncompressed BMP without complaint (missing pixels read as 0),
-// so check that the file holds every row its header promises.
+void check_pixel_count(int64_t width, int64_t height, const std::string& path) {
+  if (width <= 0 || height <= 0)
+    throw Error(path + ": image header says " + std::to_string(width) + "x" + std::to_string(height) + " pixels");
+  if (width > kMaxPixels || height > kMaxPixels || width * height > kMaxPixels)  // 32-bit sides: no overflow
+    throw Error(path + ": image is " + std::to_string(width) + "x" + std::to_string(height) +
+                " pixels, over the limit of " + std::to_string(kMaxPixels));
+}
+
+// stb_image decodes a truncated BMP without complaint (missing pixels read as 0, slowly for a
+// tall image) and reads unknown compression codes as uncompressed rows: check that the header is
+// one stb reads exactly and that the file holds every row the header promises.
 void check_bmp_complete(std::FILE* file, const std::string& path) {
-  uint8_t h[34];
-  const bool complete_header = std::fread(h, 1, sizeof h, file) == sizeof h;
+  uint8_t h[34] = {};
+  const size_t got = std::fread(h, 1, sizeof h, file);
   std::rewind(file);
-  if (!complete_header || h[0] != 'B' || h[1] != 'M') return;
-  const uint32_t dib_size = read_le(h + 14, 4), compression = read_le(h + 30, 4);
-  // Only the BITMAPINFOHEADER family with uncompressed rows (BI_RGB, BI_BITFIELDS) has a fixed
-  // size.
-  if (dib_size < 40 || (compression != 0 && compression != 3)) return;
-  const int64_t width = static_cast<int32_t>(read_le(h + 18, 4));
-  const int64_t height = std::abs(int64_t{static_cast<int32_t>(read_le(h + 22, 4))});
-  const int64_t bits = read_le(h + 28, 2);
-  // Headers stb rejects anyway are left to it; the rest keep the arithmetic below in range.
-  if (width <= 0 || width > (1 << 24) || height > (1 << 24) || bits == 0 || bits > 32) return;
+  if (got < 26) throw Error(path + ": truncated BMP header (" + std::to_string(got) + " bytes)");
+  const uint32_t dib_size = read_le(h + 14, 4);
+  int64_t width = 0, height = 0, bits = 0;
+  uint32_t compression = 0;
+  if (dib_size == 12) {  // OS/2 BITMAPCOREHEADER: 16-bit sizes, never compressed
+    width = read_le(h + 18, 2);
+    height = read_le(h + 20, 2);
+    bits = read_le(h + 24, 2);
+  } else if (dib_size >= 40 && got == sizeof h) {
+    width = static_cast<int32_t>(read_le(h + 18, 4));
+    height = std::abs(int64_t{static_cast<int32_t>(read_le(h + 22, 4))});
+    bits = read_le(h + 28, 2);
+    compression = read_le(h + 30, 4);
+  } else {
+    throw Error(path + ": BMP header of " + std::to_string(dib_size) + " bytes is not supported");
+  }
+  // BI_RGB and BI_BITFIELDS rows only (RLE, embedded JPEG/PNG and unknown codes are refused).
+  if (compression != 0 && compression != 3)
+    throw Error(path + ": BMP compression " + std::to_string(compression) +
+                " is not supported (uncompressed or bitfield BMPs are)");
+  if (bits != 1 && bits != 4 && bits != 8 && bits != 16 && bits != 24 && bits != 32)
+    throw Error(path + ": BMP with " + std::to_string(bits) + " bits per pixel is not supported");
+  check_pixel_count(width, height, path);
   const int64_t needed = read_le(h + 10, 4) + (width * bits + 31) / 32 * 4 * height;
   std::fseek(file, 0, SEEK_END);
   const int64_t file_size = std::ftell(file);
@@ -258,13 +280,6 @@ void check_bmp_complete(std::FILE* file, const std::string& path) {
                 " bytes, the file has " + std::to_string(file_size));
 }
 
-void check_pixel_count(int64_t width, int64_t height, const std::string& path) {
-  if (width <= 0 || height <= 0)
-    throw Error(path + ": image header says " + std::to_string(width) + "x" + std::to_string(height) + " pixels");
-  if (width > kMaxPixels || height > kMaxPixels || width * height > kMaxPixels)  // 32-bit sides: no overflow
-    throw Error(path + ": image is " + std::to_string(width) + "x" + std::to_string(height) +
-                " pixels, over the limit of " + std::to_string(kMaxPixels));
-}
 
 // The decoders below are C libraries that report errors by longjmp: the functions that call
 // setjmp hold no C++ object across it, and write into an Image allocated before it.
@@ -412,7 +427,6 @@ Image load_bmp(std::FILE* file, const std::string& path) {
   int width = 0, height = 0, channels = 0;
   if (!stbi_info_from_file(file, &width, &height, &channels))
     throw Error(path + ": cannot decode BMP: " + stbi_failure_reason());
-  check_pixel_count(width, height, path);
   check_bmp_complete(file, path);
   std::unique_ptr<stbi_uc, void (*)(void*)> decoded(stbi_load_from_file(file, &width, &height, &channels, 0),
                                                     stbi_image_free);

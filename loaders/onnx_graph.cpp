@@ -519,13 +519,17 @@ std::shared_ptr<const OnnxConst> OnnxGraph::evaluate(int i, const std::vector<co
   }
   if (op == "Range") {
     const OnnxConst *s = arg(0), *l = arg(1), *d = arg(2);
-    if (!s || !l || !d || s->numel() != 1 || l->numel() != 1 || d->numel() != 1 || d->scalar() == 0) return nullptr;
+    if (!s || !l || !d || s->numel() != 1 || l->numel() != 1 || d->numel() != 1 || d->scalar() == 0 ||
+        s->is_float != l->is_float || s->is_float != d->is_float)
+      return nullptr;
     const double count = std::ceil((l->scalar() - s->scalar()) / d->scalar());
     if (!(count < static_cast<double>(kMaxFoldElements))) return nullptr;
     if (!reserve({std::max<int64_t>(static_cast<int64_t>(count), 0)}, s->is_float)) return nullptr;
     for (int64_t e = 0; e < out.numel(); ++e) {
+      int64_t step = 0;
       if (out.is_float) out.f[e] = static_cast<float>(s->scalar() + e * d->scalar());
-      else out.i[e] = s->i[0] + e * d->i[0];
+      else if (__builtin_mul_overflow(e, d->i[0], &step) || __builtin_add_overflow(s->i[0], step, &out.i[e]))
+        return nullptr;
     }
     return done();
   }

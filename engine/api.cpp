@@ -393,6 +393,7 @@ struct Session::Impl {
   std::shared_ptr<const Model> model;
   std::unique_ptr<Backend> backend;
   Executor executor;
+  bool warned_not_finite = false;
   Impl(std::shared_ptr<const Model> m, std::unique_ptr<Backend> b)
       : model(std::move(m)), backend(std::move(b)), executor(model->impl().graph, *backend) {}
 };
@@ -471,6 +472,13 @@ std::vector<float> Session::run(const std::vector<float>& input, int64_t batch) 
 std::vector<Prediction> Session::classify(const std::string& image_path, int k) {
   const std::vector<float> pixels = impl_->model->preprocess_image(image_path);
   const std::vector<float> logits = run(pixels, 1);
+  if (!impl_->warned_not_finite &&
+      !std::all_of(logits.begin(), logits.end(), [](float v) { return std::isfinite(v); })) {
+    impl_->warned_not_finite = true;  // once per session: a broken model would say it per image
+    logger().warn("{}: the logits are not finite (NaN or Inf): the model's weights hold NaN/Inf or its "
+                  "activations overflow; the top classes are meaningless",
+                  image_path);
+  }
   return top_k(logits.data(), static_cast<int64_t>(logits.size()), impl_->model->info().labels, k);
 }
 
@@ -501,10 +509,14 @@ std::vector<double> Session::layer_ms() const {
 
 std::vector<Prediction> top_k(const float* logits, int64_t classes,
                               const std::vector<std::string>& labels, int k) {
-  const float mx = *std::max_element(logits, logits + classes);
+  // Softmax that stays a ranking for non-finite logits: NaN ranks last, +Inf takes all the mass.
+  auto key = [&](int64_t i) { return std::isnan(logits[i]) ? -INFINITY : static_cast<double>(logits[i]); };
+  double mx = -INFINITY;
+  for (int64_t i = 0; i < classes; ++i) mx = std::max(mx, key(i));
   std::vector<double> p(classes);
   double sum = 0;
-  for (int64_t i = 0; i < classes; ++i) sum += p[i] = std::exp(static_cast<double>(logits[i] - mx));
+  for (int64_t i = 0; i < classes; ++i)
+    sum += p[i] = std::isinf(mx) ? (key(i) == mx ? 1.0 : 0.0) : std::exp(key(i) - mx);
   std::vector<int> idx(classes);
   for (int64_t i = 0; i < classes; ++i) idx[i] = static_cast<int>(i);
   k = static_cast<int>(std::clamp<int64_t>(k, 1, classes));

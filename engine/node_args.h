@@ -39,6 +39,9 @@ inline GemmArgs linear_args(const Graph& g, const Node& n, const NodeBuffers& b)
 
 inline AttentionArgs attention_args(const Graph& g, const Node& n, const NodeBuffers& b) {
   AttentionArgs a;
+  // Planning calls this without buffers (null); offsetting a null pointer is UB, so k and v
+  // stay null then.
+  auto at = [](const float* p, int64_t offset) { return p ? p + offset : p; };
   a.B = b.batch;
   a.H = n.p.heads;
   a.scale = n.p.scale;
@@ -53,7 +56,7 @@ inline AttentionArgs attention_args(const Graph& g, const Node& n, const NodeBuf
     a.q_ld = C;
     a.q_bstride = a.Nq * C;
     a.k = b.in[1];
-    a.v = b.in[1] + C;
+    a.v = at(b.in[1], C);
     a.k_ld = a.v_ld = 2 * C;
     a.k_bstride = a.v_bstride = a.Nkv * 2 * C;
   } else {  // q|k|v [N, 3C]
@@ -62,8 +65,8 @@ inline AttentionArgs attention_args(const Graph& g, const Node& n, const NodeBuf
     C = s[1] / 3;
     a.Nq = a.Nkv = N;
     a.q = b.in[0];
-    a.k = b.in[0] + C;
-    a.v = b.in[0] + 2 * C;
+    a.k = at(b.in[0], C);
+    a.v = at(b.in[0], 2 * C);
     a.q_ld = a.k_ld = a.v_ld = 3 * C;
     a.q_bstride = a.k_bstride = a.v_bstride = N * 3 * C;
   }

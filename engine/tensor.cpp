@@ -22,7 +22,18 @@ int64_t shape_numel(const Shape& s) {
   return n;
 }
 
+bool shape_is_addressable(const Shape& s) {
+  int64_t acc = 1;
+  for (size_t i = s.size(); i-- > 0;)
+    if (s[i] < 0 || __builtin_mul_overflow(acc, s[i], &acc)) return false;
+  return true;
+}
+
 static Shape contiguous_strides(const Shape& shape) {
+  // A zero dimension makes the element count 0 but not the strides: [0, 2^31, 2^31, 2^31] has
+  // a stride of 2^93 elements.
+  if (!shape_is_addressable(shape))
+    throw Error("shape " + shape_str(shape) + " has dimensions whose products overflow int64");
   Shape st(shape.size());
   int64_t acc = 1;
   for (size_t i = shape.size(); i-- > 0;) {

@@ -16,6 +16,10 @@ using Shape = std::vector<int64_t>;
 
 std::string shape_str(const Shape& s);  // "[2, 197, 192]"
 int64_t shape_numel(const Shape& s);
+// True when no dimension is negative and every product of trailing dimensions (each stride of
+// a contiguous tensor, and the element count) fits in int64. Loaders check it on shapes read
+// from files before building tensors, which throw Error for such shapes.
+bool shape_is_addressable(const Shape& s);
 
 class Tensor {
  public:

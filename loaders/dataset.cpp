@@ -38,35 +38,53 @@ struct Dataset::Impl {
 
 namespace {
 
-// The whole of a file, inflated when gzip-compressed (zlib reads plain files as they are).
-std::vector<uint8_t> read_maybe_gzip(const std::string& path) {
-  std::error_code ec;
-  if (!fs::is_regular_file(path, ec)) throw Error(path + ": no such file");
-  gzFile f = gzopen(path.c_str(), "rb");
-  if (!f) throw Error(path + ": cannot open");
-  gzbuffer(f, 1 << 17);
-  std::vector<uint8_t> data;
-  constexpr size_t kChunk = 1 << 20;
-  for (;;) {
-    const size_t at = data.size();
-    data.resize(at + kChunk);
-    const int n = gzread(f, data.data() + at, static_cast<unsigned>(kChunk));
-    if (n < 0) {
-      int err = 0;
-      const std::string msg = gzerror(f, &err);
-      gzclose(f);
-      throw Error(path + ": cannot read (corrupt gzip data?): " + msg);
-    }
-    data.resize(at + static_cast<size_t>(n));
-    if (n == 0) break;
+// A file read through zlib, so gzip-compressed and plain files read alike. Reads stop where the
+// caller says: a gzip bomb inflates no further than the IDX header promises.
+class GzipFile {
+ public:
+  explicit GzipFile(const std::string& path) : path_(path) {
+    std::error_code ec;
+    if (!fs::is_regular_file(path, ec)) throw Error(path + ": no such file");
+    f_ = gzopen(path.c_str(), "rb");
+    if (!f_) throw Error(path + ": cannot open");
+    gzbuffer(f_, 1 << 17);
   }
-  int err = 0;
-  const std::string msg = gzerror(f, &err);
-  gzclose(f);
-  // A gzip stream cut short reads to its end without an error from gzread; gzerror says so.
-  if (err != Z_OK) throw Error(path + ": truncated or corrupt gzip data: " + msg);
-  return data;
-}
+  ~GzipFile() { gzclose(f_); }
+  GzipFile(const GzipFile&) = delete;
+  GzipFile& operator=(const GzipFile&) = delete;
+
+  // Appends up to n bytes to `out`; returns how many were read (fewer only at the end).
+  size_t read(std::vector<uint8_t>& out, size_t n) {
+    constexpr size_t kChunk = 1 << 20;  // grow with the data, not with what a header claims
+    size_t total = 0;
+    while (total < n) {
+      const size_t want = std::min(kChunk, n - total);
+      const size_t at = out.size();
+      out.resize(at + want);
+      const int got = gzread(f_, out.data() + at, static_cast<unsigned>(want));
+      if (got < 0) throw Error(path_ + ": cannot read (corrupt gzip data?): " + message());
+      out.resize(at + static_cast<size_t>(got));
+      total += static_cast<size_t>(got);
+      if (static_cast<size_t>(got) < want) break;
+    }
+    // A gzip stream cut short reads to its end without an error from gzread; gzerror says so.
+    if (total < n && error() != Z_OK) throw Error(path_ + ": truncated or corrupt gzip data: " + message());
+    return total;
+  }
+
+ private:
+  int error() {
+    int err = Z_OK;
+    gzerror(f_, &err);
+    return err;
+  }
+  std::string message() {
+    int err = Z_OK;
+    return gzerror(f_, &err);
+  }
+  std::string path_;
+  gzFile f_ = nullptr;
+};
 
 uint32_t big_endian32(const uint8_t* p) {
   return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
@@ -81,8 +99,9 @@ struct IdxArray {
 
 IdxArray read_idx(const std::string& path, const std::vector<int>& allowed_ndims, const char* what) {
   IdxArray a;
-  a.bytes = read_maybe_gzip(path);
-  const std::vector<uint8_t>& b = a.bytes;
+  GzipFile file(path);
+  std::vector<uint8_t>& b = a.bytes;
+  file.read(b, 4);
   std::string expected_dims;
   for (int n : allowed_ndims) expected_dims += (expected_dims.empty() ? "" : " or ") + std::to_string(n);
   if (b.size() < 4 || b[0] != 0 || b[1] != 0)
@@ -97,6 +116,7 @@ IdxArray read_idx(const std::string& path, const std::vector<int>& allowed_ndims
     throw Error(path + ": IDX file has " + std::to_string(ndims) + " dimensions; expected " +
                 expected_dims + " (" + what + ")");
   a.offset = 4 + 4 * static_cast<size_t>(ndims);
+  file.read(b, a.offset - 4);
   if (b.size() < a.offset)
     throw Error(path + ": truncated IDX header (" + std::to_string(b.size()) + " bytes, expected " +
                 std::to_string(a.offset) + ")");
@@ -109,13 +129,14 @@ IdxArray read_idx(const std::string& path, const std::vector<int>& allowed_ndims
       throw Error(path + ": IDX dimensions are too large");
     total *= d;
   }
-  const size_t have = b.size() - a.offset;
+  const size_t have = file.read(b, static_cast<size_t>(total));
   if (have < static_cast<size_t>(total))
     throw Error(path + ": truncated: its header promises " + std::to_string(total) +
                 " bytes of data, the file has " + std::to_string(have));
-  if (have > static_cast<size_t>(total))
-    throw Error(path + ": " + std::to_string(have - total) + " unexpected bytes after the " +
-                std::to_string(total) + " bytes of data its header promises");
+  std::vector<uint8_t> extra;
+  if (file.read(extra, 1) != 0)
+    throw Error(path + ": unexpected bytes after the " + std::to_string(total) +
+                " bytes of data its header promises");
   return a;
 }
 

@@ -9,17 +9,22 @@
 
 #include "shiftadd/error.h"
 
-// Only the formats shiftadd promises; leaving out stb's other decoders shrinks the attack surface.
-#define STBI_ONLY_JPEG
-#define STBI_ONLY_PNG
+// JPEG and PNG go to libjpeg-turbo and libpng (maintained, fuzzed by OSS-Fuzz); stb_image
+// (whose JPEG and PNG decoders fuzzing broke) only decodes BMP.
+#include <csetjmp>
+#include <jpeglib.h>
+#include <jerror.h>  // JWRN_JPEG_EOF
+#include <png.h>
 #define STBI_ONLY_BMP
+#define STBI_NO_STDIO_WARNINGS
 #define STB_IMAGE_IMPLEMENTATION
 #include <stb_image.h>
 
 namespace shiftadd {
 namespace {
 
-// PIL's decompression-bomb limit: larger images are refused before decoding.
+// PIL's decompression-bomb limit: larger images are refused from their header, before any
+// pixel is decoded or resampled.
 constexpr int64_t kMaxPixels = 2 * 89'478'485;
 
 struct FileCloser {
@@ -220,28 +225,52 @@ void check_config(const Image& img, const PreprocessConfig& cfg) {
       throw Error("preprocess_image: std values must be finite and non-zero");
 }
 
+uint32_t read_be32(const uint8_t* p) { return (uint32_t{p[0]} << 24) | (p[1] << 16) | (p[2] << 8) | p[3]; }
+
 uint32_t read_le(const uint8_t* p, int bytes) {
   uint32_t v = 0;
   for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | p[i];
   return v;
 }
 
-// stb_image decodes a truncated uncompressed BMP without complaint (missing pixels read as 0),
-// so check that the file holds every row its header promises.
+void check_pixel_count(int64_t width, int64_t height, const std::string& path) {
+  if (width <= 0 || height <= 0)
+    throw Error(path + ": image header says " + std::to_string(width) + "x" + std::to_string(height) + " pixels");
+  if (width > kMaxPixels || height > kMaxPixels || width * height > kMaxPixels)  // 32-bit sides: no overflow
+    throw Error(path + ": image is " + std::to_string(width) + "x" + std::to_string(height) +
+                " pixels, over the limit of " + std::to_string(kMaxPixels));
+}
+
+// stb_image decodes a truncated BMP without complaint (missing pixels read as 0, slowly for a
+// tall image) and reads unknown compression codes as uncompressed rows: check that the header is
+// one stb reads exactly and that the file holds every row the header promises.
 void check_bmp_complete(std::FILE* file, const std::string& path) {
-  uint8_t h[34];
-  const bool complete_header = std::fread(h, 1, sizeof h, file) == sizeof h;
+  uint8_t h[34] = {};
+  const size_t got = std::fread(h, 1, sizeof h, file);
   std::rewind(file);
-  if (!complete_header || h[0] != 'B' || h[1] != 'M') return;
-  const uint32_t dib_size = read_le(h + 14, 4), compression = read_le(h + 30, 4);
-  // Only the BITMAPINFOHEADER family with uncompressed rows (BI_RGB, BI_BITFIELDS) has a fixed
-  // size.
-  if (dib_size < 40 || (compression != 0 && compression != 3)) return;
-  const int64_t width = static_cast<int32_t>(read_le(h + 18, 4));
-  const int64_t height = std::abs(int64_t{static_cast<int32_t>(read_le(h + 22, 4))});
-  const int64_t bits = read_le(h + 28, 2);
-  // Headers stb rejects anyway are left to it; the rest keep the arithmetic below in range.
-  if (width <= 0 || width > (1 << 24) || height > (1 << 24) || bits == 0 || bits > 32) return;
+  if (got < 26) throw Error(path + ": truncated BMP header (" + std::to_string(got) + " bytes)");
+  const uint32_t dib_size = read_le(h + 14, 4);
+  int64_t width = 0, height = 0, bits = 0;
+  uint32_t compression = 0;
+  if (dib_size == 12) {  // OS/2 BITMAPCOREHEADER: 16-bit sizes, never compressed
+    width = read_le(h + 18, 2);
+    height = read_le(h + 20, 2);
+    bits = read_le(h + 24, 2);
+  } else if (dib_size >= 40 && got == sizeof h) {
+    width = static_cast<int32_t>(read_le(h + 18, 4));
+    height = std::abs(int64_t{static_cast<int32_t>(read_le(h + 22, 4))});
+    bits = read_le(h + 28, 2);
+    compression = read_le(h + 30, 4);
+  } else {
+    throw Error(path + ": BMP header of " + std::to_string(dib_size) + " bytes is not supported");
+  }
+  // BI_RGB and BI_BITFIELDS rows only (RLE, embedded JPEG/PNG and unknown codes are refused).
+  if (compression != 0 && compression != 3)
+    throw Error(path + ": BMP compression " + std::to_string(compression) +
+                " is not supported (uncompressed or bitfield BMPs are)");
+  if (bits != 1 && bits != 4 && bits != 8 && bits != 16 && bits != 24 && bits != 32)
+    throw Error(path + ": BMP with " + std::to_string(bits) + " bits per pixel is not supported");
+  check_pixel_count(width, height, path);
   const int64_t needed = read_le(h + 10, 4) + (width * bits + 31) / 32 * 4 * height;
   std::fseek(file, 0, SEEK_END);
   const int64_t file_size = std::ftell(file);
@@ -251,25 +280,157 @@ void check_bmp_complete(std::FILE* file, const std::string& path) {
                 " bytes, the file has " + std::to_string(file_size));
 }
 
-}  // namespace
 
-Image load_image(const std::string& path) {
-  std::unique_ptr<std::FILE, FileCloser> file(std::fopen(path.c_str(), "rb"));
-  if (!file) throw Error(path + ": cannot open image: " + std::strerror(errno));
+// The decoders below are C libraries that report errors by longjmp: the functions that call
+// setjmp hold no C++ object across it, and write into an Image allocated before it.
+
+struct JpegErrors {
+  jpeg_error_mgr mgr;
+  std::jmp_buf jump;
+  char message[JMSG_LENGTH_MAX] = "";
+  bool truncated = false;
+};
+
+void jpeg_fail(j_common_ptr cinfo) {
+  auto* e = reinterpret_cast<JpegErrors*>(cinfo->err);
+  (*cinfo->err->format_message)(cinfo, e->message);
+  std::longjmp(e->jump, 1);
+}
+
+void jpeg_note(j_common_ptr cinfo, int level) {
+  // Warnings (level -1) are kept quiet; a stream that ends early is an error, as in PIL.
+  if (level < 0 && cinfo->err->msg_code == JWRN_JPEG_EOF) reinterpret_cast<JpegErrors*>(cinfo->err)->truncated = true;
+}
+
+// Decodes into img.pixels (sized from the header); returns "" or the reason it cannot.
+const char* decode_jpeg_rows(jpeg_decompress_struct& cinfo, JpegErrors& err, Image& img) {
+  if (setjmp(err.jump)) return err.message;
+  jpeg_start_decompress(&cinfo);
+  const size_t stride = static_cast<size_t>(img.width) * img.channels;
+  while (cinfo.output_scanline < cinfo.output_height) {
+    JSAMPROW row = img.pixels.data() + cinfo.output_scanline * stride;
+    jpeg_read_scanlines(&cinfo, &row, 1);
+    if (err.truncated) return "the file ends before the image data does (truncated JPEG)";
+  }
+  jpeg_finish_decompress(&cinfo);
+  return err.truncated ? "the file ends before the image data does (truncated JPEG)" : "";
+}
+
+const char* read_jpeg_header(jpeg_decompress_struct& cinfo, JpegErrors& err, std::FILE* file) {
+  if (setjmp(err.jump)) return err.message;
+  jpeg_stdio_src(&cinfo, file);
+  jpeg_read_header(&cinfo, TRUE);
+  // Gray stays gray; every other colour space becomes RGB (CMYK/YCCK are refused by libjpeg's
+  // converter with an error).
+  cinfo.out_color_space = cinfo.jpeg_color_space == JCS_GRAYSCALE ? JCS_GRAYSCALE : JCS_RGB;
+  jpeg_calc_output_dimensions(&cinfo);
+  return "";
+}
+
+Image load_jpeg(std::FILE* file, const std::string& path) {
+  jpeg_decompress_struct cinfo;
+  JpegErrors err;
+  cinfo.err = jpeg_std_error(&err.mgr);
+  err.mgr.error_exit = jpeg_fail;
+  err.mgr.emit_message = jpeg_note;
+  jpeg_create_decompress(&cinfo);
+  struct Destroy {
+    jpeg_decompress_struct* c;
+    ~Destroy() { jpeg_destroy_decompress(c); }
+  } destroy{&cinfo};
+  if (const char* why = read_jpeg_header(cinfo, err, file); *why)
+    throw Error(path + ": cannot decode JPEG: " + why);
+  check_pixel_count(cinfo.output_width, cinfo.output_height, path);
+  Image img;
+  img.width = static_cast<int>(cinfo.output_width);
+  img.height = static_cast<int>(cinfo.output_height);
+  img.channels = cinfo.output_components;
+  if (img.channels != 1 && img.channels != 3)
+    throw Error(path + ": JPEG with " + std::to_string(img.channels) + " components; expected gray or colour");
+  img.pixels.resize(static_cast<size_t>(img.width) * img.height * img.channels);
+  if (const char* why = decode_jpeg_rows(cinfo, err, img); *why) throw Error(path + ": cannot decode JPEG: " + why);
+  return img;
+}
+
+struct PngErrors {
+  std::jmp_buf jump;
+  char message[200] = "";
+};
+
+void png_fail(png_structp png, png_const_charp message) {
+  auto* e = static_cast<PngErrors*>(png_get_error_ptr(png));
+  std::snprintf(e->message, sizeof e->message, "%s", message);
+  std::longjmp(e->jump, 1);
+}
+void png_quiet(png_structp, png_const_charp) {}
+
+// Reads the header and sets up PIL's convert("L"/"RGB"): palette to RGB, 1/2/4-bit gray to 8,
+// 16-bit samples to 8 (high byte), alpha and transparency dropped, no gamma correction.
+const char* read_png_header(png_structp png, png_infop info, PngErrors& err, std::FILE* file, Image& img) {
+  if (setjmp(err.jump)) return err.message;
+  png_init_io(png, file);
+  png_read_info(png, info);
+  const int color = png_get_color_type(png, info);
+  if (color == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
+  if (color == PNG_COLOR_TYPE_GRAY && png_get_bit_depth(png, info) < 8) png_set_expand_gray_1_2_4_to_8(png);
+  if (png_get_bit_depth(png, info) == 16) png_set_strip_16(png);
+  if (color & PNG_COLOR_MASK_ALPHA) png_set_strip_alpha(png);
+  png_set_interlace_handling(png);
+  png_read_update_info(png, info);
+  img.width = static_cast<int>(std::min<png_uint_32>(png_get_image_width(png, info), INT32_MAX));
+  img.height = static_cast<int>(std::min<png_uint_32>(png_get_image_height(png, info), INT32_MAX));
+  img.channels = png_get_channels(png, info);
+  return "";
+}
+
+const char* read_png_rows(png_structp png, PngErrors& err, png_bytep* rows) {
+  if (setjmp(err.jump)) return err.message;
+  png_read_image(png, rows);
+  png_read_end(png, nullptr);
+  return "";
+}
+
+Image load_png(std::FILE* file, const std::string& path) {
+  PngErrors err;
+  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &err, png_fail, png_quiet);
+  png_infop info = png ? png_create_info_struct(png) : nullptr;
+  struct Destroy {
+    png_structp* p;
+    png_infop* i;
+    ~Destroy() { png_destroy_read_struct(p, i, nullptr); }
+  } destroy{&png, &info};
+  if (!png || !info) throw Error(path + ": out of memory decoding PNG");
+  png_set_user_limits(png, 1 << 24, 1 << 24);
+  png_set_chunk_malloc_max(png, 64 << 20);  // text and ICC chunks: no image needs more
+  // libpng reads on past IHDR before it returns the size: check the size from IHDR first.
+  uint8_t head[24];
+  if (std::fread(head, 1, sizeof head, file) == sizeof head && std::memcmp(head + 12, "IHDR", 4) == 0)
+    check_pixel_count(read_be32(head + 16), read_be32(head + 20), path);
+  std::rewind(file);
+  Image img;
+  if (const char* why = read_png_header(png, info, err, file, img); *why)
+    throw Error(path + ": cannot decode PNG: " + why);
+  check_pixel_count(img.width, img.height, path);
+  if (img.channels != 1 && img.channels != 3)
+    throw Error(path + ": PNG decodes to " + std::to_string(img.channels) + " channels; expected gray or RGB");
+  const size_t stride = static_cast<size_t>(img.width) * img.channels;
+  if (png_get_rowbytes(png, info) != stride) throw Error(path + ": PNG rows have an unexpected layout");
+  img.pixels.resize(stride * img.height);
+  std::vector<png_bytep> rows(static_cast<size_t>(img.height));
+  for (int y = 0; y < img.height; ++y) rows[y] = img.pixels.data() + y * stride;
+  if (const char* why = read_png_rows(png, err, rows.data()); *why)
+    throw Error(path + ": cannot decode PNG: " + why);
+  return img;
+}
+
+Image load_bmp(std::FILE* file, const std::string& path) {
   int width = 0, height = 0, channels = 0;
-  if (!stbi_info_from_file(file.get(), &width, &height, &channels))
-    throw Error(path +
-                ": cannot decode image (JPEG, PNG or BMP expected): " + stbi_failure_reason());
-  if (int64_t{width} * height > kMaxPixels)
-    throw Error(path + ": image is " + std::to_string(width) + "x" + std::to_string(height) +
-                " pixels, over the limit of " + std::to_string(kMaxPixels));
-
-  check_bmp_complete(file.get(), path);
-
-  std::unique_ptr<stbi_uc, void (*)(void*)> decoded(
-      stbi_load_from_file(file.get(), &width, &height, &channels, 0), stbi_image_free);
-  if (!decoded) throw Error(path + ": cannot decode image: " + stbi_failure_reason());
-
+  if (!stbi_info_from_file(file, &width, &height, &channels))
+    throw Error(path + ": cannot decode BMP: " + stbi_failure_reason());
+  check_bmp_complete(file, path);
+  std::unique_ptr<stbi_uc, void (*)(void*)> decoded(stbi_load_from_file(file, &width, &height, &channels, 0),
+                                                    stbi_image_free);
+  if (!decoded) throw Error(path + ": cannot decode BMP: " + stbi_failure_reason());
   // stb gives 1 = gray, 2 = gray+alpha, 3 = RGB, 4 = RGBA; alpha is dropped.
   Image img;
   img.width = width;
@@ -278,9 +439,22 @@ Image load_image(const std::string& path) {
   const size_t n = size_t(width) * height;
   img.pixels.resize(n * img.channels);
   for (size_t i = 0; i < n; ++i)
-    for (int c = 0; c < img.channels; ++c)
-      img.pixels[i * img.channels + c] = decoded.get()[i * channels + c];
+    for (int c = 0; c < img.channels; ++c) img.pixels[i * img.channels + c] = decoded.get()[i * channels + c];
   return img;
+}
+
+}  // namespace
+
+Image load_image(const std::string& path) {
+  std::unique_ptr<std::FILE, FileCloser> file(std::fopen(path.c_str(), "rb"));
+  if (!file) throw Error(path + ": cannot open image: " + std::strerror(errno));
+  uint8_t magic[8] = {};
+  const size_t got = std::fread(magic, 1, sizeof magic, file.get());
+  std::rewind(file.get());
+  if (got >= 3 && magic[0] == 0xFF && magic[1] == 0xD8 && magic[2] == 0xFF) return load_jpeg(file.get(), path);
+  if (got == 8 && png_sig_cmp(magic, 0, 8) == 0) return load_png(file.get(), path);
+  if (got >= 2 && magic[0] == 'B' && magic[1] == 'M') return load_bmp(file.get(), path);
+  throw Error(path + ": cannot decode image: not a JPEG, PNG or BMP file");
 }
 
 void preprocess_image(const Image& img, const PreprocessConfig& cfg, float* out) {

@@ -1,5 +1,5 @@
 #pragma once
-// Image decoding (JPEG, PNG, BMP via stb_image) and the eval-time preprocessing of timm and
+// Image decoding (JPEG with libjpeg-turbo, PNG with libpng, BMP with stb_image) and the eval-time preprocessing of timm and
 // Hugging Face, reproducing PIL's resampling so inputs match the PyTorch reference.
 #include <cstdint>
 #include <string>
@@ -13,7 +13,8 @@ struct Image {
 };
 
 // Decodes `path`. Gray and gray+alpha give 1 channel; RGB and RGBA give 3 (alpha is dropped, as
-// PIL's convert("RGB") does). Throws Error naming the file and stb's reason on failure.
+// PIL's convert("RGB") does). Throws Error naming the file and the decoder's reason on failure,
+// and for images over PIL's decompression-bomb limit (2 x 89478485 pixels), read from the header.
 Image load_image(const std::string& path);
 
 struct PreprocessConfig {

@@ -247,6 +247,8 @@ Tensor load_npy(const std::string& path) {
                 ": fortran_order=True arrays are not supported; save a C-ordered array "
                 "(np.ascontiguousarray) instead");
 
+  if (!shape_is_addressable(header.shape))
+    throw Error(path + ": shape " + shape_str(header.shape) + " is too large (its strides overflow int64)");
   uint64_t data_bytes = dtype_size(*dtype);
   for (int64_t d : header.shape)
     if (__builtin_mul_overflow(data_bytes, static_cast<uint64_t>(d), &data_bytes))

@@ -1,19 +1,8 @@
 #include "loaders/onnx_vit.h"
 
-// CMake's onnx_proto target defines these; direct compiler invocations may not.
-#ifndef ONNX_ML
-#define ONNX_ML 1
-#endif
-#ifndef ONNX_NAMESPACE
-#define ONNX_NAMESPACE onnx
-#endif
-#include <onnx/onnx_pb.h>
-
 #include <algorithm>
-#include <charconv>
 #include <cmath>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iterator>
@@ -23,6 +12,7 @@
 #include <sstream>
 #include <vector>
 
+#include "loaders/onnx_graph.h"
 #include "shiftadd/error.h"
 
 namespace shiftadd {
@@ -30,6 +20,10 @@ namespace {
 
 constexpr int kMinOpset = 13;
 constexpr int kMaxOpset = 20;  // Gelu arrived in opset 20
+// How far a constant of the math (sqrt 2, the attention scale) may be from its exact value,
+// relative: fp16 exports round it to 11 bits, two fp16 factors to about 2^-10.
+constexpr double kConstTolerance = 2e-3;
+constexpr int kMaxTargetDepth = 32;
 
 // Everything a torch.onnx.export of a ViT/DeiT contains; an op outside this set means the graph
 // computes something the recognizer would silently drop.
@@ -41,7 +35,7 @@ const std::map<std::string, int>& supported_ops() {
       {"Split", 1}, {"Add", 2}, {"Sub", 2}, {"Mul", 2}, {"Div", 2}, {"Pow", 2}, {"Sqrt", 1},
       {"Erf", 1}, {"Gelu", 1}, {"ReduceMean", 1}, {"LayerNormalization", 2}, {"MatMul", 2},
       {"Gemm", 2}, {"Softmax", 1}, {"Constant", 0}, {"ConstantOfShape", 1}, {"Cast", 1},
-      {"Where", 3}, {"Equal", 2}, {"Identity", 1}, {"Range", 3},
+      {"Where", 3}, {"Equal", 2}, {"Identity", 1}, {"Range", 3}, {"Reciprocal", 1}, {"Neg", 1},
       {"IsNaN", 1}};  // IsNaN: only the softmax NaN guard of torch 2.x SDPA exports
   return ops;
 }
@@ -59,383 +53,11 @@ std::string number(double v) {
   return os.str();
 }
 
-// A constant tensor decoded to float or int64 values.
-struct Const {
-  Shape dims;
-  bool is_float = false;
-  std::vector<float> f;
-  std::vector<int64_t> i;
-  int64_t numel() const { return shape_numel(dims); }
-  double scalar() const { return is_float ? f.at(0) : static_cast<double>(i.at(0)); }
-  std::vector<int64_t> ints() const {
-    if (!is_float) return i;
-    std::vector<int64_t> out;
-    for (float v : f) out.push_back(static_cast<int64_t>(v));
-    return out;
-  }
-};
-
-template <typename T>
-std::vector<T> read_raw(const std::string& raw) {
-  std::vector<T> v(raw.size() / sizeof(T));
-  if (!v.empty()) std::memcpy(v.data(), raw.data(), v.size() * sizeof(T));
-  return v;
-}
-
-// The bytes of a tensor stored outside the model (data_location EXTERNAL): external_data holds
-// location (relative to the model's directory, which it may not leave), offset and length.
-std::string read_external_data(const onnx::TensorProto& t, const std::string& file, const std::string& what) {
-  namespace fs = std::filesystem;
-  std::string location;
-  int64_t offset = 0, length = -1;
-  auto parse = [&](const std::string& key, const std::string& value) {
-    int64_t v = 0;
-    auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), v);
-    if (ec != std::errc() || end != value.data() + value.size() || v < 0)
-      throw Error(what + ": external data " + key + " '" + value + "' is not a non-negative integer");
-    return v;
-  };
-  for (const auto& kv : t.external_data()) {
-    if (kv.key() == "location")
-      location = kv.value();
-    else if (kv.key() == "offset")
-      offset = parse(kv.key(), kv.value());
-    else if (kv.key() == "length")
-      length = parse(kv.key(), kv.value());
-  }
-  if (location.empty()) throw Error(what + ": external data without a location");
-  const fs::path rel(location);
-  const fs::path dir = fs::path(file).parent_path();
-  std::error_code ec;
-  const fs::path base = fs::weakly_canonical(dir.empty() ? fs::path(".") : dir, ec);
-  const fs::path target = fs::weakly_canonical(base / rel, ec);
-  auto inside = [&]() {
-    auto b = base.begin(), tgt = target.begin();
-    for (; b != base.end(); ++b, ++tgt)
-      if (tgt == target.end() || *b != *tgt) return false;
-    return tgt != target.end();
-  };
-  if (ec || rel.is_absolute() || rel.has_root_name() || !inside())
-    throw Error(what + ": external data location '" + location +
-                "' is not a file inside the model's directory " + base.string());
-  const std::string data_file = (dir / rel).string();
-  std::ifstream f(target, std::ios::binary);
-  if (!f || !fs::is_regular_file(target, ec)) throw Error(what + ": cannot open external data file " + data_file);
-  const auto size = static_cast<int64_t>(fs::file_size(target, ec));
-  if (ec) throw Error(what + ": cannot read the size of external data file " + data_file);
-  if (offset > size || (length >= 0 && length > size - offset))
-    throw Error(what + ": external data [" + std::to_string(offset) + ", " +
-                std::to_string(offset + std::max<int64_t>(length, 0)) + ") lies outside " + data_file + " (" +
-                std::to_string(size) + " bytes)");
-  if (length < 0) length = size - offset;
-  std::string bytes(static_cast<size_t>(length), '\0');
-  f.seekg(offset);
-  if (!f.read(bytes.data(), length)) throw Error(what + ": read error in external data file " + data_file);
-  return bytes;
-}
-
-Const decode_tensor(const onnx::TensorProto& t, const std::string& file) {
-  const std::string what = file + ": tensor '" + t.name() + "'";
-  std::string external;
-  const bool is_external = t.data_location() == onnx::TensorProto::EXTERNAL;
-  if (is_external) external = read_external_data(t, file, what);
-  const std::string& raw_bytes = is_external ? external : t.raw_data();
-  Const c;
-  c.dims.assign(t.dims().begin(), t.dims().end());
-  int64_t n = 1;
-  for (int64_t d : c.dims) {
-    if (d < 0 || (d > 0 && n > (int64_t{1} << 40) / d))
-      throw Error(what + " has an invalid shape " + shape_str(c.dims));
-    n *= d;
-  }
-  const bool raw = is_external || t.has_raw_data();
-  auto check_count = [&](size_t count, const char* field) {
-    if (static_cast<int64_t>(count) != n)
-      throw Error(what + " of shape " + shape_str(c.dims) + " holds " + std::to_string(count) +
-                  " values in " + field + ", expected " + std::to_string(n));
-  };
-  auto check_raw = [&](size_t elem_size) {
-    if (raw_bytes.size() != static_cast<size_t>(n) * elem_size)
-      throw Error(what + " of shape " + shape_str(c.dims) + " has " + std::to_string(raw_bytes.size()) +
-                  (is_external ? " bytes of external data, expected " : " bytes of raw_data, expected ") +
-                  std::to_string(n * elem_size));
-  };
-  auto widen16 = [&](float (*convert)(uint16_t)) {
-    std::vector<uint16_t> bits;
-    if (raw) {
-      check_raw(2);
-      bits = read_raw<uint16_t>(raw_bytes);
-    } else {  // 16-bit values travel in int32_data
-      check_count(t.int32_data_size(), "int32_data");
-      for (int32_t v : t.int32_data()) bits.push_back(static_cast<uint16_t>(v));
-    }
-    c.is_float = true;
-    for (uint16_t b : bits) c.f.push_back(convert(b));
-  };
-  switch (t.data_type()) {
-    case onnx::TensorProto::FLOAT:
-      c.is_float = true;
-      if (raw) {
-        check_raw(4);
-        c.f = read_raw<float>(raw_bytes);
-      } else {
-        check_count(t.float_data_size(), "float_data");
-        c.f.assign(t.float_data().begin(), t.float_data().end());
-      }
-      break;
-    case onnx::TensorProto::FLOAT16:
-      widen16(f16_to_f32);
-      break;
-    case onnx::TensorProto::BFLOAT16:
-      widen16(bf16_to_f32);
-      break;
-    case onnx::TensorProto::DOUBLE: {
-      c.is_float = true;
-      std::vector<double> d;
-      if (raw) {
-        check_raw(8);
-        d = read_raw<double>(raw_bytes);
-      } else {
-        check_count(t.double_data_size(), "double_data");
-        d.assign(t.double_data().begin(), t.double_data().end());
-      }
-      for (double v : d) c.f.push_back(static_cast<float>(v));
-      break;
-    }
-    case onnx::TensorProto::INT64:
-      if (raw) {
-        check_raw(8);
-        c.i = read_raw<int64_t>(raw_bytes);
-      } else {
-        check_count(t.int64_data_size(), "int64_data");
-        c.i.assign(t.int64_data().begin(), t.int64_data().end());
-      }
-      break;
-    case onnx::TensorProto::INT32: {
-      std::vector<int32_t> v;
-      if (raw) {
-        check_raw(4);
-        v = read_raw<int32_t>(raw_bytes);
-      } else {
-        check_count(t.int32_data_size(), "int32_data");
-        v.assign(t.int32_data().begin(), t.int32_data().end());
-      }
-      c.i.assign(v.begin(), v.end());
-      break;
-    }
-    case onnx::TensorProto::BOOL:  // attention masks
-      if (raw) {
-        check_raw(1);
-        for (char b : raw_bytes) c.i.push_back(b != 0);
-      } else {
-        check_count(t.int32_data_size(), "int32_data");
-        for (int32_t v : t.int32_data()) c.i.push_back(v != 0);
-      }
-      break;
-    default:
-      throw Error(what + " has data type " +
-                  onnx::TensorProto::DataType_Name(static_cast<onnx::TensorProto::DataType>(t.data_type())) +
-                  ", which the ViT loader does not read");
-  }
-  return c;
-}
-
-const onnx::AttributeProto* find_attr(const onnx::NodeProto& n, const std::string& name) {
-  for (const auto& a : n.attribute())
-    if (a.name() == name) return &a;
-  return nullptr;
-}
-int64_t attr_int(const onnx::NodeProto& n, const std::string& name, int64_t fallback) {
-  const auto* a = find_attr(n, name);
-  return a ? a->i() : fallback;
-}
-float attr_float(const onnx::NodeProto& n, const std::string& name, float fallback) {
-  const auto* a = find_attr(n, name);
-  return a ? a->f() : fallback;
-}
-std::optional<std::vector<int64_t>> attr_ints(const onnx::NodeProto& n, const std::string& name) {
-  const auto* a = find_attr(n, name);
-  if (!a) return std::nullopt;
-  return std::vector<int64_t>(a->ints().begin(), a->ints().end());
-}
-
-// The graph with producer/consumer indexes and constant folding of the few ops that wrap weights.
-class Graph {
- public:
-  Graph(const onnx::ModelProto& model, std::string file, int opset)
-      : g_(model.graph()), file_(std::move(file)), opset_(opset) {
-    for (const auto& init : g_.initializer()) initializers_[init.name()] = &init;
-    for (int i = 0; i < g_.node_size(); ++i) {
-      for (const auto& out : g_.node(i).output())
-        if (!out.empty() && !producer_.emplace(out, i).second)
-          fail(i, "output '" + out + "' is also produced by " + describe(producer_[out]));
-      for (const auto& in : g_.node(i).input())
-        if (!in.empty()) consumers_[in].push_back(i);
-    }
-    // ONNX requires topological order; checking it here makes every backward walk terminate.
-    for (int i = 0; i < g_.node_size(); ++i)
-      for (const auto& in : g_.node(i).input())
-        if (producer(in) >= i)
-          fail(i, "reads '" + in + "' before it is produced (graph not topologically sorted)");
-  }
-
-  const std::string& file() const { return file_; }
-  int opset() const { return opset_; }
-  int size() const { return g_.node_size(); }
-  const onnx::NodeProto& node(int i) const { return g_.node(i); }
-  const onnx::GraphProto& proto() const { return g_; }
-  bool is_initializer(const std::string& t) const { return initializers_.count(t) != 0; }
-
-  int producer(const std::string& t) const {
-    auto it = producer_.find(t);
-    return it == producer_.end() ? -1 : it->second;
-  }
-  const std::string& op(int i) const { return g_.node(i).op_type(); }
-
-  // Consumers of t that read its values (Shape nodes only read its shape), each node once.
-  std::vector<int> consumers(const std::string& t) const {
-    std::vector<int> out;
-    auto it = consumers_.find(t);
-    if (it == consumers_.end()) return out;
-    for (int c : it->second)
-      if (op(c) != "Shape" && (out.empty() || out.back() != c)) out.push_back(c);
-    return out;
-  }
-
-  std::string describe(int i) const {
-    const auto& n = g_.node(i);
-    std::string name = n.name().empty() ? "#" + std::to_string(i) : n.name();
-    return "node '" + name + "' (" + n.op_type() + ")";
-  }
-  [[noreturn]] void fail(int i, const std::string& what) const {
-    throw Error(file_ + ": " + describe(i) + ": " + what);
-  }
-  [[noreturn]] void fail(const std::string& what) const { throw Error(file_ + ": " + what); }
-
-  // The value of t when it is a constant (initializer, Constant node, or Identity/Cast/2-D
-  // Transpose of one); null otherwise.
-  const Const* constant(const std::string& t) {
-    auto cached = const_cache_.find(t);
-    if (cached != const_cache_.end()) return cached->second ? &*cached->second : nullptr;
-    std::optional<Const> value = fold(t);
-    auto& slot = const_cache_[t] = std::move(value);
-    return slot ? &*slot : nullptr;
-  }
-
-  // True when t is computed from shapes and constants only (e.g. the 1/sqrt(d) factor that
-  // torch 2.x derives from Shape(q) for scaled_dot_product_attention).
-  bool shape_derived(const std::string& t) {
-    if (constant(t)) return true;
-    auto cached = shape_derived_.find(t);
-    if (cached != shape_derived_.end()) return cached->second;
-    static const std::set<std::string> arithmetic = {
-        "Gather", "Slice", "Cast", "Sqrt", "Div", "Mul", "Add", "Sub", "Unsqueeze", "Squeeze",
-        "Concat", "Reshape", "Identity", "ConstantOfShape", "Equal", "Where", "Range"};
-    bool result = false;
-    int p = producer(t);
-    if (p >= 0 && op(p) == "Shape") {
-      result = true;
-    } else if (p >= 0 && arithmetic.count(op(p))) {
-      result = true;
-      for (const auto& in : node(p).input())
-        if (!in.empty() && !shape_derived(in)) result = false;
-    }
-    return shape_derived_[t] = result;
-  }
-
-  // A constant that must be there (weights); names the node and input otherwise.
-  const Const& require_const(int node_index, int input, const std::string& what) {
-    const auto& n = node(node_index);
-    if (input >= n.input_size() || n.input(input).empty()) fail(node_index, "missing " + what);
-    const Const* c = constant(n.input(input));
-    if (!c) fail(node_index, what + " '" + n.input(input) + "' is computed, expected a constant");
-    return *c;
-  }
-
- private:
-  std::optional<Const> fold(const std::string& t) {
-    auto init = initializers_.find(t);
-    if (init != initializers_.end()) return decode_tensor(*init->second, file_);
-    int p = producer(t);
-    if (p < 0) return std::nullopt;
-    const auto& n = node(p);
-    if (n.op_type() == "Constant") return constant_node(p);
-    if (n.op_type() == "Identity") {
-      const Const* c = constant(n.input(0));
-      return c ? std::optional<Const>(*c) : std::nullopt;
-    }
-    if (n.op_type() == "Cast") {
-      const Const* c = constant(n.input(0));
-      if (!c) return std::nullopt;
-      Const out = *c;
-      int64_t to = attr_int(n, "to", 0);
-      bool to_float = to == onnx::TensorProto::FLOAT || to == onnx::TensorProto::FLOAT16 ||
-                      to == onnx::TensorProto::BFLOAT16 || to == onnx::TensorProto::DOUBLE;
-      if (to_float && !out.is_float) {
-        out.f.assign(out.i.begin(), out.i.end());
-        out.i.clear();
-        out.is_float = true;
-      } else if (!to_float && out.is_float) {
-        out.i = out.ints();
-        out.f.clear();
-        out.is_float = false;
-      }
-      return out;
-    }
-    if (n.op_type() == "Transpose") {  // torch without constant folding: MatMul(x, Transpose(W))
-      const Const* c = constant(n.input(0));
-      if (!c || c->dims.size() != 2 || !c->is_float) return std::nullopt;
-      auto perm = attr_ints(n, "perm");
-      if (perm && *perm != std::vector<int64_t>{1, 0}) return std::nullopt;
-      Const out;
-      out.is_float = true;
-      out.dims = {c->dims[1], c->dims[0]};
-      out.f.resize(c->f.size());
-      for (int64_t r = 0; r < c->dims[0]; ++r)
-        for (int64_t k = 0; k < c->dims[1]; ++k) out.f[k * c->dims[0] + r] = c->f[r * c->dims[1] + k];
-      return out;
-    }
-    return std::nullopt;
-  }
-
-  Const constant_node(int p) {
-    const auto& n = node(p);
-    if (n.attribute_size() != 1) fail(p, "expected exactly one value attribute");
-    const auto& a = n.attribute(0);
-    Const c;
-    if (a.name() == "value") return decode_tensor(a.t(), file_);
-    if (a.name() == "value_float") {
-      c.is_float = true;
-      c.f = {a.f()};
-    } else if (a.name() == "value_floats") {
-      c.is_float = true;
-      c.f.assign(a.floats().begin(), a.floats().end());
-      c.dims = {static_cast<int64_t>(c.f.size())};
-    } else if (a.name() == "value_int") {
-      c.i = {a.i()};
-    } else if (a.name() == "value_ints") {
-      c.i.assign(a.ints().begin(), a.ints().end());
-      c.dims = {static_cast<int64_t>(c.i.size())};
-    } else {
-      fail(p, "constant attribute '" + a.name() + "' is not supported");
-    }
-    return c;
-  }
-
-  const onnx::GraphProto& g_;
-  std::string file_;
-  int opset_;
-  std::map<std::string, const onnx::TensorProto*> initializers_;
-  std::map<std::string, int> producer_;
-  std::map<std::string, std::vector<int>> consumers_;
-  std::map<std::string, std::optional<Const>> const_cache_;
-  std::map<std::string, bool> shape_derived_;
-};
-
 // A fully connected layer: MatMul by a constant (+ Add of a 1-D constant), or Gemm.
 struct Linear {
   int node = -1;
   int bias_node = -1;
+  int flatten = -1;  // Reshape(x, [-1, in]) before a Gemm on 2-D rows (onnxsim), or -1
   std::string input, output;
   int64_t out = 0, in = 0;
   std::vector<float> weight;  // [out, in]
@@ -487,15 +109,15 @@ struct AttentionPath {
   std::vector<Axis> axes;
   std::vector<int64_t> factor_sizes;
   std::map<int, int64_t> selected;  // factor -> index picked by Split/Gather/Slice
-  double scale = 1.0;               // product of constant scale factors
-  int dynamic_scales = 0;           // Shape-derived scale factors (torch 2.x SDPA)
+  double scale = 1.0;               // product of the (folded) scale factors
+  std::map<int64_t, float> bias;    // linear output row -> bias added on the path (onnxsim)
 };
 
 using Dims = std::vector<Dim>;
 
 class Recognizer {
  public:
-  explicit Recognizer(Graph& g) : g_(g), claimed_(g.size(), false) {}
+  explicit Recognizer(OnnxGraph& g) : g_(g), claimed_(g.size(), false) {}
 
   WeightStore run(OnnxVitInfo* info) {
     check_ops();
@@ -518,7 +140,7 @@ class Recognizer {
     }
     if (depth == 0) g_.fail("no transformer blocks found before the final LayerNorm");
     for (int i = 0; i < g_.size(); ++i)
-      if (!claimed_[i] && compute_ops().count(g_.op(i)))
+      if (!claimed_[i] && compute_ops().count(g_.op(i)) && !g_.folded(i))
         g_.fail(i, "is not part of the recognized ViT structure (embedding, " + std::to_string(depth) +
                        " blocks, final norm, head)");
 
@@ -561,7 +183,7 @@ class Recognizer {
       const auto& n = g_.node(i);
       if (n.op_type() != "MatMul" && n.op_type() != "Gemm") continue;
       if (g_.constant(n.input(0))) g_.fail(i, "constant first operand; expected activations");
-      const Const* w = g_.constant(n.input(1));
+      const OnnxConst* w = g_.constant(n.input(1));
       if (!w) continue;  // both operands computed: an attention MatMul
       if (w->dims.size() != 2 || !w->is_float)
         g_.fail(i, "weight '" + n.input(1) + "' has shape " + shape_str(w->dims) +
@@ -573,10 +195,10 @@ class Recognizer {
       bool w_is_out_in = false;  // MatMul weights are [in, out]
       float alpha = 1, beta = 1;
       if (n.op_type() == "Gemm") {
-        if (attr_int(n, "transA", 0) != 0) g_.fail(i, "transA=1 is not a linear layer on activations");
-        w_is_out_in = attr_int(n, "transB", 0) != 0;
-        alpha = attr_float(n, "alpha", 1.0f);
-        beta = attr_float(n, "beta", 1.0f);
+        if (onnx_attr_int(n, "transA", 0) != 0) g_.fail(i, "transA=1 is not a linear layer on activations");
+        w_is_out_in = onnx_attr_int(n, "transB", 0) != 0;
+        alpha = onnx_attr_float(n, "alpha", 1.0f);
+        beta = onnx_attr_float(n, "beta", 1.0f);
       }
       l.out = w_is_out_in ? w->dims[0] : w->dims[1];
       l.in = w_is_out_in ? w->dims[1] : w->dims[0];
@@ -586,7 +208,7 @@ class Recognizer {
           l.weight[o * l.in + k] = alpha * (w_is_out_in ? w->f[o * l.in + k] : w->f[k * l.out + o]);
       l.bias.assign(l.out, 0.0f);
       if (n.op_type() == "Gemm" && n.input_size() > 2 && !n.input(2).empty()) {
-        const Const& b = g_.require_const(i, 2, "bias");
+        const OnnxConst& b = g_.require_const(i, 2, "bias");
         if (b.numel() != l.out || !b.is_float)
           g_.fail(i, "bias has shape " + shape_str(b.dims) + ", expected [" + std::to_string(l.out) + "]");
         for (int64_t o = 0; o < l.out; ++o) l.bias[o] = beta * b.f[o];
@@ -595,7 +217,7 @@ class Recognizer {
         if (cons.size() == 1 && g_.op(cons[0]) == "Add") {
           const auto& add = g_.node(cons[0]);
           const std::string& other = add.input(0) == l.output ? add.input(1) : add.input(0);
-          const Const* b = g_.constant(other);
+          const OnnxConst* b = g_.constant(other);
           if (b && b->is_float && b->dims.size() == 1 && b->dims[0] == l.out) {
             l.bias = b->f;
             l.bias_node = cons[0];
@@ -603,10 +225,53 @@ class Recognizer {
           }
         }
       }
+      unflatten(l);
       by_output_[l.output] = static_cast<int>(linears_.size());
       linears_.push_back(std::move(l));
     }
   }
+
+  // onnxsim (and some exporters) run a linear on [batch, tokens, in] as Reshape(x, [-1, in]) ->
+  // Gemm -> Reshape(y, [batch, tokens, out]). The layer then reads x and, when the second
+  // Reshape restores x's leading dims, writes its output; without it (a reshape straight into
+  // heads) the rows keep x's leading dims in order, as the flattening keeps them.
+  void unflatten(Linear& l) {
+    const int flatten = g_.producer(l.input);
+    if (flatten < 0 || g_.op(flatten) != "Reshape") return;
+    const std::string& x = g_.node(flatten).input(0);
+    const PartialInts* shape = g_.shape(x);
+    const OnnxConst* target = g_.constant(g_.node(flatten).input(1));
+    if (!shape || shape->v.size() < 2 || !target || target->is_float || target->i.size() != 2 ||
+        target->i[0] != -1 || target->i[1] != l.in)
+      return;
+    // x = [lead..., trailing...] with the trailing dims multiplying to `in` (heads x head_dim of
+    // the attention output, or the features).
+    size_t lead = shape->v.size();
+    int64_t product = 1;
+    while (lead > 1 && product < l.in && shape->v[lead - 1] && *shape->v[lead - 1] > 0 &&
+           !__builtin_mul_overflow(product, *shape->v[lead - 1], &product))
+      --lead;
+    if (product != l.in) return;
+    l.flatten = flatten;
+    l.input = x;
+    auto cons = g_.consumers(l.output);
+    if (cons.size() != 1 || g_.op(cons[0]) != "Reshape") return;
+    const OnnxConst* restore = g_.constant(g_.node(cons[0]).input(1));
+    if (!restore || restore->is_float || restore->i.size() != lead + 1 || restore->i.back() != l.out) return;
+    int inferred = 0;
+    for (size_t k = 0; k < lead; ++k) {
+      const auto& dim = shape->v[k];
+      const int64_t want = restore->i[k];
+      const bool known = dim && *dim > 0;
+      if (want == -1 && !known) ++inferred;  // the one unknown leading dim (the batch)
+      else if (!known || want != *dim) return;
+    }
+    if (inferred > 1) return;
+    l.output = g_.node(cons[0]).output(0);
+  }
+
+  // The node that reads a linear's input.
+  static int reader(const Linear& l) { return l.flatten >= 0 ? l.flatten : l.node; }
 
   const Linear* linear_at(const std::string& output) const {
     auto it = by_output_.find(output);
@@ -617,7 +282,7 @@ class Recognizer {
   const Linear& sole_linear_reading(const std::string& t, int context_node, const std::string& what) {
     auto cons = g_.consumers(t);
     for (const auto& l : linears_)
-      if (l.input == t && cons.size() == 1 && cons[0] == l.node) return claim(l);
+      if (l.input == t && cons.size() == 1 && cons[0] == reader(l)) return claim(l);
     g_.fail(
         cons.size() == 1 ? cons[0] : context_node,
         "expected " + what + " (a MatMul by a constant weight or a Gemm) as the only reader of '" + t + "'");
@@ -651,7 +316,7 @@ class Recognizer {
     int conv = cons[0];
     claimed_[conv] = true;
     const auto& cn = g_.node(conv);
-    const Const& w = g_.require_const(conv, 1, "patch embedding weight");
+    const OnnxConst& w = g_.require_const(conv, 1, "patch embedding weight");
     if (w.dims.size() != 4 || w.dims[2] != w.dims[3] || !w.is_float)
       g_.fail(conv, "weight shape " + shape_str(w.dims) + ", expected [C, in_chans, p, p]");
     const int64_t dim = w.dims[0], patch = w.dims[2];
@@ -660,16 +325,16 @@ class Recognizer {
       g_.fail(conv, "weight expects " + std::to_string(in_chans_) + " input channels, graph input has " +
                         std::to_string(static_dim(1)));
     auto ints_or = [&](const char* name, std::vector<int64_t> fallback) {
-      return attr_ints(cn, name).value_or(fallback);
+      return onnx_attr_ints(cn, name).value_or(fallback);
     };
     if (ints_or("strides", {1, 1}) != std::vector<int64_t>{patch, patch} ||
         ints_or("pads", {0, 0, 0, 0}) != std::vector<int64_t>{0, 0, 0, 0} ||
-        ints_or("dilations", {1, 1}) != std::vector<int64_t>{1, 1} || attr_int(cn, "group", 1) != 1)
+        ints_or("dilations", {1, 1}) != std::vector<int64_t>{1, 1} || onnx_attr_int(cn, "group", 1) != 1)
       g_.fail(conv, "expected a patch embedding: stride == kernel == " + std::to_string(patch) +
                         ", no padding, no dilation, one group");
     std::vector<float> conv_bias(dim, 0.0f);
     if (cn.input_size() > 2 && !cn.input(2).empty()) {
-      const Const& b = g_.require_const(conv, 2, "patch embedding bias");
+      const OnnxConst& b = g_.require_const(conv, 2, "patch embedding bias");
       if (b.numel() != dim || !b.is_float)
         g_.fail(conv, "bias shape " + shape_str(b.dims) + ", expected [" + std::to_string(dim) + "]");
       conv_bias = b.f;
@@ -682,12 +347,12 @@ class Recognizer {
     int reshape = sole_consumer(t, conv, "Reshape", "flatten of the patch grid");
     t = g_.node(reshape).output(0);
     int transpose = sole_consumer(t, reshape, "Transpose", "patch tokens transposed to [B, N, C]");
-    if (attr_ints(g_.node(transpose), "perm") != std::vector<int64_t>{0, 2, 1})
+    if (onnx_attr_ints(g_.node(transpose), "perm") != std::vector<int64_t>{0, 2, 1})
       g_.fail(transpose, "expected perm [0, 2, 1]");
     t = g_.node(transpose).output(0);
     int concat = sole_consumer(t, transpose, "Concat", "class token(s) prepended to the patch tokens");
     const auto& cc = g_.node(concat);
-    int64_t axis = attr_int(cc, "axis", 0);
+    int64_t axis = onnx_attr_int(cc, "axis", 0);
     if (axis != 1 && axis != -2) g_.fail(concat, "expected concatenation along the token axis 1");
     if (cc.input(cc.input_size() - 1) != t)
       g_.fail(concat, "expected the class token(s) before the patch tokens");
@@ -695,7 +360,7 @@ class Recognizer {
     if (ntok_ < 1 || ntok_ > 2)
       g_.fail(concat, "expected 1 (cls) or 2 (cls, dist) prefix tokens, found " + std::to_string(ntok_));
     for (int k = 0; k < ntok_; ++k) {
-      const Const* tok = token_constant(cc.input(k));
+      const OnnxConst* tok = token_constant(cc.input(k));
       if (!tok || tok->dims != Shape{1, 1, dim} || !tok->is_float)
         g_.fail(concat, "input '" + cc.input(k) + "' should be a [1, 1, " + std::to_string(dim) +
                             "] token (possibly Expand-ed to the batch)");
@@ -708,7 +373,7 @@ class Recognizer {
     int pos_add = pos_cons[0];
     claimed_[pos_add] = true;
     const auto& pa = g_.node(pos_add);
-    const Const* pos = g_.constant(pa.input(0) == cc.output(0) ? pa.input(1) : pa.input(0));
+    const OnnxConst* pos = g_.constant(pa.input(0) == cc.output(0) ? pa.input(1) : pa.input(0));
     if (!pos || pos->dims.size() != 3 || pos->dims[0] != 1 || pos->dims[2] != dim || !pos->is_float)
       g_.fail(pos_add, "expected a constant [1, T, " + std::to_string(dim) + "] position embedding");
     put("pos_embed", pos->dims, pos->f);
@@ -720,6 +385,8 @@ class Recognizer {
       g_.fail(pos_add, "position embedding has " + std::to_string(pos->dims[1]) + " tokens: not " +
                            std::to_string(ntok_) + " prefix token(s) plus a square patch grid");
     image_size_ = grid * patch;
+    tokens_ = pos->dims[1];
+    batch_ = static_dim(0);
     if ((static_dim(2) && static_dim(2) != image_size_) || (static_dim(3) && static_dim(3) != image_size_))
       g_.fail("graph input '" + input.name() + "' is " + std::to_string(static_dim(2)) + "x" +
               std::to_string(static_dim(3)) + " but the position embedding fits " +
@@ -736,15 +403,14 @@ class Recognizer {
   }
 
   // cls/dist token: a constant, possibly broadcast to the batch with Expand or Tile.
-  const Const* token_constant(std::string t) {
-    while (true) {
-      if (const Const* c = g_.constant(t)) return c;
-      int p = g_.producer(t);
-      if (p < 0) return nullptr;
+  // (Walked back before it is read: a static-batch export folds Expand(token) to [B, 1, C].)
+  const OnnxConst* token_constant(std::string t) {
+    for (int p = g_.producer(t); p >= 0; p = g_.producer(t)) {
       const std::string& op = g_.op(p);
-      if (op != "Expand" && op != "Tile" && op != "Cast" && op != "Identity") return nullptr;
+      if (op != "Expand" && op != "Tile" && op != "Cast" && op != "Identity") break;
       t = g_.node(p).input(0);
     }
+    return g_.constant(t);
   }
 
   // --- LayerNorm ----------------------------------------------------------------------------
@@ -761,7 +427,7 @@ class Recognizer {
 
   LayerNorm fused_layernorm(int n) {
     const auto& node = g_.node(n);
-    int64_t axis = attr_int(node, "axis", -1);
+    int64_t axis = onnx_attr_int(node, "axis", -1);
     if (axis != -1 && axis != 2) g_.fail(n, "expected normalization over the last axis");
     for (int k = 1; k < node.output_size(); ++k)
       if (!node.output(k).empty() && !g_.consumers(node.output(k)).empty())
@@ -772,12 +438,12 @@ class Recognizer {
     ln.weight = norm_param(n, 1, "scale");
     ln.bias = node.input_size() > 2 && !node.input(2).empty() ? norm_param(n, 2, "bias")
                                                               : std::vector<float>(dim_, 0.0f);
-    ln.eps = attr_float(node, "epsilon", 1e-5f);
+    ln.eps = onnx_attr_float(node, "epsilon", 1e-5f);
     return finish_layernorm(ln);
   }
 
   std::vector<float> norm_param(int n, int input, const std::string& what) {
-    const Const& c = g_.require_const(n, input, "LayerNorm " + what);
+    const OnnxConst& c = g_.require_const(n, input, "LayerNorm " + what);
     if (c.numel() != dim_ || !c.is_float)
       g_.fail(n, "LayerNorm " + what + " has shape " + shape_str(c.dims) + ", expected [" +
                      std::to_string(dim_) + "]");
@@ -793,9 +459,9 @@ class Recognizer {
       if (g_.opset() >= 18 && g_.node(n).input_size() > 1)
         axes = g_.require_const(n, 1, "axes").ints();
       else
-        axes = attr_ints(g_.node(n), "axes").value_or(std::vector<int64_t>{});
+        axes = onnx_attr_ints(g_.node(n), "axes").value_or(std::vector<int64_t>{});
       if ((axes != std::vector<int64_t>{-1} && axes != std::vector<int64_t>{2}) ||
-          attr_int(g_.node(n), "keepdims", 1) != 1)
+          onnx_attr_int(g_.node(n), "keepdims", 1) != 1)
         g_.fail(n, "expected a mean over the last axis with keepdims (LayerNorm)");
     };
     reduce_last_axis(mean1);
@@ -813,20 +479,20 @@ class Recognizer {
         g_.fail(c, "unexpected reader of the centered LayerNorm input");
     }
     if (pow < 0 || div < 0) g_.fail(sub, "expected Pow (variance) and Div (normalization) after x - mean");
-    const Const* two = g_.constant(g_.node(pow).input(1));
+    const OnnxConst* two = g_.constant(g_.node(pow).input(1));
     if (!two || two->numel() != 1 || two->scalar() != 2.0) g_.fail(pow, "expected the square (exponent 2)");
     int mean2 = next_in_pattern(g_.node(pow).output(0), "ReduceMean", pow, "variance");
     reduce_last_axis(mean2);
     int add_eps = next_in_pattern(g_.node(mean2).output(0), "Add", mean2, "variance + eps");
-    const Const* eps = other_constant(add_eps, g_.node(mean2).output(0));
+    const OnnxConst* eps = other_constant(add_eps, g_.node(mean2).output(0));
     if (!eps || eps->numel() != 1 || !eps->is_float) g_.fail(add_eps, "expected a constant epsilon");
     int sqrt = next_in_pattern(g_.node(add_eps).output(0), "Sqrt", add_eps, "standard deviation");
     if (g_.node(div).input(0) != centered || g_.node(div).input(1) != g_.node(sqrt).output(0))
       g_.fail(div, "expected (x - mean) / sqrt(var + eps)");
     int mul = next_in_pattern(g_.node(div).output(0), "Mul", div, "LayerNorm weight");
-    const Const* w = other_constant(mul, g_.node(div).output(0));
+    const OnnxConst* w = other_constant(mul, g_.node(div).output(0));
     int add = next_in_pattern(g_.node(mul).output(0), "Add", mul, "LayerNorm bias");
-    const Const* b = other_constant(add, g_.node(mul).output(0));
+    const OnnxConst* b = other_constant(add, g_.node(mul).output(0));
     for (auto [c, n] : {std::pair{w, mul}, std::pair{b, add}})
       if (!c || c->numel() != dim_ || !c->is_float)
         g_.fail(n, "expected a constant [" + std::to_string(dim_) + "] LayerNorm parameter");
@@ -859,8 +525,10 @@ class Recognizer {
     return cons[0];
   }
 
-  const Const* other_constant(int n, const std::string& operand) {
+  // The constant operand of binary node n beside `operand`; null for other nodes.
+  const OnnxConst* other_constant(int n, const std::string& operand) {
     const auto& node = g_.node(n);
+    if (node.input_size() != 2) return nullptr;
     return g_.constant(node.input(0) == operand ? node.input(1) : node.input(0));
   }
 
@@ -922,7 +590,7 @@ class Recognizer {
   std::string gelu(const std::string& x, int fc1) {
     auto cons = g_.consumers(x);
     if (cons.size() == 1 && g_.op(cons[0]) == "Gelu") {
-      const auto* approx = find_attr(g_.node(cons[0]), "approximate");
+      const auto* approx = onnx_attr(g_.node(cons[0]), "approximate");
       if (approx && approx->s() != "none")
         g_.fail(cons[0], "tanh-approximated GELU; expected the exact (erf) GELU");
       claimed_[cons[0]] = true;
@@ -932,11 +600,11 @@ class Recognizer {
     int scale = -1, product = -1;
     for (int c : cons) {
       const auto& n = g_.node(c);
-      const Const* k = other_constant(c, x);
+      const OnnxConst* k = other_constant(c, x);
       bool scaled =
           k && k->numel() == 1 &&
-          ((n.op_type() == "Div" && n.input(0) == x && std::fabs(k->scalar() - std::sqrt(2.0)) < 1e-4) ||
-           (n.op_type() == "Mul" && std::fabs(k->scalar() - inv_sqrt2) < 1e-4));
+          ((n.op_type() == "Div" && n.input(0) == x && std::fabs(k->scalar() - std::sqrt(2.0)) < kConstTolerance) ||
+           (n.op_type() == "Mul" && std::fabs(k->scalar() - inv_sqrt2) < kConstTolerance));
       if (scaled)
         scale = c;
       else if (n.op_type() == "Mul")
@@ -948,7 +616,7 @@ class Recognizer {
       g_.fail(fc1, "expected the exact GELU x * 0.5 * (1 + erf(x / sqrt(2))) after the MLP fc1");
     int erf = next_in_pattern(g_.node(scale).output(0), "Erf", scale, "erf of the exact GELU");
     int one = next_in_pattern(g_.node(erf).output(0), "Add", erf, "1 + erf");
-    const Const* k1 = other_constant(one, g_.node(erf).output(0));
+    const OnnxConst* k1 = other_constant(one, g_.node(erf).output(0));
     if (!k1 || k1->numel() != 1 || k1->scalar() != 1.0) g_.fail(one, "expected 1 + erf(x / sqrt(2))");
     // Either (x * (1 + erf)) * 0.5 or (x * 0.5) * (1 + erf).
     int mul = next_in_pattern(g_.node(one).output(0), "Mul", one, "GELU product");
@@ -959,9 +627,9 @@ class Recognizer {
     if (x_side == x && product == mul) {
       half = next_in_pattern(g_.node(mul).output(0), "Mul", mul, "GELU * 0.5");
       out = g_.node(half).output(0);
-      const Const* h = other_constant(half, g_.node(mul).output(0));
+      const OnnxConst* h = other_constant(half, g_.node(mul).output(0));
       if (!h || h->numel() != 1 || h->scalar() != 0.5) g_.fail(half, "expected the GELU factor 0.5");
-    } else if (const Const* h = g_.constant(x_side); h && product != mul) {
+    } else if (const OnnxConst* h = g_.constant(x_side); h && product != mul) {
       // x * ((1 + erf) * 0.5)  (torch.onnx dynamo)
       if (h->numel() != 1 || h->scalar() != 0.5) g_.fail(mul, "expected the GELU factor 0.5");
       half = mul;
@@ -973,7 +641,7 @@ class Recognizer {
       out = pn.output(0);
     } else if (g_.producer(x_side) == product) {
       half = product;
-      const Const* h = other_constant(product, x);
+      const OnnxConst* h = other_constant(product, x);
       if (!h || h->numel() != 1 || h->scalar() != 0.5) g_.fail(product, "expected x * 0.5 of the GELU");
       out = g_.node(mul).output(0);
     } else {
@@ -995,7 +663,7 @@ class Recognizer {
     int softmax = g_.producer(skip_nan_guard(skip_casts(g_.node(attn_v).input(0))));
     if (softmax < 0 || g_.op(softmax) != "Softmax")
       g_.fail(attn_v, "expected the attention probabilities (Softmax) as first operand");
-    int64_t sm_axis = attr_int(g_.node(softmax), "axis", -1);
+    int64_t sm_axis = onnx_attr_int(g_.node(softmax), "axis", -1);
     if (sm_axis != -1 && sm_axis != 3) g_.fail(softmax, "expected softmax over the last axis");
     std::vector<Step> score_path;
     std::string s = trace_back(skip_zero_mask(g_.node(softmax).input(0)), softmax, score_path,
@@ -1067,7 +735,8 @@ class Recognizer {
       for (int64_t row : source_rows(*p, fh, fd, *l)) {
         ++used[row];
         std::copy_n(&l->weight[row * dim_], dim_, &w[dst * dim_]);
-        b[dst++] = l->bias[row];
+        const auto extra = p->bias.find(row);
+        b[dst++] = l->bias[row] + (extra == p->bias.end() ? 0.0f : extra->second);
       }
     }
     for (auto& [node, used] : rows_used)
@@ -1107,30 +776,42 @@ class Recognizer {
   }
 
   // t is all zeros: a zero constant, possibly broadcast (Expand) or selected by an all-true mask.
-  bool is_zeros(const std::string& t) {
-    if (const Const* c = g_.constant(t)) {
-      if (!c->is_float) return std::all_of(c->i.begin(), c->i.end(), [](int64_t v) { return v == 0; });
-      return std::all_of(c->f.begin(), c->f.end(), [](float v) { return v == 0.0f; });
+  bool is_zeros(std::string t) {
+    while (true) {
+      if (const OnnxConst* c = g_.constant(t)) return is_all(*c, false);
+      const int p = g_.producer(t);
+      if (p < 0) return false;
+      const auto& n = g_.node(p);
+      if (n.op_type() == "Where") {
+        if (!is_all_true(n.input(0))) return false;
+        t = n.input(1);
+      } else if (n.op_type() == "Expand" || n.op_type() == "Cast" || n.op_type() == "Identity") {
+        t = n.input(0);
+      } else {
+        return false;
+      }
     }
-    int p = g_.producer(t);
-    if (p < 0) return false;
-    const auto& n = g_.node(p);
-    if (n.op_type() == "Expand" || n.op_type() == "Cast" || n.op_type() == "Identity") return is_zeros(n.input(0));
-    if (n.op_type() == "Where") return is_all_true(n.input(0)) && is_zeros(n.input(1));
-    return false;
   }
 
-  bool is_all_true(const std::string& t) {
-    if (const Const* c = g_.constant(t)) {
-      if (c->numel() == 0) return false;
-      if (!c->is_float) return std::all_of(c->i.begin(), c->i.end(), [](int64_t v) { return v != 0; });
-      return std::all_of(c->f.begin(), c->f.end(), [](float v) { return v != 0.0f; });
-    }
-    int p = g_.producer(t);
-    if (p < 0) return false;
-    const auto& n = g_.node(p);
-    if (n.op_type() == "Expand" || n.op_type() == "Cast" || n.op_type() == "Identity") return is_all_true(n.input(0));
-    return false;
+  bool is_all_true(std::string t) {
+    t = skip_to_constant(t);
+    const OnnxConst* c = g_.constant(t);
+    return c && c->numel() > 0 && is_all(*c, true);
+  }
+
+  // Every value of c is nonzero (nonzero true) or zero (nonzero false).
+  static bool is_all(const OnnxConst& c, bool nonzero) {
+    if (c.is_float) return std::all_of(c.f.begin(), c.f.end(), [&](float v) { return (v != 0.0f) == nonzero; });
+    return std::all_of(c.i.begin(), c.i.end(), [&](int64_t v) { return (v != 0) == nonzero; });
+  }
+
+  // Follows Expand / Cast / Identity back to a constant (or to where the chain ends).
+  std::string skip_to_constant(std::string t) {
+    for (int p = g_.producer(t); !g_.constant(t) && p >= 0 &&
+                                 (g_.op(p) == "Expand" || g_.op(p) == "Cast" || g_.op(p) == "Identity");
+         p = g_.producer(t))
+      t = g_.node(p).input(0);
+    return t;
   }
 
   std::string skip_casts(std::string t) {
@@ -1144,7 +825,7 @@ class Recognizer {
   std::string trace_back(std::string t, int context, std::vector<Step>& steps,
                          const std::function<bool(const std::string&)>& stop) {
     static const std::set<std::string> layout = {"Reshape", "Transpose", "Squeeze", "Split", "Gather",
-                                                 "Slice", "Cast", "Identity", "Mul", "Div"};
+                                                 "Slice", "Cast", "Identity", "Mul", "Div", "Add"};
     std::vector<Step> reversed;
     while (!stop(t)) {
       int p = g_.producer(t);
@@ -1165,17 +846,28 @@ class Recognizer {
   // The activation operand of a layout op or of a Mul/Div by a scale.
   std::string data_operand(int p) {
     const auto& n = g_.node(p);
+    if (n.op_type() == "Add") {  // a bias: the constant is the other operand
+      const bool bias0 = g_.constant(n.input(0)) != nullptr, bias1 = g_.constant(n.input(1)) != nullptr;
+      if (bias0 != bias1) return bias0 ? n.input(1) : n.input(0);
+      g_.fail(p, "expected a constant bias added to the projection output");
+    }
     if (n.op_type() != "Mul" && n.op_type() != "Div") return n.input(0);
-    bool scale0 = g_.shape_derived(n.input(0)), scale1 = g_.shape_derived(n.input(1));
+    bool scale0 = g_.shape_only(n.input(0)), scale1 = g_.shape_only(n.input(1));
     if (n.op_type() == "Div" && !scale0 && scale1) return n.input(0);
     if (n.op_type() == "Mul" && scale0 != scale1) return scale0 ? n.input(1) : n.input(0);
     g_.fail(p, "expected a multiplication or division of attention activations by a scalar scale");
   }
 
+  // Batch and token axes carry their sizes where the graph fixes them (the token count from the
+  // position embedding; the batch only in a static-batch export), so reshape targets that
+  // folding turned into constants still name them.
+  Axis batch_axis() const { return {Role::Batch, -1, batch_}; }
+  Axis token_axis() const { return {Role::Token, -1, tokens_}; }
+
   AttentionPath replay(const Linear& l, const std::vector<Step>& steps) {
     AttentionPath p;
-    p.axes = {{Role::Batch}, {Role::Token}, {Role::Features, -1, l.out}};
-    known_axes_.emplace(l.input, std::vector<Axis>{{Role::Batch}, {Role::Token}, {Role::Features, -1, l.in}});
+    p.axes = {batch_axis(), token_axis(), {Role::Features, -1, l.out}};
+    known_axes_.emplace(l.input, std::vector<Axis>{batch_axis(), token_axis(), {Role::Features, -1, l.in}});
     for (const Step& s : steps) apply(p, s);
     return p;
   }
@@ -1212,17 +904,17 @@ class Recognizer {
     if (op == "Cast" || op == "Identity") return;
     if (op == "Mul" || op == "Div") {
       const std::string& scale = n.input(0) == data_operand(s.node) ? n.input(1) : n.input(0);
-      const Const* c = g_.constant(scale);
-      if (c && c->numel() == 1)
-        p.scale *= op == "Mul" ? c->scalar() : 1.0 / c->scalar();
-      else if (!c)
-        ++p.dynamic_scales;
-      else
-        g_.fail(s.node, "expected a scalar attention scale");
+      const OnnxConst* c = g_.constant(scale);
+      if (!c)
+        g_.fail(s.node, "the attention scale '" + scale +
+                            "' depends on the batch size or on activations; expected a constant "
+                            "computed from weights and shapes");
+      if (c->numel() != 1) g_.fail(s.node, "expected a scalar attention scale");
+      p.scale *= op == "Mul" ? c->scalar() : 1.0 / c->scalar();
       return;
     }
     if (op == "Transpose") {
-      std::vector<int64_t> perm = attr_ints(n, "perm").value_or(std::vector<int64_t>{});
+      std::vector<int64_t> perm = onnx_attr_ints(n, "perm").value_or(std::vector<int64_t>{});
       if (perm.empty())
         for (size_t i = p.axes.size(); i-- > 0;) perm.push_back(static_cast<int64_t>(i));
       if (perm.size() != p.axes.size()) g_.fail(s.node, "perm rank differs from the tensor rank");
@@ -1232,8 +924,12 @@ class Recognizer {
       return;
     }
     if (op == "Reshape") return reshape(p, s.node);
+    if (op == "Split" && p.axes.back().role == Role::Features &&
+        normalize_axis(onnx_attr_int(n, "axis", 0), p.axes.size(), s.node) == static_cast<int>(p.axes.size()) - 1)
+      return split_features(p, s);
+    if (op == "Add") return add_bias(p, s.node);
     if (op == "Split") {
-      int axis = normalize_axis(attr_int(n, "axis", 0), p.axes.size(), s.node);
+      int axis = normalize_axis(onnx_attr_int(n, "axis", 0), p.axes.size(), s.node);
       if (n.input_size() > 1 && !n.input(1).empty()) {
         auto sizes = g_.require_const(s.node, 1, "split sizes").ints();
         if (std::any_of(sizes.begin(), sizes.end(), [](int64_t v) { return v != 1; }))
@@ -1243,8 +939,8 @@ class Recognizer {
       return select(axis, s.output_index, true);
     }
     if (op == "Gather") {
-      int axis = normalize_axis(attr_int(n, "axis", 0), p.axes.size(), s.node);
-      const Const& idx = g_.require_const(s.node, 1, "index");
+      int axis = normalize_axis(onnx_attr_int(n, "axis", 0), p.axes.size(), s.node);
+      const OnnxConst& idx = g_.require_const(s.node, 1, "index");
       if (idx.numel() != 1) g_.fail(s.node, "expected a single index");
       return select(axis, idx.ints()[0], !idx.dims.empty());
     }
@@ -1283,6 +979,41 @@ class Recognizer {
     g_.fail(s.node, "unexpected op in the attention");
   }
 
+  // onnxsim fuses the q, k and v MatMuls of a block into one: its output features are Split into
+  // equal parts, each biased by an Add. A part is a new factor of the rows, selected.
+  void split_features(AttentionPath& p, const Step& s) {
+    const auto& n = g_.node(s.node);
+    Axis& features = p.axes.back();
+    const int64_t parts = n.output_size();
+    if (n.input_size() > 1 && !n.input(1).empty()) {
+      auto sizes = g_.require_const(s.node, 1, "split sizes").ints();
+      if (static_cast<int64_t>(sizes.size()) != parts ||
+          std::any_of(sizes.begin(), sizes.end(), [&](int64_t v) { return v != sizes[0]; }))
+        g_.fail(s.node, "expected a split of the projection features into equal parts");
+    }
+    if (parts <= 0 || features.size % parts != 0)
+      g_.fail(s.node, "splits " + std::to_string(features.size) + " features into " + std::to_string(parts) + " parts");
+    p.selected[static_cast<int>(p.factor_sizes.size())] = s.output_index;
+    p.factor_sizes.push_back(parts);
+    features.size /= parts;
+  }
+
+  // A bias added to whole rows of the linear's output, before they are split into heads.
+  void add_bias(AttentionPath& p, int node) {
+    const auto& n = g_.node(node);
+    const OnnxConst* b = g_.constant(n.input(0) == data_operand(node) ? n.input(1) : n.input(0));
+    const Axis& features = p.axes.back();
+    if (!b || !b->is_float || b->dims.size() != 1 || features.role != Role::Features || b->numel() != features.size)
+      g_.fail(node, "expected a [" + std::to_string(features.size) + "] bias added to the projection features");
+    // Rows of this part: the selected factors, each of stride (later factors x what is left).
+    int64_t base = 0, stride = features.size;
+    for (size_t f = p.factor_sizes.size(); f-- > 0;) {
+      base += p.selected.at(static_cast<int>(f)) * stride;
+      stride *= p.factor_sizes[f];
+    }
+    for (int64_t j = 0; j < b->numel(); ++j) p.bias[base + j] += b->f[j];
+  }
+
   // Splits the linear's features into (…, H, d) factors, merges (H, d) back into features, or
   // regroups axes (identity reshapes, [B, H, N, d] <-> [B*H, N, d]) when every target entry is
   // a constant or a dimension read off a tensor whose layout is known.
@@ -1290,7 +1021,7 @@ class Recognizer {
     auto target = target_dims(g_.node(node).input(1));
     if (!target) g_.fail(node, "cannot read the target shape");
     const size_t in_rank = p.axes.size(), out_rank = target->size();
-    if (p.axes.back().role == Role::Features && p.factor_sizes.empty() && out_rank > in_rank) {
+    if (p.axes.back().role == Role::Features && out_rank > in_rank) {
       const int64_t features = p.axes.back().size;
       std::vector<int64_t> factors;
       int inferred = -1;
@@ -1305,17 +1036,22 @@ class Recognizer {
           g_.fail(node, "expected constant sizes for the split of the projection features");
         factors.push_back(v.value);
       }
-      int64_t product = 1;
-      for (int64_t f : factors) product *= f;
-      if (inferred >= 0 && product > 0 && features % product == 0) factors[inferred] = features / product;
-      product = 1;
-      for (int64_t f : factors) product *= f;
-      if (product != features)
+      auto product = [&]() {
+        int64_t n = 1;
+        for (int64_t f : factors)
+          if (__builtin_mul_overflow(n, f, &n)) return int64_t{-1};
+        return n;
+      };
+      if (inferred >= 0 && product() > 0 && features % product() == 0) factors[inferred] = features / product();
+      if (product() != features)
         g_.fail(node, "splits " + std::to_string(features) + " features into " + shape_str(factors));
       p.axes.pop_back();
-      p.factor_sizes = factors;
-      for (size_t i = 0; i < factors.size(); ++i)
-        p.axes.push_back({Role::Factor, static_cast<int>(i), factors[i]});
+      // After a Split of the features (below) the new factors subdivide what is left.
+      const int first = static_cast<int>(p.factor_sizes.size());
+      for (size_t i = 0; i < factors.size(); ++i) {
+        p.factor_sizes.push_back(factors[i]);
+        p.axes.push_back({Role::Factor, first + static_cast<int>(i), factors[i]});
+      }
       return;
     }
     if (out_rank + 1 == in_rank && in_rank >= 2) {
@@ -1390,13 +1126,14 @@ class Recognizer {
           if (!same(seq[pos + i], w.axes[i])) return -1;
         return static_cast<int>(w.axes.size());
       }
+      // A constant covers the next atoms whose sizes multiply to it (at least one atom).
       int64_t product = 1;
       size_t i = pos;
-      while (i < seq.size() && product < w.size) {
-        if (seq[i].role != Role::Factor && seq[i].role != Role::Features) return -1;
-        product *= seq[i++].size;
-      }
-      return product == w.size && i > pos ? static_cast<int>(i - pos) : -1;
+      do {
+        if (i >= seq.size() || seq[i].size <= 0 || __builtin_mul_overflow(product, seq[i].size, &product)) return -1;
+        ++i;
+      } while (product < w.size);
+      return product == w.size ? static_cast<int>(i - pos) : -1;
     };
     const size_t n = wants.size();
     const size_t left_end = infer < 0 ? n : static_cast<size_t>(infer);
@@ -1438,8 +1175,11 @@ class Recognizer {
 
   // Reshape targets are Concat-ed constants and dimensions read off tensors (Shape, possibly
   // sliced or gathered, Unsqueeze-d scalars).
-  std::optional<Dims> target_dims(const std::string& t) {
-    if (const Const* c = g_.constant(t)) {
+  std::optional<Dims> target_dims(const std::string& value, int depth = 0) {
+    // Exporters nest a Concat or two; a deeper chain is not a reshape target we know.
+    if (depth > kMaxTargetDepth) return std::nullopt;
+    const std::string t = skip_casts(value);
+    if (const OnnxConst* c = g_.constant(t)) {
       if (c->dims.size() > 1) return std::nullopt;
       Dims out;
       for (int64_t v : c->ints()) out.push_back({Dim::Value, v});
@@ -1449,46 +1189,37 @@ class Recognizer {
     if (p < 0) return std::nullopt;
     const auto& n = g_.node(p);
     const std::string& op = n.op_type();
-    if (op == "Cast" || op == "Identity") return target_dims(n.input(0));
     if (op == "Concat") {
       Dims out;
       for (const auto& in : n.input()) {
-        auto part = target_dims(in);
+        auto part = target_dims(in, depth + 1);
         if (!part) return std::nullopt;
         out.insert(out.end(), part->begin(), part->end());
       }
       return out;
     }
-    if (op == "Shape") {
-      int64_t start = attr_int(n, "start", 0);
-      const auto* end_attr = find_attr(n, "end");
-      int64_t rank = -1;
+    if (op == "Shape") {  // of a tensor on an attention path, whose rank is known
       auto it = known_axes_.find(n.input(0));
-      if (it != known_axes_.end()) rank = static_cast<int64_t>(it->second.size());
-      if (rank < 0) {
-        if (start < 0 || !end_attr || end_attr->i() < start) return std::nullopt;
-        rank = end_attr->i();
-      }
-      int64_t end = end_attr ? end_attr->i() : rank;
-      if (start < 0) start += rank;
-      if (end < 0) end += rank;
-      start = std::clamp<int64_t>(start, 0, rank);
-      end = std::clamp<int64_t>(end, 0, rank);
+      if (it == known_axes_.end()) return std::nullopt;
+      const int64_t rank = static_cast<int64_t>(it->second.size());
+      int64_t start = onnx_attr_int(n, "start", 0), end = onnx_attr_int(n, "end", rank);
+      start = std::clamp<int64_t>(start < 0 ? start + rank : start, 0, rank);
+      end = std::clamp<int64_t>(end < 0 ? end + rank : end, 0, rank);
       Dims out;
       for (int64_t i = start; i < end; ++i) out.push_back({Dim::Ref, 0, n.input(0), i});
       return out;
     }
     if (op == "Slice") {
-      auto v = target_dims(n.input(0));
-      const Const* st = g_.constant(n.input(1));
-      const Const* en = g_.constant(n.input(2));
+      auto v = target_dims(n.input(0), depth + 1);
+      const OnnxConst* st = g_.constant(n.input(1));
+      const OnnxConst* en = g_.constant(n.input(2));
       if (!v || !st || !en || st->numel() != 1 || en->numel() != 1) return std::nullopt;
       if (n.input_size() > 3 && !n.input(3).empty()) {
-        const Const* ax = g_.constant(n.input(3));
+        const OnnxConst* ax = g_.constant(n.input(3));
         if (!ax || ax->numel() != 1 || (ax->ints()[0] != 0 && ax->ints()[0] != -1)) return std::nullopt;
       }
       if (n.input_size() > 4 && !n.input(4).empty()) {
-        const Const* sp = g_.constant(n.input(4));
+        const OnnxConst* sp = g_.constant(n.input(4));
         if (!sp || sp->ints() != std::vector<int64_t>{1}) return std::nullopt;
       }
       const int64_t size = static_cast<int64_t>(v->size());
@@ -1502,14 +1233,14 @@ class Recognizer {
       return out;
     }
     if (op == "Unsqueeze") {
-      auto d = scalar_dim(n.input(0));
+      auto d = scalar_dim(n.input(0), depth + 1);
       if (!d) return std::nullopt;
       return Dims{*d};
     }
     if (op == "Gather") {
-      auto v = target_dims(n.input(0));
-      const Const* idx = g_.constant(n.input(1));
-      if (!v || !idx || idx->dims.size() != 1 || attr_int(n, "axis", 0) != 0) return std::nullopt;
+      auto v = target_dims(n.input(0), depth + 1);
+      const OnnxConst* idx = g_.constant(n.input(1));
+      if (!v || !idx || idx->dims.size() != 1 || onnx_attr_int(n, "axis", 0) != 0) return std::nullopt;
       Dims out;
       for (int64_t i : idx->ints()) {
         if (i < 0) i += static_cast<int64_t>(v->size());
@@ -1522,72 +1253,51 @@ class Recognizer {
   }
 
   // A scalar target entry: a constant, Gather(Shape(x), i) naming a dimension, or other shape
-  // arithmetic (Unknown).
-  std::optional<Dim> scalar_dim(const std::string& t) {
-    if (const Const* c = g_.constant(t)) {
+  // arithmetic (Unknown: the batch times something, say).
+  std::optional<Dim> scalar_dim(const std::string& value, int depth) {
+    const std::string t = skip_casts(value);
+    if (const OnnxConst* c = g_.constant(t)) {
       if (c->numel() != 1) return std::nullopt;
       return Dim{Dim::Value, c->ints()[0]};
     }
     int p = g_.producer(t);
-    if (p >= 0 && (g_.op(p) == "Cast" || g_.op(p) == "Identity")) return scalar_dim(g_.node(p).input(0));
     if (p >= 0 && g_.op(p) == "Gather") {
       const auto& n = g_.node(p);
-      const Const* idx = g_.constant(n.input(1));
-      if (idx && idx->dims.empty() && attr_int(n, "axis", 0) == 0) {
+      const OnnxConst* idx = g_.constant(n.input(1));
+      if (idx && idx->dims.empty() && onnx_attr_int(n, "axis", 0) == 0) {
         int sp = g_.producer(n.input(0));
-        if (sp >= 0 && g_.op(sp) == "Shape" && !find_attr(g_.node(sp), "start") &&
-            !find_attr(g_.node(sp), "end") && idx->ints()[0] >= 0)
+        if (sp >= 0 && g_.op(sp) == "Shape" && !onnx_attr(g_.node(sp), "start") &&
+            !onnx_attr(g_.node(sp), "end") && idx->ints()[0] >= 0)
           return Dim{Dim::Ref, 0, g_.node(sp).input(0), idx->ints()[0]};
-        if (auto v = target_dims(n.input(0))) {
+        if (auto v = target_dims(n.input(0), depth + 1)) {
           int64_t i = idx->ints()[0];
           if (i < 0) i += static_cast<int64_t>(v->size());
           if (i >= 0 && i < static_cast<int64_t>(v->size())) return (*v)[i];
         }
       }
     }
-    if (is_shape_scalar(t)) return Dim{};
+    if (g_.shape_only(t)) return Dim{};
     return std::nullopt;
   }
 
-  // A scalar read off a shape: Gather(Shape(x), scalar index), possibly cast or combined.
-  bool is_shape_scalar(const std::string& t) {
-    if (const Const* c = g_.constant(t)) return c->dims.empty();
-    int p = g_.producer(t);
-    if (p < 0) return false;
-    const auto& n = g_.node(p);
-    if (n.op_type() == "Gather") {
-      const Const* idx = g_.constant(n.input(1));
-      return idx && idx->dims.empty() && g_.shape_derived(n.input(0));
-    }
-    if (n.op_type() == "Cast" || n.op_type() == "Identity") return is_shape_scalar(n.input(0));
-    if (n.op_type() == "Mul" || n.op_type() == "Div" || n.op_type() == "Add" || n.op_type() == "Sub")
-      return is_shape_scalar(n.input(0)) && is_shape_scalar(n.input(1));
-    return false;
-  }
-
-  // The attention scale must be d^-0.5: constant factors on q, k or the scores, or torch 2.x's
-  // SDPA form (each of q and k^T times sqrt(1/sqrt(d)) computed from Shape(q)).
+  // The attention scale must be d^-0.5: the product of the folded factors on q, k and the
+  // scores, however the exporter wrote them (q * s @ k^T, (q @ k^T) / sqrt(d), torch 2.x SDPA's
+  // sqrt(1/sqrt(d)) on each of q and k^T, Pow(d, -0.5) from Shape, ...).
   void check_scale(const AttentionPath& q, const AttentionPath& k, const AttentionPath& v,
                    const AttentionPath& scores, int64_t d, int softmax) {
-    if (v.scale != 1.0 || v.dynamic_scales) g_.fail(softmax, "the value path is scaled; expected plain v");
-    const double constant_scale = q.scale * k.scale * scores.scale;
+    if (v.scale != 1.0) g_.fail(softmax, "the value path is scaled; expected plain v");
+    const double scale = q.scale * k.scale * scores.scale;
     const double expected = 1.0 / std::sqrt(static_cast<double>(d));
-    const int dynamic = q.dynamic_scales + k.dynamic_scales + scores.dynamic_scales;
-    if (dynamic == 0 && std::fabs(constant_scale - expected) <= 1e-4 * expected) return;
-    if (dynamic == 2 && q.dynamic_scales == 1 && k.dynamic_scales == 1 &&
-        std::fabs(constant_scale - 1.0) < 1e-6)
-      return;
+    if (std::fabs(scale - expected) <= kConstTolerance * expected) return;
     std::ostringstream os;
-    os << "attention scale " << constant_scale;
-    if (dynamic) os << " times " << dynamic << " shape-derived factor(s)";
-    os << "; expected head_dim^-0.5 = " << expected;
+    os << "attention scale " << scale << "; expected head_dim^-0.5 = " << expected;
     g_.fail(softmax, os.str());
   }
 
   // probs @ v is [B, H, N, d]; it must reach the projection as [B, N, H*d], heads-major.
   void check_output_path(const std::vector<Step>& steps, int64_t heads, int64_t d, const Linear& proj) {
     AttentionPath p;
-    p.axes = {{Role::Batch}, {Role::Factor, 0, heads}, {Role::Token}, {Role::Factor, 1, d}};
+    p.axes = {batch_axis(), {Role::Factor, 0, heads}, token_axis(), {Role::Factor, 1, d}};
     p.factor_sizes = {heads, d};
     for (const Step& s : steps) {
       const std::string& op = g_.op(s.node);
@@ -1595,6 +1305,10 @@ class Recognizer {
         g_.fail(s.node, "unexpected op between the attention and its output projection");
       apply(p, s);
     }
+    // A flattening projection (Reshape to [-1, C]) merges [heads, head_dim] itself.
+    const bool merged_by_flatten = proj.flatten >= 0 && p.axes.size() == 4 && p.axes[2].role == Role::Factor &&
+                                   p.axes[2].factor == 0 && p.axes[3].role == Role::Factor && p.axes[3].factor == 1;
+    if (merged_by_flatten) p.axes = {p.axes[0], p.axes[1], {Role::Features, -1, heads * d}};
     if (p.axes.size() != 3 || p.axes[0].role != Role::Batch || p.axes[1].role != Role::Token ||
         p.axes[2].role != Role::Features || proj.in != dim_)
       g_.fail(proj.node,
@@ -1659,7 +1373,7 @@ class Recognizer {
             (a.input(1) == head.output && a.input(0) == dist.output)))
         g_.fail(add, "expected head + head_dist");
       auto cons = g_.consumers(a.output(0));
-      const Const* k = cons.size() == 1 ? other_constant(cons[0], a.output(0)) : nullptr;
+      const OnnxConst* k = cons.size() == 1 ? other_constant(cons[0], a.output(0)) : nullptr;
       bool mean =
           k && k->numel() == 1 &&
           ((g_.op(cons[0]) == "Div" && g_.node(cons[0]).input(0) == a.output(0) && k->scalar() == 2.0) ||
@@ -1678,7 +1392,7 @@ class Recognizer {
     auto cons = g_.consumers(t);
     if (cons.size() != 1) return nullptr;
     for (const auto& l : linears_)
-      if (l.node == cons[0] && l.input == t) return &l;
+      if (reader(l) == cons[0] && l.input == t) return &l;
     return nullptr;
   }
 
@@ -1695,14 +1409,14 @@ class Recognizer {
     const auto& n = g_.node(c);
     if (n.input(0) != y) g_.fail(c, "expected a token selection on the final norm output");
     if (n.op_type() == "Gather") {
-      int64_t axis = attr_int(n, "axis", 0);
-      const Const* idx = g_.constant(n.input(1));
+      int64_t axis = onnx_attr_int(n, "axis", 0);
+      const OnnxConst* idx = g_.constant(n.input(1));
       if ((axis == 1 || axis == -2) && idx && idx->numel() == 1 && idx->dims.empty() && idx->ints()[0] >= 0)
         return idx->ints()[0];
     } else if (n.op_type() == "Slice" && n.input_size() >= 4) {
-      const Const* s = g_.constant(n.input(1));
-      const Const* e = g_.constant(n.input(2));
-      const Const* a = g_.constant(n.input(3));
+      const OnnxConst* s = g_.constant(n.input(1));
+      const OnnxConst* e = g_.constant(n.input(2));
+      const OnnxConst* a = g_.constant(n.input(3));
       bool unit_step =
           n.input_size() < 5 || n.input(4).empty() ||
           (g_.constant(n.input(4)) && g_.constant(n.input(4))->ints() == std::vector<int64_t>{1});
@@ -1721,13 +1435,13 @@ class Recognizer {
     out_.emplace(name, std::pair{std::move(shape), std::move(values)});
   }
 
-  Graph& g_;
+  OnnxGraph& g_;
   std::vector<bool> claimed_;
   std::vector<Linear> linears_;
   std::map<std::string, int> by_output_;
   std::map<std::string, std::pair<Shape, std::vector<float>>> out_;
   std::map<std::string, std::vector<Axis>> known_axes_;  // layouts of tensors on attention paths
-  int64_t dim_ = 0, heads_ = 0, image_size_ = 0, in_chans_ = 0;
+  int64_t dim_ = 0, heads_ = 0, image_size_ = 0, in_chans_ = 0, tokens_ = 0, batch_ = 0;
   int ntok_ = 0;
   float eps_ = 0;
   bool have_eps_ = false;
@@ -1762,10 +1476,17 @@ WeightStore load_onnx_vit(const std::string& path, OnnxVitInfo* info) {
     throw Error(path + ": opset " + std::to_string(opset) + " is not supported (ViT exports with opset " +
                 std::to_string(kMinOpset) + ".." + std::to_string(kMaxOpset) + " are)");
 
-  Graph graph(model, path, opset);
   OnnxVitInfo local;
   OnnxVitInfo* out = info ? info : &local;
-  WeightStore store = Recognizer(graph).run(out);
+  WeightStore store;
+  try {
+    OnnxGraph graph(model, path, opset);
+    store = Recognizer(graph).run(out);
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    if (what.rfind(path, 0) == 0) throw;
+    throw Error(path + ": " + what);  // every message names the file
+  }
   out->opset = opset;
   out->producer =
       model.producer_name() + (model.producer_version().empty() ? "" : " " + model.producer_version());

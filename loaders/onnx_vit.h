@@ -2,9 +2,10 @@
 // ONNX loader for ViT / DeiT exports. The engine does not interpret ONNX graphs: it recognizes the
 // ViT structure that torch.onnx.export writes (timm VisionTransformer / DeiT-distilled, Hugging Face
 // ViTForImageClassification / DeiT; opset 13..20, TorchScript exporter of torch 1.13 and 2.x, dynamo exporter
-// of torch 2.x with weights in external data) by
-// data flow, and maps the graph's constants onto the canonical timm tensor names that the ViT
-// builder consumes. Anything the recognizer does not understand is an Error, never a guess.
+// of torch 2.x with weights in external data; onnxsim-simplified, float16) by data flow, after
+// folding everything computed from constants and shapes (onnx_graph.h), and maps the graph's
+// constants onto the canonical timm tensor names that the ViT builder consumes. Anything the
+// recognizer does not understand is an Error, never a guess.
 #include <cstdint>
 #include <string>
 

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <vector>
 
 #include "loaders/atomic_write.h"
@@ -113,6 +114,8 @@ Entry parse_entry(const std::string& name, const json& info, const std::string& 
       throw Error(context + ": shape " + brief(shape) + " has too many elements");
     e.shape.push_back(static_cast<int64_t>(dim));
   }
+  if (!shape_is_addressable(e.shape))
+    throw Error(context + ": shape " + brief(shape) + " is too large (its strides overflow int64)");
 
   const json& offsets = info["data_offsets"];
   if (!offsets.is_array() || offsets.size() != 2)
@@ -148,18 +151,27 @@ std::map<std::string, std::string> parse_metadata(const json& meta, const std::s
   return out;
 }
 
-void check_no_overlap(std::vector<Entry>& entries, const std::string& path) {
-  std::sort(entries.begin(), entries.end(),
-            [](const Entry& a, const Entry& b) { return a.begin < b.begin; });
+// The format's own rules (as the reference implementation validates them): sorted by offset,
+// the tensors tile the data region from byte 0 to its end, without gaps or overlaps.
+void check_layout(std::vector<Entry>& entries, uint64_t data_size, const std::string& path) {
+  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  uint64_t expected = 0;
   const Entry* previous = nullptr;
   for (const Entry& e : entries) {
-    if (e.begin == e.end) continue;  // an empty tensor occupies no bytes
-    if (previous && e.begin < previous->end)
-      throw Error(path + ": tensors '" + previous->name + "' [" + std::to_string(previous->begin) +
-                  ", " + std::to_string(previous->end) + ") and '" + e.name + "' [" +
-                  std::to_string(e.begin) + ", " + std::to_string(e.end) + ") overlap");
+    if (e.begin != expected) {
+      const std::string where = previous ? "'" + previous->name + "' ends at " + std::to_string(expected)
+                                         : "the data region starts at 0";
+      throw Error(path + ": tensor '" + e.name + "' starts at byte " + std::to_string(e.begin) + " but " + where +
+                  (e.begin < expected ? " (overlapping tensors)" : " (a gap in the data)"));
+    }
+    expected = e.end;
     previous = &e;
   }
+  if (expected != data_size)
+    throw Error(path + ": the tensors cover " + std::to_string(expected) + " bytes but the data region has " +
+                std::to_string(data_size) + " (trailing bytes after the last tensor)");
 }
 
 }  // namespace
@@ -178,11 +190,21 @@ WeightStore load_safetensors(const std::string& path) {
                 " runs past the end of the file (" + std::to_string(file_size) + " bytes)");
 
   json header;
+  // nlohmann keeps the last of duplicate keys; the format allows one entry per name.
+  std::set<std::string> top_level_keys;
+  std::string duplicate;
+  const json::parser_callback_t note_keys = [&](int depth, json::parse_event_t event, json& parsed) {
+    if (event == json::parse_event_t::key && depth == 1 && !top_level_keys.insert(parsed.get<std::string>()).second &&
+        duplicate.empty())
+      duplicate = parsed.get<std::string>();
+    return true;
+  };
   try {
-    header = json::parse(bytes + 8, bytes + 8 + header_len);
+    header = json::parse(bytes + 8, bytes + 8 + header_len, note_keys);
   } catch (const json::exception& e) {
     throw Error(path + ": header is not valid JSON: " + e.what());
   }
+  if (!duplicate.empty()) throw Error(path + ": header lists '" + duplicate + "' twice");
   if (!header.is_object())
     throw Error(path + ": header must be a JSON object, got " + header.type_name());
 
@@ -197,7 +219,7 @@ WeightStore load_safetensors(const std::string& path) {
     else
       entries.push_back(parse_entry(name, info, path, data_size));
   }
-  check_no_overlap(entries, path);
+  check_layout(entries, data_size, path);
 
   for (const Entry& e : entries) {
     const uint8_t* p = data + e.begin;

@@ -1,7 +1,8 @@
 #include "loaders/vit_names.h"
 
 #include <cstring>
-#include <regex>
+#include <optional>
+#include <string_view>
 #include <set>
 
 #include "loaders/safetensors.h"
@@ -87,6 +88,22 @@ Tensor concat_rows(const std::vector<const Tensor*>& stored, const std::string& 
   return out;
 }
 
+// i of "<prefix>.encoder.layer.<i>.<rest>" (i up to 5 digits, rest non-empty). A plain scan:
+// std::regex recurses per character and overflows the stack on long names.
+std::optional<int> hf_layer_index(std::string_view name, const std::string& prefix) {
+  const std::string head = prefix + ".encoder.layer.";
+  if (name.substr(0, head.size()) != head) return std::nullopt;
+  name.remove_prefix(head.size());
+  size_t digits = 0;
+  int index = 0;
+  while (digits < name.size() && name[digits] >= '0' && name[digits] <= '9') {
+    if (++digits > 5) return std::nullopt;
+    index = index * 10 + (name[digits - 1] - '0');
+  }
+  if (digits == 0 || digits + 1 >= name.size() || name[digits] != '.') return std::nullopt;
+  return index;
+}
+
 }  // namespace
 
 VitNaming detect_vit_naming(const WeightStore& w) {
@@ -122,12 +139,9 @@ WeightStore canonicalize_vit_names(const WeightStore& w) {
   };
   for (const NameRow& r : kHfTopNames) take(replace_prefix(r.hf, prefix), r.timm);
 
-  const std::regex layer_re("^" + prefix + R"(\.encoder\.layer\.(\d+)\.(.+)$)");
   std::set<int> layers;
-  for (const auto& [name, t] : w.tensors) {
-    std::smatch m;
-    if (std::regex_match(name, m, layer_re) && m[1].length() < 6) layers.insert(std::stoi(m[1].str()));
-  }
+  for (const auto& [name, t] : w.tensors)
+    if (auto layer = hf_layer_index(name, prefix)) layers.insert(*layer);
   for (int i : layers) {
     const std::string hf = prefix + ".encoder.layer." + std::to_string(i) + ".";
     const std::string timm = "blocks." + std::to_string(i) + ".";

@@ -12,7 +12,9 @@ export DEBIAN_FRONTEND=noninteractive
 
 pkgs=(cmake g++ ninja-build pkg-config
       libprotobuf-dev protobuf-compiler libonnx-dev
-      libspdlog-dev libcli11-dev libgtest-dev nlohmann-json3-dev libstb-dev zlib1g-dev)
+      libspdlog-dev libcli11-dev libgtest-dev nlohmann-json3-dev libstb-dev zlib1g-dev
+      libjpeg-dev libpng-dev
+      clang libclang-rt-dev)  # libFuzzer for the fuzzing smoke run (tests/fuzz)
 # Headless Chromium renders the profiler's HTML report in tests/test_profile.cpp (CI runs
 # --build-only, so it is part of this set).
 pkgs+=(chromium)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up and runs every test from scratch: installs the build dependencies, builds (Release),
-# runs the CTest suite, then rebuilds with AddressSanitizer + UBSan, the CUDA backend on cudasim
+# runs the CTest suite, fuzzes each parser briefly (SHIFTADD_FUZZ_SECONDS per target, default
+# 30), then rebuilds with AddressSanitizer + UBSan, the CUDA backend on cudasim
 # (tests/cudasim: its kernels run on the CPU), and runs the tests again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,14 @@ jobs=$(nproc)
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j "$jobs"
 ctest --test-dir build --output-on-failure
+
+# Fuzzing smoke run: each parser's libFuzzer harness (tests/fuzz, built with clang, ASan + UBSan)
+# for a bounded time from its seeds and every earlier finding; a new finding fails the run.
+# docs/reliability.md has the longer campaigns and their numbers.
+CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHIFTADD_FUZZ=ON \
+  -DSHIFTADD_BUILD_TESTS=OFF -DSHIFTADD_CUDA=OFF
+cmake --build build-fuzz -j "$jobs" --target fuzz_safetensors fuzz_onnx fuzz_npy fuzz_image fuzz_idx fuzz_meta
+bash tests/fuzz/run.sh build-fuzz "${SHIFTADD_FUZZ_SECONDS:-30}"
 
 # Bad inputs must give named errors, never memory errors or UB: the whole suite again under
 # ASan + UBSan. This build runs the CUDA backend on cudasim, so the CUDA tests (skipped above

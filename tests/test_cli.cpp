@@ -111,14 +111,22 @@ TEST(Cli, ClassifyUnreadableImageFails) {
   EXPECT_NE(r.out.find("not_an_image.png"), std::string::npos) << r.out;
 }
 
+// A batch of 2 inputs for `model`, value(i) at element i.
+shiftadd::Array model_input(const shiftadd::Model& model, float (*value)(size_t)) {
+  const auto& mi = model.info();
+  shiftadd::Array x;
+  x.shape = {2, mi.in_chans, mi.image_size, mi.image_size};
+  x.data.resize(static_cast<size_t>(2 * mi.in_chans * mi.image_size * mi.image_size));
+  for (size_t i = 0; i < x.data.size(); ++i) x.data[i] = value(i);
+  return x;
+}
+
 TEST(Cli, RunWritesLogitsAndRefusesToOverwrite) {
   const fs::path dir = temp_dir();
   const auto model = shiftadd::Model::load(kModel);
   const auto& mi = model->info();
-  shiftadd::Array x;
-  x.shape = {2, mi.in_chans, mi.image_size, mi.image_size};
-  x.data.resize(static_cast<size_t>(2 * mi.in_chans * mi.image_size * mi.image_size));
-  for (size_t i = 0; i < x.data.size(); ++i) x.data[i] = static_cast<float>((i * 7919) % 101) / 50.0f - 1.0f;
+  const shiftadd::Array x =
+      model_input(*model, [](size_t i) { return static_cast<float>((i * 7919) % 101) / 50.0f - 1.0f; });
   shiftadd::save_npy_f32((dir / "x.npy").string(), x);
   fs::remove(dir / "y.npy");
   Result r = shiftadd_cli("run " + kModel + " --input " + (dir / "x.npy").string() + " --output " +
@@ -133,6 +141,33 @@ TEST(Cli, RunWritesLogitsAndRefusesToOverwrite) {
   r = shiftadd_cli("run " + kModel + " --input " + (dir / "x.npy").string() + " --output " + (dir / "y.npy").string());
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.out.find("--force"), std::string::npos) << r.out;
+}
+
+// A NaN in the input makes every logit NaN: the result is still written, with one warning that
+// names the input.
+TEST(Cli, RunWarnsOnceWhenLogitsAreNotFinite) {
+  const fs::path dir = temp_dir();
+  shiftadd::Array x = model_input(*shiftadd::Model::load(kModel), [](size_t) { return 0.25f; });
+  x.data[5] = NAN;
+  shiftadd::save_npy_f32((dir / "x_nan.npy").string(), x);
+  const Result r = shiftadd_cli("run " + kModel + " --input " + (dir / "x_nan.npy").string() + " --output " +
+                                (dir / "y_nan.npy").string() + " --force");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("warning: " + (dir / "x_nan.npy").string()), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("the input holds 1 NaN/Inf values"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("warning"), r.out.rfind("warning")) << r.out;
+}
+
+// top_k ranks NaN last and gives +Inf all the probability, instead of sorting garbage.
+TEST(Cli, TopKOfNonFiniteLogits) {
+  const float logits[] = {1.0f, NAN, INFINITY, 2.0f};
+  const auto top = shiftadd::top_k(logits, 4, {}, 4);
+  ASSERT_EQ(top.size(), 4u);
+  EXPECT_EQ(top[0].index, 2);
+  EXPECT_EQ(top[0].probability, 1.0f);
+  EXPECT_EQ(top[3].probability, 0.0f);
+  const float all_nan[] = {NAN, NAN};
+  for (const auto& p : shiftadd::top_k(all_nan, 2, {}, 2)) EXPECT_EQ(p.probability, 0.5f);
 }
 
 TEST(Cli, RunRejectsWrongShapeAndMissingInput) {

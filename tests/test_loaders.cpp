@@ -154,15 +154,17 @@ TEST_F(LoaderTest, SafetensorsRefusesToOverwriteWithoutForce) {
   EXPECT_EQ(std::distance(fs::directory_iterator(dir_), fs::directory_iterator()), 1);
 }
 
-TEST_F(LoaderTest, SafetensorsAcceptsGapsAndCopiesMisalignedTensors) {
-  const std::string file = path("gaps.safetensors");
+TEST_F(LoaderTest, SafetensorsCopiesMisalignedTensors) {
+  const std::string file = path("misaligned.safetensors");
   float value = 7.5f;
-  std::string data(9, '\0');
+  std::string data(5, '\0');
+  data[0] = 3;
   std::memcpy(&data[1], &value, 4);  // at offset 1 of the 8-aligned data region: misaligned
-  write_bytes(file, safetensors_bytes(R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[1,5]}})" +
-                                          std::string(3, ' '),
+  write_bytes(file, safetensors_bytes(R"({"b":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
+                                      R"("x":{"dtype":"F32","shape":[1],"data_offsets":[1,5]}})",
                                       data));
   WeightStore store = load_safetensors(file);
+  EXPECT_EQ(store.at("b").data<uint8_t>()[0], 3);
   EXPECT_EQ(store.at("x").data<float>()[0], 7.5f);
   EXPECT_EQ(reinterpret_cast<uintptr_t>(store.at("x").raw()) % 4, 0u);
 }
@@ -228,7 +230,27 @@ TEST_F(LoaderTest, SafetensorsRejectsEveryMalformedInput) {
        safetensors_bytes(
            R"({"x":{)" + ok_entry + R"(},"y":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
            data8),
-       "overlap"},
+       "overlapping tensors"},
+      // The format's layout rules: tensors tile the data region from 0 to its end, each name once.
+      {"gap_at_start",
+       safetensors_bytes(R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", data8),
+       "a gap in the data"},
+      {"gap_between",
+       safetensors_bytes(R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                         R"("y":{"dtype":"U8","shape":[2],"data_offsets":[6,8]}})",
+                         data8),
+       "a gap in the data"},
+      {"trailing_bytes", safetensors_bytes(R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", data8),
+       "trailing bytes"},
+      {"duplicate_name",
+       safetensors_bytes(R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                         R"("x":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+                         data8),
+       "lists 'x' twice"},
+      // numel 0, but the strides of [0, 2^31, 2^31, 2^31] overflow (a fuzzing finding).
+      {"stride_overflow",
+       safetensors_bytes(R"({"x":{"dtype":"F32","shape":[0,2147483648,2147483648,2147483648],"data_offsets":[0,0]}})"),
+       "strides overflow"},
       {"metadata_type", safetensors_bytes(R"({"__metadata__":[1]})"),
        "'__metadata__' must be an object"},
       {"metadata_value", safetensors_bytes(R"({"__metadata__":{"epochs":3}})"),
@@ -395,8 +417,8 @@ TEST_F(LoaderTest, UnreadableImagesRaiseErrorsNamingTheFile) {
   ASSERT_TRUE(stbi_write_png(png.c_str(), w, h, 3, rgb.data(), w * 3));
   ASSERT_TRUE(stbi_write_bmp(bmp.c_str(), w, h, 3, rgb.data()));
   ASSERT_TRUE(stbi_write_jpg(jpg.c_str(), w, h, 3, rgb.data(), 90));
-  for (auto [full, problem] : {std::pair{png, "cannot decode image"},
-                               {jpg, "cannot decode image"},
+  for (auto [full, problem] : {std::pair{png, "cannot decode PNG"},
+                               {jpg, "truncated JPEG"},
                                {bmp, "truncated BMP"}}) {
     const std::string bytes = read_bytes(full);
     const std::string cut = path("cut_" + fs::path(full).filename().string());
@@ -405,7 +427,7 @@ TEST_F(LoaderTest, UnreadableImagesRaiseErrorsNamingTheFile) {
   }
   const std::string text = path("notes.png");
   write_bytes(text, "this is not an image");
-  expect_error([&] { load_image(text); }, text, "unknown image type");
+  expect_error([&] { load_image(text); }, text, "not a JPEG, PNG or BMP");
   expect_error([&] { load_image(path("absent.jpg")); }, "absent.jpg", "cannot open image");
 }
 

@@ -57,11 +57,13 @@ TEST_P(Golden, MatchesPyTorch) {
   }
 }
 
-// Paths relative to tests/fixtures: goldens/<case> (synthetic models, gen_goldens.py) and
-// goldens_real/<case> (real timm / transformers models and exports, gen_real_goldens.py).
+// Paths relative to tests/fixtures: goldens/<case> (synthetic models, gen_goldens.py),
+// goldens_real/<case> (real timm / transformers models and exports, gen_real_goldens.py) and
+// goldens_onnx/<case> (exports spelling the math differently, onnxruntime goldens,
+// gen_onnx_corpus.py).
 std::vector<std::string> golden_cases() {
   std::vector<std::string> names;
-  for (const char* set : {"goldens", "goldens_real"}) {
+  for (const char* set : {"goldens", "goldens_real", "goldens_onnx"}) {
     const json m = manifest(kFixtures / set);
     for (const auto& c : m["cases"])
       names.push_back(std::string(set) + "/" +
@@ -76,6 +78,8 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, Golden, ::testing::ValuesIn(golden_cases()),
                            std::string n = info.param;  // goldens/x -> x, goldens_real/y -> real_y
                            if (n.rfind("goldens_real/", 0) == 0)
                              n = "real_" + n.substr(13);
+                           else if (n.rfind("goldens_onnx/", 0) == 0)
+                             n = "onnx_" + n.substr(13);
                            else if (n.rfind("goldens/", 0) == 0)
                              n = n.substr(8);
                            for (char& ch : n)
@@ -184,7 +188,7 @@ fs::path write_variant(const std::string& name,
   const fs::path dir = fs::temp_directory_path() / ("shiftadd_bad_" + std::to_string(::getpid()));
   fs::create_directories(dir);
   const fs::path p = dir / (name + ".safetensors");
-  shiftadd::save_safetensors(p.string(), t, {}, /*overwrite=*/true);
+  shiftadd::save_safetensors(p.string(), t, src.metadata, /*overwrite=*/true);
   return p;
 }
 
@@ -216,6 +220,28 @@ TEST(BadCheckpoint, WrongShapeIsNamedWithBothShapes) {
   const std::string e = load_error(p);
   EXPECT_NE(e.find("blocks.1.mlp.fc1.weight"), std::string::npos) << e;
   EXPECT_NE(e.find("[100, 64]"), std::string::npos) << e;
+}
+
+// The weights of a ViT fit any head count dividing dim: without config.json or the file's
+// __metadata__ num_heads the load fails saying how to give it, rather than guessing head dim 64.
+TEST(BadCheckpoint, HeadCountIsNeverGuessed) {
+  const shiftadd::WeightStore src =
+      shiftadd::load_safetensors((kGoldens / "timm_vit_p16_224_bare" / "model.safetensors").string());
+  const fs::path dir = fs::temp_directory_path() / ("shiftadd_heads_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const fs::path p = dir / "model.safetensors";
+  shiftadd::save_safetensors(p.string(), src.tensors, {{"format", "pt"}}, /*overwrite=*/true);
+  std::string e = load_error(p);
+  EXPECT_NE(e.find("cannot tell the number of attention heads"), std::string::npos) << e;
+  EXPECT_NE(e.find("config.json with {\"num_heads\": N}"), std::string::npos) << e;
+  shiftadd::save_safetensors(p.string(), src.tensors, {{"num_heads", "two"}}, /*overwrite=*/true);
+  e = load_error(p);
+  EXPECT_NE(e.find("num_heads 'two' is not a positive integer"), std::string::npos) << e;
+  // config.json beside the file gives it (and wins over the metadata).
+  std::ofstream(dir / "config.json") << R"({"num_heads": 2})";
+  const auto model = shiftadd::Model::load(dir.string());
+  EXPECT_EQ(model->info().heads, 2);
+  fs::remove_all(dir);
 }
 
 TEST(BadCheckpoint, NotAViT) {

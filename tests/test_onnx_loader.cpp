@@ -16,17 +16,9 @@
 
 #include <unistd.h>
 
+#include "loaders/onnx_tensor.h"  // the ONNX protobuf classes
 #include "loaders/onnx_vit.h"
 #include "shiftadd/error.h"
-
-// CMake's onnx_proto target defines these; direct compiler invocations may not.
-#ifndef ONNX_ML
-#define ONNX_ML 1
-#endif
-#ifndef ONNX_NAMESPACE
-#define ONNX_NAMESPACE onnx
-#endif
-#include <onnx/onnx_pb.h>
 
 namespace shiftadd {
 namespace {
@@ -353,6 +345,19 @@ TEST_F(OnnxStructureErrors, ImageSizeDisagreesWithPositionEmbedding) {
       model_.mutable_graph()->mutable_input(0)->mutable_type()->mutable_tensor_type()->mutable_shape();
   dims->mutable_dim(2)->set_dim_value(32);
   EXPECT_TRUE(Mentions(load_error(), "position embedding fits 16x16"));
+}
+
+// Like onnx.checker: an input that nothing defines is named as such, not as a structure mismatch.
+TEST_F(OnnxStructureErrors, MissingInitializerIsNamed) {
+  auto* inits = model_.mutable_graph()->mutable_initializer();
+  for (int i = 0; i < inits->size(); ++i)
+    if (inits->Get(i).name() == "pos_embed") {
+      inits->DeleteSubrange(i, 1);
+      break;
+    }
+  const std::string msg = load_error();
+  EXPECT_TRUE(Mentions(msg, "input 'pos_embed' is not a graph input, initializer or earlier output"));
+  EXPECT_TRUE(Mentions(msg, "node '/Add'"));
 }
 
 TEST_F(OnnxStructureErrors, OpsetOutsideTheSupportedRange) {

@@ -112,7 +112,8 @@ class Session {
   std::vector<float> run(const std::vector<float>& input, int64_t batch);
   // Plans memory for a batch size ahead of the first run (optional).
   void prepare(int64_t batch);
-  // Top-k classes of one image file, probabilities by softmax of the logits.
+  // Top-k classes of one image file, probabilities by softmax of the logits. Logits that are not
+  // finite are logged as a warning naming the image (once per session); NaN ranks last.
   std::vector<Prediction> classify(const std::string& image_path, int top_k = 5);
 
   // Per-layer wall time of the last run, when enabled (no timing calls otherwise).

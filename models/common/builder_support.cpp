@@ -30,6 +30,9 @@ std::vector<std::string> config_labels(const json* cfg, int64_t classes) {
   if (const json* names = config_find(cfg, "label_names"); names && names->is_array()) {
     for (const auto& n : *names) labels.push_back(n.is_string() ? n.get<std::string>() : n.dump());
   } else if (const json* m = config_find(cfg, "id2label"); m && m->is_object()) {
+    // One entry per class, as transformers writes it; checked first so that the class count
+    // (from a tensor's shape) cannot size an allocation the config does not back.
+    if (static_cast<int64_t>(m->size()) != classes) return labels;
     labels.assign(classes, "");
     for (const auto& [k, v] : m->items()) {
       int64_t id = -1;

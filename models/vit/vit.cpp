@@ -1,5 +1,6 @@
 #include "models/vit/vit.h"
 
+#include <charconv>
 #include <cmath>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -109,6 +110,42 @@ int64_t heads_from_architecture(const json* cfg) {
   return 0;
 }
 
+// The head count: config.json (num_heads, num_attention_heads), the file's __metadata__
+// (num_heads), the KSH tensors of a converted file ([heads, bits, anchors]) or a timm
+// architecture name. The weights of a plain ViT fit any divisor of dim, so there is no guess.
+int64_t heads_of(const WeightStore& w, const json* cfg, int64_t dim, std::string* source) {
+  if (int64_t h = config_int(cfg, {"num_heads", "num_attention_heads"}, 0); h > 0) {
+    *source = "config";
+    return h;
+  }
+  if (auto it = w.metadata.find("num_heads"); it != w.metadata.end()) {
+    int64_t h = 0;
+    const auto [end, ec] = std::from_chars(it->second.data(), it->second.data() + it->second.size(), h);
+    if (ec != std::errc() || end != it->second.data() + it->second.size() || h <= 0)
+      throw Error(w.source + ": __metadata__ num_heads '" + it->second + "' is not a positive integer");
+    *source = "file metadata";
+    return h;
+  }
+  for (int64_t i = 0; w.has("blocks." + std::to_string(i) + ".norm1.weight"); ++i) {
+    const std::string ksh = "blocks." + std::to_string(i) + ".attn.ksh.A";
+    if (w.has(ksh) && w.at(ksh).ndim() == 3 && w.at(ksh).dim(0) > 0) {
+      *source = "KSH tensors";
+      return w.at(ksh).dim(0);
+    }
+  }
+  if (int64_t h = heads_from_architecture(cfg); h > 0) {
+    *source = "architecture name";
+    return h;
+  }
+  if (dim == 1) {  // the one count that is not a choice
+    *source = "dim 1";
+    return 1;
+  }
+  throw Error(w.source + ": cannot tell the number of attention heads: the weights fit any divisor of dim " +
+              std::to_string(dim) + ". Put a config.json with {\"num_heads\": N} beside the model (Hugging "
+              "Face: \"num_attention_heads\"), or store \"num_heads\" in the safetensors __metadata__");
+}
+
 }  // namespace
 
 VitConfig infer_vit_config(const WeightStore& w, const json* cfg, const json* pre) {
@@ -146,24 +183,19 @@ VitConfig infer_vit_config(const WeightStore& w, const json* cfg, const json* pr
   for (const char* t : {".weight", ".codes", ".experts.0.weight"})
     if (w.has(std::string("blocks.0.mlp.fc1") + t)) c.mlp_hidden = expect(w, std::string("blocks.0.mlp.fc1") + t, 2).dim(0);
   if (c.mlp_hidden == 0) expect(w, "blocks.0.mlp.fc1.weight", 2);  // names the missing tensor
-  c.num_classes = expect(w, "head.weight", 2).dim(0);
+  const Tensor& head = expect(w, "head.weight", 2);
+  c.num_classes = head.dim(0);
   if (c.mlp_hidden <= 0 || c.num_classes <= 0)
     throw Error(w.source + ": 'blocks.0.mlp.fc1.weight' and 'head.weight' must have non-zero sizes");
+  // Checked before the class count sizes anything (labels), as the builder would check it later.
+  if (head.dim(1) != c.dim)
+    throw Error(w.source + ": 'head.weight' " + shape_str(head.shape()) + " does not read the embedding dim " +
+                std::to_string(c.dim) + "; expected [classes, " + std::to_string(c.dim) + "]");
   if (const json* act = config_find(cfg, "hidden_act"); act && act->is_string() && act->get<std::string>() != "gelu")
     throw Error(w.source + ": config hidden_act '" + act->get<std::string>() +
                 "' is not supported (only the exact erf GELU, \"gelu\")");
 
-  c.heads = config_int(cfg, {"num_heads", "num_attention_heads"}, 0);
-  c.heads_source = "config";
-  if (c.heads == 0) c.heads = heads_from_architecture(cfg);
-  if (c.heads == 0) {
-    c.heads = c.dim % 64 == 0 ? c.dim / 64 : 0;
-    c.heads_source = "head dim 64 convention";
-    if (c.heads == 0)
-      throw Error(w.source + ": cannot tell the number of attention heads: dim " +
-                  std::to_string(c.dim) + " is not a multiple of 64; put a config.json with "
-                  "\"num_heads\" (timm) or \"num_attention_heads\" (Hugging Face) beside the model");
-  }
+  c.heads = heads_of(w, cfg, c.dim, &c.heads_source);
   if (c.dim % c.heads != 0)
     throw Error(w.source + ": dim " + std::to_string(c.dim) + " is not divisible by " +
                 std::to_string(c.heads) + " heads");

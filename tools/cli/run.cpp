@@ -1,5 +1,8 @@
 // shiftadd run MODEL --input X.npy --output Y.npy : logits for preprocessed pixels.
+#include <algorithm>
+#include <cmath>
 #include <filesystem>
+#include <iostream>
 
 #include "cli.h"
 #include "shiftadd/shiftadd.h"
@@ -41,6 +44,17 @@ void register_run(CLI::App& app) {
     Array y;
     y.shape = {x.shape[0], mi.num_classes};
     y.data = session.run(x.data, x.shape[0]);
+    auto not_finite = [](const std::vector<float>& v) {
+      return std::count_if(v.begin(), v.end(), [](float f) { return !std::isfinite(f); });
+    };
+    if (const auto bad = not_finite(y.data)) {
+      const auto bad_in = not_finite(x.data);
+      std::cerr << "shiftadd: warning: " << o->input << ": " << bad << " of the " << y.data.size()
+                << " logits are not finite (NaN or Inf)"
+                << (bad_in ? "; the input holds " + std::to_string(bad_in) + " NaN/Inf values"
+                           : std::string("; the input is finite: the model's weights hold NaN/Inf or it overflows"))
+                << "\n";
+    }
     save_npy_f32(o->output, y);
   });
 }

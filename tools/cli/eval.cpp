@@ -44,8 +44,8 @@ void register_eval(CLI::App& app) {
       ->required();
   sub->add_option("-s,--split", o->split, "IDX directories: which files, train (train-*) or test (t10k-*, test-*)")
       ->check(CLI::IsMember({"train", "test"}));
-  sub->add_option("-n,--limit", o->limit, "Only the first N samples (0 = all)")->check(CLI::NonNegativeNumber);
-  sub->add_option("-b,--batch", o->batch, "Images per inference run")->check(CLI::PositiveNumber);
+  sub->add_option("-n,--limit", o->limit, "Only the first N samples (0 = all)")->check(kNonNegative);
+  sub->add_option("-b,--batch", o->batch, "Images per inference run")->check(kPositive);
   sub->add_option("--labels", o->labels, "Labels file (IDX idx1 or .npy) instead of the one found beside DATA");
   sub->add_flag("--json", o->json, "One JSON line: top1, top5, images, images_per_s, model, data, ...");
   add_threads_option(*sub, o->run);

@@ -21,7 +21,8 @@ from . import _core
 from ._core import Error, default_model_path, set_verbosity
 from ._export import export
 
-__all__ = ["Error", "Model", "Session", "Prediction", "convert", "eval", "export", "version",
+# eval is left out of __all__ so that `from shiftadd import *` does not hide the builtin.
+__all__ = ["Error", "Model", "Session", "Prediction", "convert", "export", "version",
            "default_model_path", "set_verbosity"]
 __version__ = _core.version()
 

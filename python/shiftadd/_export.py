@@ -64,8 +64,8 @@ def _timm_config(module: Any, state: Mapping[str, Any]) -> dict:
                "layer_norm_eps": float(module.norm.eps)}
     elif "stages.0.blocks.0.attn.q.weight" in state:  # PVTv2
         in_chans = int(module.patch_embed.proj.in_channels)
-        pre = _timm_preprocess(module, in_chans, 224)
-        img_size = int(pre["input_size"][-1])
+        # PVTv2 takes any size: the one it was made for is in its pretrained_cfg.
+        img_size = int(((getattr(module, "pretrained_cfg", None) or {}).get("input_size") or (3, 224, 224))[-1])
         cfg = {"architecture": arch, "num_heads": [int(s.blocks[0].attn.num_heads) for s in module.stages],
                "img_size": img_size, "in_chans": in_chans, "num_classes": int(module.num_classes),
                "layer_norm_eps": float(module.stages[0].norm.eps) if hasattr(module.stages[0].norm, "eps") else 1e-6}
@@ -161,6 +161,9 @@ def export(model: Any, out_dir: str | os.PathLike, config: Optional[Mapping[str,
     if labels is not None and not hf:
         cfg["label_names"] = [str(n) for n in labels]
     cfg.update(config or {})
+    size = cfg.get("img_size")
+    if isinstance(cfg.get("pretrained_cfg"), dict) and isinstance(size, int):  # keep the two in step
+        cfg["pretrained_cfg"]["input_size"] = [cfg["pretrained_cfg"]["input_size"][0], size, size]
 
     tensors = {}
     for name, t in state.items():

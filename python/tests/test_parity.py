@@ -65,6 +65,8 @@ def test_export_timm_pvt_v2(shiftadd, tmp_path):
                             num_heads=[1, 2, 5, 8], depths=[1, 1, 1, 1])
     m = shiftadd.export(net, tmp_path / "pvt", config={"img_size": 64})
     assert m.inspect()["architecture"] == "pvt_v2" and m.input_shape == (3, 64, 64)
+    cfg = json.loads((tmp_path / "pvt" / "config.json").read_text())
+    assert cfg["num_heads"] == [1, 2, 5, 8] and cfg["pretrained_cfg"]["input_size"] == [3, 64, 64]
     x = np.random.default_rng(2).standard_normal((2, 3, 64, 64)).astype(np.float32)
     assert rel_error(m.session().run(x), torch_logits(net, x)) <= 1e-4
 

@@ -738,6 +738,15 @@ Report convert_model(const Options& o) {
   }
   rep.logit_rel_error = diff / std::max(ref, 1e-30);
   rep.top1_agreement = static_cast<double>(agree) / static_cast<double>(N);
+  if (rep.top1_agreement < kTop1AgreementWarning) {
+    char w[400];
+    std::snprintf(w, sizeof w,
+                  "top-1 agreement with the dense model collapsed to %.1f%% (below %.0f%%): fine-tune the "
+                  "converted model with tools/finetune_shiftadd.py (docs/accuracy.md), or convert fewer "
+                  "layers (e.g. --mlp moe, --attn dense)",
+                  100 * rep.top1_agreement, 100 * kTop1AgreementWarning);
+    rep.warnings.push_back(w);
+  }
   std::error_code ec;
   rep.input_bytes = static_cast<int64_t>(fs::file_size(info.path, ec));
   rep.output_bytes = static_cast<int64_t>(fs::file_size(o.output, ec));
@@ -766,7 +775,8 @@ json Report::to_json() const {
               {"top1_agreement", top1_agreement},
               {"input_bytes", input_bytes},
               {"output_bytes", output_bytes},
-              {"seconds", seconds}};
+              {"seconds", seconds},
+              {"warnings", warnings}};
 }
 
 void Report::save_json(const std::string& path, bool overwrite) const {
@@ -796,6 +806,7 @@ std::string Report::to_table() const {
                 static_cast<long long>(calib_images), logit_rel_error, 100 * top1_agreement, input.c_str(),
                 input_bytes / 1e6, output.c_str(), output_bytes / 1e6, seconds);
   s << line;
+  for (const std::string& w : warnings) s << "warning: " << w << "\n";
   return s.str();
 }
 

@@ -12,6 +12,7 @@
 #include "engine/log.h"
 
 #include "engine/backend.h"
+#include "engine/cuda_module.h"
 #include "engine/executor.h"
 #include "kernels/kernels.h"
 #include "loaders/image.h"
@@ -399,7 +400,6 @@ struct Session::Impl {
 };
 
 namespace {
-#ifdef SHIFTADD_HAS_CUDA
 // CUDA options from the environment: SHIFTADD_CUDA_MATH = fp32 (default) | tf32 | fp16 for the
 // dense GEMMs, SHIFTADD_CUDA_GRAPHS = 0 to run every forward eagerly, SHIFTADD_CUDA_DEVICE = n.
 CudaOptions cuda_options(kernels::ShiftMode mode) {
@@ -416,7 +416,6 @@ CudaOptions cuda_options(kernels::ShiftMode mode) {
   if (const char* d = std::getenv("SHIFTADD_CUDA_DEVICE"); d && *d) o.device = std::atoi(d);
   return o;
 }
-#endif
 }  // namespace
 
 Session::Session(std::shared_ptr<const Model> model, SessionOptions options) {
@@ -424,10 +423,9 @@ Session::Session(std::shared_ptr<const Model> model, SessionOptions options) {
   const kernels::ShiftMode mode =
       options.mode == ShiftMode::Fast ? kernels::ShiftMode::Fast : kernels::ShiftMode::Exact;
   if (options.device == Device::CUDA) {
-#ifdef SHIFTADD_HAS_CUDA
     std::unique_ptr<Backend> backend;
     try {
-      backend = make_cuda_backend(cuda_options(mode));
+      backend = cuda_module().make_backend(cuda_options(mode));
     } catch (const Error& e) {
       throw Error(std::string("Session: --device cuda: ") + e.what());
     }
@@ -435,10 +433,6 @@ Session::Session(std::shared_ptr<const Model> model, SessionOptions options) {
     impl_ = std::make_unique<Impl>(std::move(model), std::move(backend));
     logger().info("session: CUDA backend (one stream, cuBLAS)");
     return;
-#else
-    throw Error("Session: --device cuda: this build has no CUDA backend (configure with -DSHIFTADD_CUDA=ON on a "
-                "machine with the CUDA toolkit)");
-#endif
   }
   impl_ = std::make_unique<Impl>(std::move(model), make_cpu_backend(options.threads, mode));
   logger().info("session: {} thread(s), CPU kernels {}", options.threads > 0 ? options.threads : static_cast<int>(std::thread::hardware_concurrency()),
@@ -452,24 +446,35 @@ const Model& Session::model() const { return *impl_->model; }
 
 void Session::prepare(int64_t batch) { impl_->executor.prepare(batch); }
 
+namespace {
+void check_top_k(int k) {
+  if (k < 1) throw Error("top_k: k must be >= 1 (classes to return), got " + std::to_string(k));
+}
+void check_batch(int64_t batch) {
+  if (batch < 1) throw Error("Session::run: batch must be >= 1 (images in the input), got " + std::to_string(batch));
+}
+}  // namespace
+
 void Session::run(const float* input, int64_t batch, float* logits) {
-  if (batch <= 0) throw Error("batch size must be positive, got " + std::to_string(batch));
+  check_batch(batch);
   impl_->executor.run(batch, input, logits);
 }
 
 std::vector<float> Session::run(const std::vector<float>& input, int64_t batch) {
+  check_batch(batch);
   const ModelInfo& mi = impl_->model->info();
   const int64_t per = mi.in_chans * mi.image_size * mi.image_size;
-  if (batch <= 0 || static_cast<int64_t>(input.size()) != batch * per)
-    throw Error("input has " + std::to_string(input.size()) + " values; expected batch x " +
-                std::to_string(mi.in_chans) + " x " + std::to_string(mi.image_size) + " x " +
-                std::to_string(mi.image_size) + " = " + std::to_string(std::max<int64_t>(batch, 0) * per));
+  if (static_cast<int64_t>(input.size()) != batch * per)
+    throw Error("Session::run: input has " + std::to_string(input.size()) + " values; expected batch " +
+                std::to_string(batch) + " x " + std::to_string(mi.in_chans) + " x " + std::to_string(mi.image_size) +
+                " x " + std::to_string(mi.image_size) + " = " + std::to_string(batch * per));
   std::vector<float> logits(static_cast<size_t>(batch * mi.num_classes));
   run(input.data(), batch, logits.data());
   return logits;
 }
 
 std::vector<Prediction> Session::classify(const std::string& image_path, int k) {
+  check_top_k(k);
   const std::vector<float> pixels = impl_->model->preprocess_image(image_path);
   const std::vector<float> logits = run(pixels, 1);
   if (!impl_->warned_not_finite &&
@@ -509,6 +514,8 @@ std::vector<double> Session::layer_ms() const {
 
 std::vector<Prediction> top_k(const float* logits, int64_t classes,
                               const std::vector<std::string>& labels, int k) {
+  check_top_k(k);
+  if (!logits || classes < 1) throw Error("top_k: expected at least one logit, got " + std::to_string(classes));
   // Softmax that stays a ranking for non-finite logits: NaN ranks last, +Inf takes all the mass.
   auto key = [&](int64_t i) { return std::isnan(logits[i]) ? -INFINITY : static_cast<double>(logits[i]); };
   double mx = -INFINITY;
@@ -519,7 +526,7 @@ std::vector<Prediction> top_k(const float* logits, int64_t classes,
     sum += p[i] = std::isinf(mx) ? (key(i) == mx ? 1.0 : 0.0) : std::exp(key(i) - mx);
   std::vector<int> idx(classes);
   for (int64_t i = 0; i < classes; ++i) idx[i] = static_cast<int>(i);
-  k = static_cast<int>(std::clamp<int64_t>(k, 1, classes));
+  k = static_cast<int>(std::min<int64_t>(k, classes));
   std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int a, int b) { return p[a] > p[b]; });
   std::vector<Prediction> out;
   for (int i = 0; i < k; ++i) {
@@ -531,9 +538,7 @@ std::vector<Prediction> top_k(const float* logits, int64_t classes,
 }
 
 Array load_npy_f32(const std::string& path) {
-  const Tensor t = load_npy(path);
-  if (t.dtype() != DType::F32)
-    throw Error(path + ": expected a float32 array ('<f4'), found " + std::string(dtype_name(t.dtype())));
+  const Tensor t = load_npy(path, {DType::F32});
   Array a;
   a.shape = t.shape();
   a.data.assign(t.data<float>(), t.data<float>() + t.numel());
@@ -545,6 +550,21 @@ void save_npy_f32(const std::string& path, const Array& a) {
     throw Error(path + ": array shape " + shape_str(a.shape) + " does not match its " +
                 std::to_string(a.data.size()) + " values");
   save_npy(path, Tensor::borrow(const_cast<float*>(a.data.data()), DType::F32, a.shape, nullptr));
+}
+
+std::string model_info_json(const ModelInfo& mi) {
+  json j{{"path", mi.path}, {"format", mi.format}, {"naming", mi.naming},
+         {"architecture", mi.architecture}, {"image_size", mi.image_size},
+         {"patch_size", mi.patch_size}, {"in_chans", mi.in_chans}, {"dim", mi.dim},
+         {"depth", mi.depth}, {"heads", mi.heads}, {"mlp_hidden", mi.mlp_hidden},
+         {"num_classes", mi.num_classes}, {"tokens", mi.tokens},
+         {"layer_norm_eps", mi.layer_norm_eps}, {"params", mi.params},
+         {"dtypes", mi.stored_dtypes}, {"labels", mi.labels}, {"layers", json::array()}};
+  for (const auto& l : mi.layers)
+    j["layers"].push_back({{"name", l.name}, {"op", l.op}, {"kind", l.kind},
+                           {"out_shape", l.out_shape}, {"params", l.params},
+                           {"detail", l.detail}});
+  return j.dump();
 }
 
 std::string default_model_path() { return (fs::path(data_dir()) / "fashion_vit").string(); }

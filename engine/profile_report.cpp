@@ -237,13 +237,52 @@ std::string profile_trace(const std::vector<ProfileReport>& reports) {
   return doc.dump() + "\n";
 }
 
+namespace {
+
+// Bar colour of a layer kind ("dense linear", "MoE linear", "KSH attention", ...): fixed for the
+// kinds this engine has, so pages compare; anything else gets a grey.
+const char* kind_colour(const std::string& kind) {
+  static const std::pair<const char*, const char*> kColours[] = {
+      {"dense linear", "#3b7dd8"},      {"shift linear", "#2ca02c"}, {"MoE linear", "#9467bd"},
+      {"softmax attention", "#d62728"}, {"KSH attention", "#e377c2"}, {"conv", "#8c564b"},
+      {"norm", "#bcbd22"},              {"elementwise", "#17becf"},  {"pool", "#7f7f7f"}};
+  for (const auto& [k, c] : kColours)
+    if (kind == k) return c;
+  for (const auto& [k, c] : kColours)  // e.g. "depthwise conv", "token embedding"
+    if (kind.find(k) != std::string::npos) return c;
+  return "#999999";
+}
+
+// Rows of one batch's panels: the union of their layer names, in the order of the first panel
+// and each later panel's extra layers after their predecessor, so --compare rows align by name.
+std::vector<std::string> aligned_rows(const std::vector<const ProfileReport*>& panels) {
+  std::vector<std::string> rows;
+  for (const ProfileReport* r : panels) {
+    size_t at = 0;  // insertion point: after the last matched row
+    for (const LayerProfile& l : r->layers) {
+      const auto it = std::find(rows.begin(), rows.end(), l.name);
+      if (it != rows.end()) {
+        at = static_cast<size_t>(it - rows.begin()) + 1;
+      } else {
+        rows.insert(rows.begin() + static_cast<std::ptrdiff_t>(at), l.name);
+        ++at;
+      }
+    }
+  }
+  return rows;
+}
+
+}  // namespace
+
 std::string profile_html(const std::vector<ProfileReport>& reports) {
   // Common scales over every report on the page, so panels side by side compare directly.
   double max_ms = 0, max_pj = 0;
+  std::vector<std::string> kinds;
   for (const auto& r : reports)
     for (const auto& l : r.layers) {
       max_ms = std::max(max_ms, l.ms);
       max_pj = std::max(max_pj, l.energy_pj);
+      if (std::find(kinds.begin(), kinds.end(), l.kind) == kinds.end()) kinds.push_back(l.kind);
     }
   if (max_ms <= 0) max_ms = 1;
   if (max_pj <= 0) max_pj = 1;
@@ -261,20 +300,33 @@ std::string profile_html(const std::vector<ProfileReport>& reports) {
        ".panel h3{margin:4px 0;font-size:14px;word-break:break-all}\n"
        ".summary{font-size:12px;margin:4px 0 8px 0}\n"
        "svg text{font-size:10px;font-family:monospace}\n"
-       ".bar.time{fill:#3b7dd8}.bar.energy{fill:#e8892b}\n"
-       ".legend span{display:inline-block;width:12px;height:12px;vertical-align:middle;margin:0 4px 0 12px}\n"
+       ".bar.energy{opacity:.55}.missing{fill:#aaa}\n"
+       ".mix.mults{fill:#d62728}.mix.adds{fill:#2ca02c}.mix.shifts{fill:#1f77b4}.mix.other{fill:#c7c7c7}\n"
+       ".legend{font-size:12px}.legend span{display:inline-block;width:12px;height:12px;vertical-align:middle;"
+       "margin:0 4px 0 12px}\n"
        "</style></head><body>\n"
        "<h1>shiftadd profile</h1>\n"
-       "<p class=\"legend\"><span style=\"background:#3b7dd8\"></span>time per layer (ms, mean over the fastest 3/4 of the runs)"
-       "<span style=\"background:#e8892b\"></span>modelled energy per layer (&micro;J per run: operations "
-       "&times; unit energy + DRAM bytes). Bars share one scale across panels.</p>\n";
-  const int row_h = 14, label_w = 200, bar_w = 180, gap = 60, top = 18;
+       "<p class=\"legend\">Per layer: time (ms, mean over the fastest 3/4 of the runs), modelled energy "
+       "(&micro;J per run: operations &times; unit energy + DRAM bytes; lighter bar) and the operation mix. "
+       "Bars share one scale across panels; rows of panels side by side are aligned by layer name "
+       "(&mdash; where a model has no such layer).</p>\n<p class=\"legend\">Layer kinds:";
+  for (const std::string& k : kinds)
+    h << "<span style=\"background:" << kind_colour(k) << "\"></span>" << xml_escape(k);
+  h << "</p>\n<p class=\"legend\">Operation mix:<span style=\"background:#d62728\"></span>"
+       "multiplications<span style=\"background:#2ca02c\"></span>additions<span style=\"background:#1f77b4\">"
+       "</span>shifts<span style=\"background:#c7c7c7\"></span>other (exp, divide, ...)</p>\n";
+  const int row_h = 14, label_w = 200, bar_w = 180, mix_w = 120, gap = 60, top = 18;
   for (int64_t b : batches) {
+    std::vector<const ProfileReport*> panels;
+    for (const auto& r : reports)
+      if (r.batch == b) panels.push_back(&r);
+    const std::vector<std::string> rows = aligned_rows(panels);
     h << "<section class=\"batch\"><h2>batch " << b << "</h2><div class=\"row\">\n";
-    for (const auto& r : reports) {
-      if (r.batch != b) continue;
-      const int n = static_cast<int>(r.layers.size());
-      const int width = label_w + 2 * (bar_w + gap), height = top + n * row_h + 4;
+    for (const ProfileReport* rp : panels) {
+      const ProfileReport& r = *rp;
+      const int n = static_cast<int>(rows.size());
+      const int x_energy = label_w + bar_w + gap, x_mix = x_energy + bar_w + gap;
+      const int width = x_mix + mix_w + 8, height = top + n * row_h + 4;
       h << "<div class=\"panel\" data-model=\"" << xml_escape(r.model) << "\">\n<h3>" << xml_escape(r.model)
         << "</h3>\n<p class=\"summary\">" << xml_escape(r.device) << ", " << xml_escape(r.simd) << ", "
         << r.threads << " threads, " << xml_escape(r.mode) << " mode, " << r.runs << " runs: <b>"
@@ -284,30 +336,54 @@ std::string profile_html(const std::vector<ProfileReport>& reports) {
         << " &micro;J</b> per image; measured " << xml_escape(measured_text(r)) << "</p>\n";
       h << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << width << "\" height=\"" << height
         << "\" viewBox=\"0 0 " << width << " " << height << "\" role=\"img\">\n";
-      h << "<text x=\"" << label_w << "\" y=\"12\">time (ms)</text><text x=\"" << label_w + bar_w + gap
-        << "\" y=\"12\">energy (&#181;J)</text>\n";
+      h << "<text x=\"" << label_w << "\" y=\"12\">time (ms)</text><text x=\"" << x_energy
+        << "\" y=\"12\">energy (&#181;J)</text><text x=\"" << x_mix << "\" y=\"12\">operation mix</text>\n";
       for (int i = 0; i < n; ++i) {
-        const LayerProfile& l = r.layers[i];
         const int y = top + i * row_h;
+        const std::string& row_name = rows[i];
+        std::string label = row_name.size() > 36 ? row_name.substr(0, 35) + "~" : row_name;
+        const auto it = std::find_if(r.layers.begin(), r.layers.end(),
+                                     [&](const LayerProfile& l) { return l.name == row_name; });
+        if (it == r.layers.end()) {
+          h << "<g class=\"layer missing\" data-layer=\"" << xml_escape(row_name) << "\"><text class=\"missing\" x=\""
+            << label_w - 4 << "\" y=\"" << y + 10 << "\" text-anchor=\"end\">" << xml_escape(label)
+            << "</text><text class=\"missing\" x=\"" << label_w << "\" y=\"" << y + 10 << "\">&#8212;</text></g>\n";
+          continue;
+        }
+        const LayerProfile& l = *it;
         const std::string name = xml_escape(l.name);
-        std::string label = l.name.size() > 36 ? l.name.substr(0, 35) + "~" : l.name;
+        const char* colour = kind_colour(l.kind);
         const double tw = bar_w * l.ms / max_ms, ew = bar_w * l.energy_pj / max_pj;
-        h << "<g class=\"layer\" data-layer=\"" << name << "\">"
-          << "<text x=\"" << label_w - 4 << "\" y=\"" << y + 10 << "\" text-anchor=\"end\">"
-          << xml_escape(label) << "</text>"
-          << "<rect class=\"bar time\" data-bar=\"time\" x=\"" << label_w << "\" y=\"" << y + 2
-          << "\" width=\"" << fmt("%.2f", tw) << "\" height=\"" << row_h - 4 << "\"><title>" << name << " ("
-          << xml_escape(l.kind) << "): " << fmt("%.4f", l.ms) << " ms, " << fmt("%.1f", 100 * l.share)
+        h << "<g class=\"layer\" data-layer=\"" << name << "\" data-kind=\"" << xml_escape(l.kind) << "\">"
+          << "<text x=\"" << label_w - 4 << "\" y=\"" << y + 10 << "\" text-anchor=\"end\">" << xml_escape(label)
+          << "</text>"
+          << "<rect class=\"bar time\" data-bar=\"time\" fill=\"" << colour << "\" x=\"" << label_w << "\" y=\""
+          << y + 2 << "\" width=\"" << fmt("%.2f", tw) << "\" height=\"" << row_h - 4 << "\"><title>" << name
+          << " (" << xml_escape(l.kind) << "): " << fmt("%.4f", l.ms) << " ms, " << fmt("%.1f", 100 * l.share)
           << "%</title></rect>"
           << "<text x=\"" << fmt("%.2f", label_w + tw + 3) << "\" y=\"" << y + 10 << "\">" << fmt("%.3f", l.ms)
           << "</text>"
-          << "<rect class=\"bar energy\" data-bar=\"energy\" x=\"" << label_w + bar_w + gap << "\" y=\"" << y + 2
-          << "\" width=\"" << fmt("%.2f", ew) << "\" height=\"" << row_h - 4 << "\"><title>" << name << ": "
-          << human(double(l.ops.mults)) << " mults, " << human(double(l.ops.adds)) << " adds, "
-          << human(double(l.ops.shifts)) << " shifts, " << fmt("%.3f", l.energy_pj * 1e-6)
-          << " uJ</title></rect>"
-          << "<text x=\"" << fmt("%.2f", label_w + bar_w + gap + ew + 3) << "\" y=\"" << y + 10 << "\">"
-          << fmt("%.3f", l.energy_pj * 1e-6) << "</text></g>\n";
+          << "<rect class=\"bar energy\" data-bar=\"energy\" fill=\"" << colour << "\" x=\"" << x_energy << "\" y=\""
+          << y + 2 << "\" width=\"" << fmt("%.2f", ew) << "\" height=\"" << row_h - 4 << "\"><title>" << name
+          << ": " << fmt("%.3f", l.energy_pj * 1e-6) << " uJ</title></rect>"
+          << "<text x=\"" << fmt("%.2f", x_energy + ew + 3) << "\" y=\"" << y + 10 << "\">"
+          << fmt("%.3f", l.energy_pj * 1e-6) << "</text>";
+        // Operation mix: shares of this layer's operations, as one stacked bar.
+        const double total = double(l.ops.mults) + double(l.ops.adds) + double(l.ops.shifts) + double(l.ops.other_ops);
+        const std::pair<const char*, double> parts[] = {{"mults", double(l.ops.mults)},
+                                                        {"adds", double(l.ops.adds)},
+                                                        {"shifts", double(l.ops.shifts)},
+                                                        {"other", double(l.ops.other_ops)}};
+        double x = x_mix;
+        for (const auto& [cls, count] : parts) {
+          if (total <= 0 || count <= 0) continue;
+          const double w = mix_w * count / total;
+          h << "<rect class=\"mix " << cls << "\" data-bar=\"mix-" << cls << "\" x=\"" << fmt("%.2f", x) << "\" y=\""
+            << y + 2 << "\" width=\"" << fmt("%.2f", w) << "\" height=\"" << row_h - 4 << "\"><title>" << name
+            << ": " << human(count) << " " << cls << " (" << fmt("%.1f", 100 * count / total) << "%)</title></rect>";
+          x += w;
+        }
+        h << "</g>\n";
       }
       h << "</svg>\n</div>\n";
     }

@@ -2,6 +2,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <bit>
 #include <cerrno>
 #include <cstdio>
@@ -45,10 +46,12 @@ std::optional<DType> dtype_from_descr(std::string_view descr) {
   return std::nullopt;
 }
 
-std::string supported_descrs() {
+// The descrs of `accepted` (empty: every dtype this reader knows).
+std::string supported_descrs(const std::vector<DType>& accepted = {}) {
   std::string list;
   for (const DescrRow& row : kDescrs)
-    list += (list.empty() ? "'" : ", '") + std::string(row.descr) + "'";
+    if (accepted.empty() || std::find(accepted.begin(), accepted.end(), row.dtype) != accepted.end())
+      list += (list.empty() ? "'" : ", '") + std::string(row.descr) + "' (" + std::string(dtype_name(row.dtype)) + ")";
   return list;
 }
 
@@ -201,7 +204,7 @@ std::string shape_repr(const Shape& shape) {  // Python tuple syntax: (), (3,), 
 
 }  // namespace
 
-Tensor load_npy(const std::string& path) {
+Tensor load_npy(const std::string& path, const std::vector<DType>& accepted) {
   std::unique_ptr<std::FILE, FileCloser> file(std::fopen(path.c_str(), "rb"));
   if (!file) throw Error(path + ": cannot open: " + std::strerror(errno));
   struct stat st;
@@ -233,6 +236,8 @@ Tensor load_npy(const std::string& path) {
   NpyHeader header = HeaderParser(header_text, path).parse();
 
   std::optional<DType> dtype = dtype_from_descr(header.descr);
+  if (!accepted.empty() && (!dtype || std::find(accepted.begin(), accepted.end(), *dtype) == accepted.end()))
+    throw Error(path + ": dtype '" + header.descr + "' is not accepted here; expected " + supported_descrs(accepted));
   if (!dtype) {
     std::string why = header.descr.starts_with(">") ? " (big-endian data is not supported)"
                       : header.descr.find('O') != std::string::npos

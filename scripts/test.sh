@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# Sets up and runs every test from scratch: installs the build dependencies, builds (Release),
-# runs the CTest suite, fuzzes each parser briefly (SHIFTADD_FUZZ_SECONDS per target, default
-# 30), then rebuilds with AddressSanitizer + UBSan, the CUDA backend on cudasim
-# (tests/cudasim: its kernels run on the CPU), and runs the tests again.
+# Sets up and runs every test from scratch: installs the build dependencies and the Python test
+# environment (.venv), builds (Release), runs the CTest suite, installs the Python package into
+# .venv (pip install .) and runs pytest (its API, parity with PyTorch, and the Triton serving
+# example), fuzzes each parser briefly (SHIFTADD_FUZZ_SECONDS per target, default 30), then
+# rebuilds with AddressSanitizer + UBSan, the CUDA backend on cudasim (tests/cudasim: its kernels
+# run on the CPU), and runs the C++ tests again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh --build-only
+bash scripts/install-deps.sh --test
 jobs=$(nproc)
 
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j "$jobs"
 ctest --test-dir build --output-on-failure
+
+# The Python package as users install it (build-py keeps its build between runs).
+.venv/bin/python -m pip install --quiet --disable-pip-version-check . --config-settings=build-dir=build-py
+.venv/bin/python -m pytest -p no:cacheprovider python/tests examples/serving
 
 # Fuzzing smoke run: each parser's libFuzzer harness (tests/fuzz, built with clang, ASan + UBSan)
 # for a bounded time from its seeds and every earlier finding; a new finding fails the run.

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "shiftadd/shiftadd.h"
 #include "test_util.h"
@@ -217,3 +218,156 @@ TEST(Cli, BadModelAndBadFlags) {
 }
 
 }  // namespace
+
+// ----- what a new user ran into ---------------------------------------------------------------
+
+namespace {
+size_t count_of_lines_with(const std::string& text, const std::string& needle) {
+  std::istringstream in(text);
+  size_t n = 0;
+  for (std::string line; std::getline(in, line);) n += line.find(needle) != std::string::npos;
+  return n;
+}
+
+fs::path fresh_dir(const char* name) {
+  const fs::path d = temp_dir() / name;
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+}  // namespace
+
+TEST(CliNewUser, VersionAndUnknownSubcommand) {
+  const Result v = shiftadd_cli("--version");
+  EXPECT_EQ(v.code, 0);
+  EXPECT_NE(v.out.find("shiftadd " + shiftadd::version()), std::string::npos) << v.out;
+  const Result u = shiftadd_cli("clasify x.png");
+  EXPECT_NE(u.code, 0);
+  EXPECT_NE(u.out.find("unknown subcommand 'clasify' (did you mean 'classify'?)"), std::string::npos) << u.out;
+  const Result far = shiftadd_cli("frobnicate");
+  EXPECT_NE(far.out.find("unknown subcommand 'frobnicate'; subcommands: classify"), std::string::npos) << far.out;
+}
+
+TEST(CliNewUser, RangeErrorsNameTheValueNotDblMax) {
+  const Result r = shiftadd_cli("bench " + kModel + " --runs -1");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("--runs: expected a number > 0, got '-1'"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("179769"), std::string::npos) << r.out;
+  const Result t = shiftadd_cli("run " + kModel + " -i x.npy -o y.npy --threads -2");
+  EXPECT_NE(t.out.find("expected a number >= 0, got '-2'"), std::string::npos) << t.out;
+}
+
+TEST(CliNewUser, NpyDtypeErrorListsOnlyWhatIsAccepted) {
+  const fs::path d = fresh_dir("npy_dtype");
+  // A float64 (1, 1, 28, 28) array, as np.save writes it.
+  std::string header = "{'descr': '<f8', 'fortran_order': False, 'shape': (1, 1, 28, 28), }";
+  header += std::string(118 - header.size(), ' ') + "\n";
+  std::ofstream f(d / "x64.npy", std::ios::binary);
+  f << "\x93NUMPY" << char(1) << char(0) << char(header.size() & 255) << char(header.size() >> 8) << header
+    << std::string(28 * 28 * 8, '\0');
+  f.close();
+  const Result r = shiftadd_cli("run " + kModel + " -i " + (d / "x64.npy").string() + " -o " + (d / "y.npy").string());
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("dtype '<f8' is not accepted here; expected '<f4' (F32)"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("'<i8'"), std::string::npos) << r.out;
+}
+
+TEST(CliNewUser, BenchJsonTimeBasedAndRealInput) {
+  const Result r = shiftadd_cli("bench " + kModel + " --runs 5 --warmup 1 -t 1 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  for (const char* k : {"mode", "device", "mean_ms", "median_ms", "p90_ms", "p99_ms", "min_ms", "max_ms",
+                        "images_per_s", "runs", "input"})
+    EXPECT_TRUE(j.contains(k)) << k << " in " << r.out;
+  EXPECT_EQ(j["mode"], "exact");
+  EXPECT_EQ(j["device"], "cpu");
+  EXPECT_EQ(j["runs"], 5);
+  EXPECT_LE(j["min_ms"].get<double>(), j["p90_ms"].get<double>());
+  EXPECT_LE(j["p90_ms"].get<double>(), j["p99_ms"].get<double>());
+  // --seconds: as many runs as fit; --input: the batch is the file's.
+  const fs::path d = fresh_dir("bench_input");
+  shiftadd::Array x;
+  x.shape = {3, 1, 28, 28};
+  x.data.assign(3 * 28 * 28, 0.5f);
+  shiftadd::save_npy_f32((d / "x.npy").string(), x);
+  const Result s = shiftadd_cli("bench " + kModel + " --seconds 0.3 -t 1 --json -i " + (d / "x.npy").string());
+  ASSERT_EQ(s.code, 0) << s.out;
+  const nlohmann::json js = nlohmann::json::parse(s.out);
+  EXPECT_EQ(js["batch"], 3);
+  EXPECT_GT(js["runs"].get<int>(), 1);
+  EXPECT_EQ(js["seconds"], 0.3);
+  const Result bad = shiftadd_cli("bench " + kModel + " --batch 2 -i " + (d / "x.npy").string());
+  EXPECT_NE(bad.out.find("holds 3 images; --batch must be that"), std::string::npos) << bad.out;
+}
+
+TEST(CliNewUser, ClassifyFolderGoesOnPastABadFile) {
+  const fs::path d = fresh_dir("classify_folder");
+  int n = 0;
+  for (const auto& e : fs::directory_iterator(kSamples))
+    if (e.path().extension() == ".png" && n < 3) fs::copy_file(e.path(), d / e.path().filename()), ++n;
+  std::ofstream(d / "0001_broken.png") << "not a png";
+  std::ofstream(d / "notes.txt") << "ignored";
+  const Result r = shiftadd_cli("classify " + d.string() + " --top 1 --json");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_EQ(count_of_lines_with(r.out, "\"top\""), 3u) << r.out;
+  EXPECT_NE(r.out.find("\"error\""), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("classify: 1 of 4 images failed: " + (d / "0001_broken.png").string()), std::string::npos)
+      << r.out;
+  fs::remove(d / "0001_broken.png");
+  EXPECT_EQ(shiftadd_cli("classify " + kModel + " " + d.string() + " --top 1").code, 0);
+}
+
+TEST(CliNewUser, ConvertRefusesExistingReportBeforeWritingAnything) {
+  const fs::path d = fresh_dir("convert_report");
+  std::ofstream(d / "report.json") << "{\"mine\": true}";
+  const fs::path out = d / "out.safetensors";
+  const Result r = shiftadd_cli("convert " + kModel + " " + out.string() + " --calib " + SHIFTADD_SOURCE_DIR +
+                                "/tests/fixtures/idx --calib-split test --calib-count 8 --report " +
+                                (d / "report.json").string());
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("--report " + (d / "report.json").string() + ": file already exists"), std::string::npos)
+      << r.out;
+  EXPECT_FALSE(fs::exists(out)) << "the model was written before the --report check";
+}
+
+TEST(CliNewUser, InspectColumnsAreAligned) {
+  const Result r = shiftadd_cli("inspect " + std::string(SHIFTADD_SOURCE_DIR) +
+                                "/tests/fixtures/goldens/shiftadd_pvt_moe_64/model.safetensors");
+  ASSERT_EQ(r.code, 0) << r.out;
+  // Every row of the layer table has its "op" column at the header's offset.
+  std::istringstream in(r.out);
+  size_t op_col = std::string::npos;
+  int rows = 0;
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("layer ", 0) == 0) {
+      op_col = line.find("  op") + 2;
+      continue;
+    }
+    if (op_col == std::string::npos || line.empty()) continue;
+    ++rows;
+    ASSERT_GT(line.size(), op_col) << line;
+    EXPECT_EQ(line[op_col - 1], ' ') << line;
+    EXPECT_NE(line[op_col], ' ') << line;
+  }
+  EXPECT_GT(rows, 20);
+}
+
+TEST(ApiNewUser, TopKAndBatchErrors) {
+  const auto m = shiftadd::Model::load(kModel);
+  shiftadd::Session s(m, {1});
+  const float logits[3] = {1, 2, 3};
+  try {
+    shiftadd::top_k(logits, 3, {}, 0);
+    FAIL() << "top_k(0) accepted";
+  } catch (const shiftadd::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("k must be >= 1"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(shiftadd::top_k(logits, 3, {}, 10).size(), 3u);
+  EXPECT_THROW(s.classify(first_sample(), -1), shiftadd::Error);
+  try {
+    s.run(std::vector<float>{}, 0);
+    FAIL() << "run(x, 0) accepted";
+  } catch (const shiftadd::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("batch must be >= 1"), std::string::npos) << e.what();
+  }
+}

@@ -485,3 +485,45 @@ TEST(Profile, RenderersInProcess) {
   EXPECT_EQ(count_of(html, "data-bar=\"energy\""), rs[0].layers.size() + rs[1].layers.size());
   EXPECT_EQ(count_of(html, "<svg"), 2u);
 }
+
+// The HTML report: rows of side-by-side panels align by layer name (a layer one model lacks is a
+// placeholder row), bars take their layer kind's colour, and each layer shows its operation mix.
+TEST(Profile, HtmlAlignsRowsByNameColoursKindsAndShowsTheMix) {
+  auto layer = [](const char* name, const char* kind, int64_t mults, int64_t adds, int64_t shifts) {
+    shiftadd::LayerProfile l;
+    l.name = name;
+    l.kind = kind;
+    l.ms = 1;
+    l.ops.mults = mults;
+    l.ops.adds = adds;
+    l.ops.shifts = shifts;
+    return l;
+  };
+  shiftadd::ProfileReport a, b;
+  a.model = "dense";
+  b.model = "converted";
+  a.layers = {layer("embed", "conv", 10, 10, 0), layer("fc1", "dense linear", 100, 100, 0),
+              layer("head", "dense linear", 5, 5, 0)};
+  b.layers = {layer("embed", "conv", 10, 10, 0), layer("router", "dense linear", 1, 1, 0),
+              layer("fc1", "shift linear", 0, 100, 100), layer("head", "dense linear", 5, 5, 0)};
+  const std::string html = shiftadd::profile_html({a, b});
+  // y of a layer's row in the n-th panel.
+  auto row_y = [&](int panel, const std::string& name) {
+    size_t at = 0;
+    for (int p = 0; p <= panel; ++p) at = html.find("<svg", at + 1);
+    const size_t g = html.find("data-layer=\"" + name + "\"", at);
+    const size_t y = html.find(" y=\"", g);
+    return std::stod(html.substr(y + 4, 10));
+  };
+  for (const char* name : {"embed", "router", "fc1", "head"}) EXPECT_EQ(row_y(0, name), row_y(1, name)) << name;
+  EXPECT_EQ(count_of(html, "class=\"layer missing\""), 1u);  // "router" in the dense panel
+  EXPECT_EQ(count_of(html, "data-bar=\"time\""), 7u);
+  // fc1 is blue when dense and green when shift; the shift layer's mix has shifts, no mults.
+  const size_t dense_fc1 = html.find("data-layer=\"fc1\""), shift_fc1 = html.find("data-layer=\"fc1\"", dense_fc1 + 1);
+  EXPECT_NE(html.find("fill=\"#3b7dd8\"", dense_fc1), std::string::npos);
+  const std::string shift_row = html.substr(shift_fc1, html.find("</g>", shift_fc1) - shift_fc1);
+  EXPECT_NE(shift_row.find("fill=\"#2ca02c\""), std::string::npos) << shift_row;
+  EXPECT_NE(shift_row.find("data-bar=\"mix-shifts\""), std::string::npos);
+  EXPECT_EQ(shift_row.find("data-bar=\"mix-mults\""), std::string::npos);
+  for (const char* kind : {"conv", "dense linear", "shift linear"}) EXPECT_NE(html.find(kind), std::string::npos);
+}

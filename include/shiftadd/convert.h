@@ -52,6 +52,9 @@ struct LayerReport {
   std::string detail;       // e.g. "exponent [-12, 0], 58% nonzero"
 };
 
+// Top-1 agreement below this share of the calibration images is reported as a warning.
+constexpr double kTop1AgreementWarning = 0.8;
+
 struct Report {
   std::string input, output, source_architecture;
   int64_t calib_images = 0, calib_tokens_per_layer = 0;
@@ -61,6 +64,9 @@ struct Report {
   double top1_agreement = 0;   // share of images whose top-1 class is unchanged
   int64_t input_bytes = 0, output_bytes = 0;
   double seconds = 0;
+  // What the user should act on, e.g. top-1 agreement below kTop1AgreementWarning (the converted
+  // model then needs fine-tuning: tools/finetune_shiftadd.py).
+  std::vector<std::string> warnings;
   nlohmann::json to_json() const;
   std::string to_table() const;
   // Writes to_json() atomically; an existing file is an Error unless `overwrite`.

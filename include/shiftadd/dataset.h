@@ -27,6 +27,7 @@
 // Every problem (missing files, bad magic numbers, dimensions, truncated data, label count
 // mismatch, labels out of range) throws shiftadd::Error naming the file and what was expected.
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -74,5 +75,27 @@ class Dataset {
   explicit Dataset(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
+
+// Top-1 / top-5 accuracy of a model over a labeled dataset (`shiftadd eval`, Python's
+// shiftadd.eval): batches of `batch` samples through one Session.
+struct EvalOptions {
+  SessionOptions session;
+  int64_t batch = 64;
+  std::function<void(int64_t done, int64_t total)> progress;  // after each batch; may be empty
+};
+
+struct EvalResult {
+  std::string model, data, format;  // model path, dataset description and format
+  int64_t images = 0, correct1 = 0, correct5 = 0, batch = 0;
+  double top1 = 0, top5 = 0, seconds = 0, images_per_s = 0;
+  std::vector<std::string> class_names;          // per class: the model's label, else "class_<i>"
+  std::vector<int64_t> class_hits1, class_seen;  // per class: top-1 hits and samples
+  // One JSON object: model, data, format, images, top1, top5, correct1, correct5, seconds,
+  // images_per_s, batch, per_class_top1 (classes with samples).
+  std::string to_json() const;
+};
+
+// Throws Error when the dataset is empty or its labels do not fit the model.
+EvalResult evaluate(std::shared_ptr<const Model> model, const Dataset& data, const EvalOptions& options = {});
 
 }  // namespace shiftadd

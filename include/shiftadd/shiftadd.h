@@ -106,14 +106,14 @@ class Session {
   Session& operator=(Session&&) noexcept;
 
   const Model& model() const;
-  // input: batch x C x H x W float32, preprocessed; logits: batch x num_classes.
+  // input: batch x C x H x W float32, preprocessed; logits: batch x num_classes. batch >= 1.
   // Allocates nothing once this batch size has been planned.
   void run(const float* input, int64_t batch, float* logits);
   std::vector<float> run(const std::vector<float>& input, int64_t batch);
   // Plans memory for a batch size ahead of the first run (optional).
   void prepare(int64_t batch);
-  // Top-k classes of one image file, probabilities by softmax of the logits. Logits that are not
-  // finite are logged as a warning naming the image (once per session); NaN ranks last.
+  // Top-k classes of one image file (k >= 1), probabilities by softmax of the logits. Logits that
+  // are not finite are logged as a warning naming the image (once per session); NaN ranks last.
   std::vector<Prediction> classify(const std::string& image_path, int top_k = 5);
 
   // Per-layer wall time of the last run, when enabled (no timing calls otherwise).
@@ -128,7 +128,8 @@ class Session {
   std::unique_ptr<Impl> impl_;
 };
 
-// Top-k of softmax(logits) for one row of `classes` logits.
+// Top-k of softmax(logits) for one row of `classes` logits; k < 1 is an Error, k > classes
+// returns every class.
 std::vector<Prediction> top_k(const float* logits, int64_t classes,
                               const std::vector<std::string>& labels, int k);
 
@@ -141,6 +142,9 @@ struct Array {
 Array load_npy_f32(const std::string& path);
 // Written atomically (temporary file, then rename).
 void save_npy_f32(const std::string& path, const Array& a);
+
+// ModelInfo as one JSON object (`shiftadd inspect --json`, Python's Model.inspect()).
+std::string model_info_json(const ModelInfo& info);
 
 // The bundled default model (models/fashion_vit): $SHIFTADD_DATA_DIR, the install prefix, or
 // the source tree, whichever has it.

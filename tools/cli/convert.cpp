@@ -40,7 +40,7 @@ void register_convert(CLI::App& app) {
                   "softmax)")
       ->delimiter(',');
   sub->add_option("--bits", o->c.bits, "KSH hash bits (<= anchors)")->check(CLI::Range(1, 64))->capture_default_str();
-  sub->add_option("--anchors", o->c.anchors, "KSH anchors m")->check(CLI::PositiveNumber)->capture_default_str();
+  sub->add_option("--anchors", o->c.anchors, "KSH anchors m")->check(kPositive)->capture_default_str();
   sub->add_option("--calib", o->c.calib,
                   "Calibration images: a folder (of class folders or images), a .npy (N,C,H,W) of preprocessed "
                   "inputs, or IDX files (a directory with train-*/t10k-* files, or an images file)")
@@ -49,7 +49,7 @@ void register_convert(CLI::App& app) {
       ->check(CLI::IsMember({"train", "test"}))
       ->capture_default_str();
   sub->add_option("--calib-count", o->c.calib_count, "Calibration images used (the first N)")
-      ->check(CLI::PositiveNumber)
+      ->check(kPositive)
       ->capture_default_str();
   auto* ratio = sub->add_option("--shift-ratio", o->c.shift_ratio, "MoE: share of tokens routed to the shift expert")
                     ->check(CLI::Range(0.0, 1.0))
@@ -66,10 +66,11 @@ void register_convert(CLI::App& app) {
       ->check(CLI::IsMember({4, 5}))
       ->capture_default_str();
   sub->add_option("--seed", o->c.seed, "Random seed (token sampling, k-means)")->capture_default_str();
-  sub->add_option("-t,--threads", o->c.threads, "Worker threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+  sub->add_option("-t,--threads", o->c.threads, "Worker threads (0 = all cores)")->check(kNonNegative);
   sub->add_option("--report", o->report, "Also write the report as JSON to this file (refused if it exists, unless --force)");
   sub->add_flag("--json", o->json, "Print the report as JSON instead of a table");
   sub->callback([o] {
+    refuse_existing(o->report, "--report", o->c.force);  // before anything is written
     std::unique_ptr<Progress> bar;
     std::string stage;
     o->c.progress = [&](const std::string& s, int64_t done, int64_t total) {
@@ -83,8 +84,12 @@ void register_convert(CLI::App& app) {
     const convert::Report rep = convert::convert_model(o->c);
     if (bar) bar->finish();
     if (!o->report.empty()) rep.save_json(o->report, o->c.force);
-    if (o->json) std::cout << rep.to_json().dump() << "\n";
-    else std::cout << rep.to_table();
+    if (o->json) {
+      std::cout << rep.to_json().dump() << "\n";
+      for (const std::string& w : rep.warnings) std::cerr << "warning: " << w << "\n";
+    } else {
+      std::cout << rep.to_table();
+    }
   });
 }
 

@@ -1,6 +1,5 @@
 // shiftadd inspect MODEL : what the engine sees in a model file.
-#include <nlohmann/json.hpp>
-
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 
@@ -8,6 +7,8 @@
 #include "shiftadd/shiftadd.h"
 
 namespace shiftadd::cli {
+
+static std::string pad(const std::string& s, size_t w) { return s + std::string(w > s.size() ? w - s.size() : 0, ' '); }
 
 static std::string dims(const std::vector<int64_t>& s) {
   std::string r = "[";
@@ -28,18 +29,7 @@ void register_inspect(CLI::App& app) {
     auto m = Model::load(o->model);
     const ModelInfo& mi = m->info();
     if (o->json) {
-      nlohmann::json j{{"path", mi.path}, {"format", mi.format}, {"naming", mi.naming},
-                       {"architecture", mi.architecture}, {"image_size", mi.image_size},
-                       {"patch_size", mi.patch_size}, {"in_chans", mi.in_chans}, {"dim", mi.dim},
-                       {"depth", mi.depth}, {"heads", mi.heads}, {"mlp_hidden", mi.mlp_hidden},
-                       {"num_classes", mi.num_classes}, {"tokens", mi.tokens},
-                       {"layer_norm_eps", mi.layer_norm_eps}, {"params", mi.params},
-                       {"dtypes", mi.stored_dtypes}};
-      for (const auto& l : mi.layers)
-        j["layers"].push_back({{"name", l.name}, {"op", l.op}, {"kind", l.kind},
-                               {"out_shape", l.out_shape}, {"params", l.params},
-                               {"detail", l.detail}});
-      std::cout << j.dump() << "\n";
+      std::cout << model_info_json(mi) << "\n";
       return;
     }
     std::printf("model        %s\n", mi.path.c_str());
@@ -54,11 +44,23 @@ void register_inspect(CLI::App& app) {
     std::string dt;
     for (const auto& [k, v] : mi.stored_dtypes) dt += k + " x" + std::to_string(v) + "  ";
     std::printf("dtypes       %s\n\n", dt.c_str());
-    std::printf("%-28s %-12s %-18s %-16s %10s  %s\n", "layer", "op", "kind", "output/sample", "params",
-                "arithmetic");
-    for (const auto& l : mi.layers)
-      std::printf("%-28s %-12s %-18s %-16s %10lld  %s\n", l.name.c_str(), l.op.c_str(), l.kind.c_str(),
-                  dims(l.out_shape).c_str(), (long long)l.params, l.detail.c_str());
+    // Columns as wide as their longest entry, so long layer names do not shift the rows.
+    size_t wn = 5, wo = 2, wk = 4, ws = 13;
+    for (const auto& l : mi.layers) {
+      wn = std::max(wn, l.name.size());
+      wo = std::max(wo, l.op.size());
+      wk = std::max(wk, l.kind.size());
+      ws = std::max(ws, dims(l.out_shape).size());
+    }
+    auto row = [&](const std::string& name, const std::string& op, const std::string& kind, const std::string& shape,
+                   const std::string& params, const std::string& detail) {
+      std::string line = pad(name, wn) + "  " + pad(op, wo) + "  " + pad(kind, wk) + "  " + pad(shape, ws) + "  " +
+                         std::string(params.size() < 10 ? 10 - params.size() : 0, ' ') + params;
+      if (!detail.empty()) line += "  " + detail;
+      std::printf("%s\n", line.c_str());
+    };
+    row("layer", "op", "kind", "output/sample", "params", "arithmetic");
+    for (const auto& l : mi.layers) row(l.name, l.op, l.kind, dims(l.out_shape), std::to_string(l.params), l.detail);
   });
 }
 

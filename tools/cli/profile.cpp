@@ -30,12 +30,6 @@ std::vector<int64_t> parse_batches(const std::string& s) {
   return out;
 }
 
-void refuse_existing(const std::string& path, const char* option, bool force) {
-  if (!path.empty() && !force && std::filesystem::exists(path))
-    throw Error(std::string(option) + " " + path +
-                ": file already exists; refusing to replace it (use --force to overwrite)");
-}
-
 }  // namespace
 
 void register_profile(CLI::App& app) {
@@ -55,8 +49,8 @@ void register_profile(CLI::App& app) {
                   "Profile on these pixels: float32 .npy (B, C, H, W), preprocessed (default: random "
                   "normal); MoE routing depends on the input")
       ->check(CLI::ExistingFile);
-  sub->add_option("-r,--runs", o->runs, "Timed runs per batch size (default 10)")->check(CLI::PositiveNumber);
-  sub->add_option("-w,--warmup", o->warmup, "Untimed runs first (default 2)")->check(CLI::NonNegativeNumber);
+  sub->add_option("-r,--runs", o->runs, "Timed runs per batch size (default 10)")->check(kPositive);
+  sub->add_option("-w,--warmup", o->warmup, "Untimed runs first (default 2)")->check(kNonNegative);
   sub->add_option("--format", o->format, "Report on stdout: table, json or csv")
       ->check(CLI::IsMember({"table", "json", "csv"}));
   sub->add_option("--trace", o->trace, "Also write a Chrome trace-event file (opens in https://ui.perfetto.dev)");

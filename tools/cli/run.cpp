@@ -30,16 +30,7 @@ void register_run(CLI::App& app) {
       throw Error(o->output + ": already exists; pass --force to overwrite it");
     auto m = Model::load(o->model);
     const ModelInfo& mi = m->info();
-    Array x = load_npy_f32(o->input);
-    const std::vector<int64_t> want{mi.in_chans, mi.image_size, mi.image_size};
-    if (x.shape.size() != 4 || std::vector<int64_t>(x.shape.begin() + 1, x.shape.end()) != want ||
-        x.shape[0] < 1) {
-      std::string got;
-      for (size_t i = 0; i < x.shape.size(); ++i) got += (i ? ", " : "") + std::to_string(x.shape[i]);
-      throw Error(o->input + ": input shape (" + got + ") does not match the model: expected (B, " +
-                  std::to_string(mi.in_chans) + ", " + std::to_string(mi.image_size) + ", " +
-                  std::to_string(mi.image_size) + ")");
-    }
+    Array x = load_model_input(o->input, mi);
     Session session(m, session_options(o->run));
     Array y;
     y.shape = {x.shape[0], mi.num_classes};

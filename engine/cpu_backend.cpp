@@ -126,6 +126,7 @@ void run_moe(const Graph& g, const Node& n, const NodeBuffers& b, ShiftWork& w, 
     a.epi.bias = n.weights[3].defined() && n.weights[3].numel() > 0 ? n.weights[3].data<float>() : nullptr;
     a.epi.combine = combine;
     a.epi.gelu = n.p.gelu;
+    if (n.inputs.size() > 1) a.epi.residual = b.in[1], a.epi.ldr = N;
     k.gemm(a);
   }
   if (counts[1] > 0) {
@@ -134,6 +135,7 @@ void run_moe(const Graph& g, const Node& n, const NodeBuffers& b, ShiftWork& w, 
     a.rows = perm + counts[0];
     a.combine = combine;
     a.gelu = n.p.gelu;
+    if (n.inputs.size() > 1) a.residual = b.in[1], a.ldr = N;
     k.shift(a);
   }
 }

@@ -566,6 +566,10 @@ class CudaBackend final : public Backend {
     sa.mode = opt_.shift_mode;
     cuda::shift_linear(sa, rows, stream_);
     check_launch("moe expert 1");
+    if (n.inputs.size() > 1) {
+      cuda::add(M * N, b.out, b.in[1], 1.0f, b.out, stream_);
+      check_launch("moe residual");
+    }
   }
 
   // Both KSH forms: qk and v (upstream, q = k: one hash), or a packed q|k|v (q and k hashed

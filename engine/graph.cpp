@@ -340,7 +340,7 @@ int Graph::shift_linear(int x, const Tensor& shift, const Tensor& sign, Tensor b
 }
 
 int Graph::moe_linear(int x, Tensor wg, Tensor bg, Tensor w0, Tensor b0, ShiftWeights w1,
-                      std::string name, bool log_exp_combine, bool gelu) {
+                      std::string name, bool log_exp_combine, bool gelu, int residual) {
   Shape s = sample_shape(x);
   const int64_t K = s.back();
   expect_f32(name, "router weight", wg);
@@ -362,6 +362,12 @@ int Graph::moe_linear(int x, Tensor wg, Tensor bg, Tensor w0, Tensor b0, ShiftWe
   n.op = OpKind::MoeLinear;
   n.name = std::move(name);
   n.inputs = {x};
+  if (residual >= 0) {
+    if (sample_shape(residual) != s)
+      shape_error(n.name, "residual " + shape_str(sample_shape(residual)) + " does not match output " +
+                              shape_str(s));
+    n.inputs.push_back(residual);
+  }
   n.prepared.shift = make_panel(w1.codes);
   n.weights = {std::move(wg), std::move(bg), std::move(w0), std::move(b0), std::move(w1.codes),
                std::move(w1.bias), std::move(w1.scale)};
@@ -371,13 +377,13 @@ int Graph::moe_linear(int x, Tensor wg, Tensor bg, Tensor w0, Tensor b0, ShiftWe
 }
 
 int Graph::moe_linear(int x, Tensor wg, Tensor bg, Tensor w0, Tensor b0, const Tensor& shift1,
-                      const Tensor& sign1, Tensor b1, std::string name) {
+                      const Tensor& sign1, Tensor b1, std::string name, int residual) {
   ShiftWeights w1 = ShiftWeights::from_raw(name, shift1, sign1, std::move(b1));
   if (w0.defined() && w1.codes.shape() != w0.shape())
     shape_error(name, "expert 1 shift " + shape_str(shift1.shape()) + " does not match expert 0 " +
                           shape_str(w0.shape()));
   return moe_linear(x, std::move(wg), std::move(bg), std::move(w0), std::move(b0), std::move(w1),
-                    std::move(name));
+                    std::move(name), true, false, residual);
 }
 
 namespace {

@@ -28,7 +28,8 @@ enum class OpKind : uint8_t {
                 // optional fused residual add (input 1); weights: codes U8 [out, in], bias [out]
                 // (raw), scale [out] (or undefined)
   MoeLinear,    // top-1 mixture of a dense (expert 0) and a shift (expert 1) linear, combined
-                // by log(exp(y) + eps) when p.log_exp_combine, optional GELU; weights: Wg [2, in],
+                // by log(exp(y) + eps) when p.log_exp_combine, optional GELU, optional fused
+                // residual add (input 1); weights: Wg [2, in],
                 // bg [2], W0 [out, in], b0 [out], codes1 U8 [out, in], b1 [out], scale1 [out]
   KshAttention, // LinAngular attention: per image and head L2-norm rows, KSH codes, additive
                 // attention, L2 norm, 9-tap dconv; merged [N, C]. Inputs qk [N, C] and v [N, C]
@@ -118,11 +119,12 @@ class Graph {
   int shift_linear(int x, const Tensor& shift, const Tensor& sign, Tensor b, std::string name);
   // MoE linear: router gate Wg [2, in], bg [2]; expert 0 dense W0 [out, in], b0 [out];
   // expert 1 shift.
+  // Optional fused residual add (input 1) after the combine and GELU, as Linear.
   int moe_linear(int x, Tensor wg, Tensor bg, Tensor w0, Tensor b0, ShiftWeights w1, std::string name,
-                 bool log_exp_combine = true, bool gelu = false);
+                 bool log_exp_combine = true, bool gelu = false, int residual = -1);
   // ... with expert 1 from raw upstream shift1/sign1 [out, in] and b1 [out].
   int moe_linear(int x, Tensor wg, Tensor bg, Tensor w0, Tensor b0, const Tensor& shift1,
-                 const Tensor& sign1, Tensor b1, std::string name);
+                 const Tensor& sign1, Tensor b1, std::string name, int residual = -1);
   // KSH (LinAngular) attention; anchor [1, H, m, d], mvec [1, H, 1, m], A [H, nbits, m],
   // dconv [H, 1, 9, 1] as upstream stores them.
   int ksh_attention(int qk, int v, int64_t heads, const Tensor& anchor, const Tensor& mvec,

@@ -141,6 +141,7 @@ OpCounts count_node_ops(const Graph& g, const Node& n, int64_t B, std::array<int
       c.other_ops = M * (K + N);
       if (n.weights.size() > 2 && present(n.weights[2])) c.other_ops += M * N;  // per-output scale
       if (n.p.gelu) add_gelu(c, out_elems);
+      if (n.inputs.size() > 1) c.adds += out_elems;  // fused residual
       break;
     }
 
@@ -161,6 +162,7 @@ OpCounts count_node_ops(const Graph& g, const Node& n, int64_t B, std::array<int
         c.other_ops += 2 * M * N;
       }
       if (n.p.gelu) add_gelu(c, out_elems);
+      if (n.inputs.size() > 1) c.adds += out_elems;  // fused residual
       // Weights: the router always; an expert only when it received tokens.
       c.weight_bytes = bytes_of(n.weights[0]) + bytes_of(n.weights[1]);
       if (t0 > 0) c.weight_bytes += bytes_of(n.weights[2]) + bytes_of(n.weights[3]);

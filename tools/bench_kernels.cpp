@@ -1,11 +1,12 @@
 // shiftadd_bench_kernels: the ShiftAdd kernels against the dense ones they replace, in one
 // process on the same data, printing median times and ratios (docs/benchmarks.md).
 //
-//   shiftadd_bench_kernels [--threads N] [--runs R] [--only linear|attention] [--tokens N]
+//   shiftadd_bench_kernels [--threads N] [--runs R] [--only linear|attention|moe] [--tokens N] [--batch B]
 //
 // - linear: the fp32 GEMM of a dense Linear vs the shift linear in exact mode (fp32 GEMM of q(x)
 //   against the decoded codes) and fast mode (int8 on the integer dot-product units), at the
 //   DeiT-Tiny / DeiT-Small / PVTv2-b0 layer shapes, batch 1 and 8.
+// - moe: an MoE linear (router, both experts, about half the tokens each) vs the dense linear.
 // - attention: softmax attention vs KSH attention (normalise, hash q and k, additive attention,
 //   dconv) on the same packed q|k|v, DeiT-Tiny heads (3 x 64), at token counts 64 .. 3136.
 // Timings only; correctness is the tests' job (tests/test_shift_kernels.cpp).
@@ -35,6 +36,7 @@ using namespace shiftadd::kernels;
 
 int g_runs = 30;
 int64_t g_tokens = 0;  // attention: only this token count (0: all)
+int64_t g_batch = 1;   // attention: images per run
 
 double median_ms(const std::function<void()>& fn) {
   for (int i = 0; i < 3; ++i) fn();
@@ -107,8 +109,8 @@ void bench_linear(int threads) {
 // One KshAttention or Attention node on a packed q|k|v, run by the CPU backend.
 void bench_attention(int threads) {
   const int64_t H = 3, d = 64, C = H * d, m = 25, nbits = 16;
-  std::printf("\n## KSH attention vs softmax attention, %lld heads x %lld, packed q|k|v (%d threads, median of %d runs)\n\n",
-              (long long)H, (long long)d, threads, g_runs);
+  std::printf("\n## KSH attention vs softmax attention, %lld heads x %lld, packed q|k|v, batch %lld (%d threads, median of %d runs)\n\n",
+              (long long)H, (long long)d, (long long)g_batch, threads, g_runs);
   std::printf("| tokens | softmax ms | KSH ms | KSH / softmax |\n|---|---|---|---|\n");
   std::mt19937 rng(2);
   const std::vector<float> anchor = normal(rng, H * m * d, 0.2f), mvec = normal(rng, H * m, 0.3f);
@@ -120,8 +122,8 @@ void bench_attention(int threads) {
   };
   for (int64_t N : {64, 128, 197, 256, 512, 785, 1024, 3136}) {
     if (g_tokens && N != g_tokens) continue;
-    const std::vector<float> qkv = normal(rng, N * 3 * C, 1.0f);
-    std::vector<float> out(N * C);
+    const std::vector<float> qkv = normal(rng, g_batch * N * 3 * C, 1.0f);
+    std::vector<float> out(g_batch * N * C);
     double ms[2];
     for (int ksh = 0; ksh < 2; ++ksh) {
       Graph gr;
@@ -131,9 +133,77 @@ void bench_attention(int threads) {
                         : gr.attention(x, H, 1.0f / std::sqrt(float(d)), "attn"));
       auto backend = make_cpu_backend(threads, ShiftMode::Fast);
       Executor ex(gr, *backend);
-      ms[ksh] = median_ms([&] { ex.run(1, qkv.data(), out.data()); });
+      ms[ksh] = median_ms([&] { ex.run(g_batch, qkv.data(), out.data()); });
     }
     std::printf("| %lld | %.3f | %.3f | %.2fx |\n", (long long)N, ms[0], ms[1], ms[1] / ms[0]);
+  }
+  // Upstream's form (shared qk, separate v) at the PVTv2-b0 stage shapes (timings only).
+  std::printf("\n| PVTv2-b0 KSH attention (qk, v) | tokens | heads x dim | ms |\n|---|---|---|---|\n");
+  struct P {
+    const char* name;
+    int64_t N, H, d;
+  };
+  for (const P& p : {P{"stage 1", 3136, 1, 32}, P{"stage 2", 784, 2, 32}, P{"stage 3", 196, 5, 32}}) {
+    const std::vector<float> qk = normal(rng, g_batch * p.N * p.H * p.d, 1.0f);  // qk = v here
+    std::vector<float> out(qk.size());
+    const std::vector<float> anc = normal(rng, p.H * m * p.d, 0.2f), mv = normal(rng, p.H * m, 0.3f);
+    const std::vector<float> Ab = normal(rng, p.H * nbits * m, 1.0f), dc = normal(rng, p.H * 9, 0.3f);
+    Graph g2;
+    const int a = g2.input({p.N, p.H * p.d});
+    g2.set_output(g2.ksh_attention(a, a, p.H, f32(anc, {1, p.H, m, p.d}), f32(mv, {1, p.H, 1, m}),
+                                   f32(Ab, {p.H, nbits, m}), f32(dc, {p.H, 1, 9, 1}), "ksh"));
+    auto backend = make_cpu_backend(threads, ShiftMode::Fast);
+    Executor ex(g2, *backend);
+    const double t = median_ms([&] { ex.run(g_batch, qk.data(), out.data()); });
+    std::printf("| %s | %lld | %lld x %lld | %.3f |\n", p.name, (long long)p.N, (long long)p.H, (long long)p.d, t);
+  }
+}
+
+// One MoeLinear node (router sending about half the tokens to each expert) against one Linear
+// node of the same shape, run by the CPU backend in fast mode.
+void bench_moe(int threads) {
+  struct L {
+    const char* name;
+    int64_t M, K, N;
+    bool gelu;
+  };
+  const L layers[] = {{"PVTv2-b0 s1 to_qk", 3136, 32, 32, false}, {"PVTv2-b0 s1 fc1", 3136, 32, 256, true},
+                      {"PVTv2-b0 s1 fc2", 3136, 256, 32, false},  {"PVTv2-b0 s2 fc1", 784, 64, 512, true},
+                      {"PVTv2-b0 s3 fc2", 196, 640, 160, false},  {"DeiT-Tiny fc1 b1", 197, 192, 768, true}};
+  std::printf("\n## MoE linear (half the tokens to each expert) vs dense linear (%d threads, fast mode, median of %d runs)\n\n",
+              threads, g_runs);
+  std::printf("| layer (M tokens, K -> N) | dense ms | MoE ms | MoE / dense |\n|---|---|---|---|\n");
+  std::mt19937 rng(3);
+  auto f32 = [](const std::vector<float>& v, Shape s) {
+    Tensor t = Tensor::empty(DType::F32, std::move(s));
+    std::copy(v.begin(), v.end(), t.data<float>());
+    return t;
+  };
+  for (const L& l : layers) {
+    const std::vector<float> x = normal(rng, l.M * l.K, 1.0f), w = normal(rng, l.N * l.K, 1.0f / std::sqrt(float(l.K)));
+    const std::vector<float> b = normal(rng, l.N, 0.1f);
+    std::vector<float> wg = normal(rng, 2 * l.K, 1.0f), bg = {0.0f, 0.0f};
+    Tensor codes = Tensor::empty(DType::U8, {l.N, l.K});
+    for (int64_t i = 0; i < l.N * l.K; ++i)
+      codes.data<uint8_t>()[i] = pack_shift_weight(std::log2(std::fabs(w[i])), w[i] > 0 ? 1.0f : -1.0f);
+    std::vector<float> y(l.M * l.N);
+    double ms[2];
+    for (int moe = 0; moe < 2; ++moe) {
+      Graph g;
+      const int in = g.input({l.K});
+      if (moe) {
+        ShiftWeights sw{codes, f32(b, {l.N}), Tensor()};
+        g.set_output(g.moe_linear(in, f32(wg, {2, l.K}), f32(bg, {2}), f32(w, {l.N, l.K}), f32(b, {l.N}), sw, "moe",
+                                  true, l.gelu));
+      } else {
+        g.set_output(g.linear(in, f32(w, {l.N, l.K}), f32(b, {l.N}), "dense", l.gelu));
+      }
+      auto backend = make_cpu_backend(threads, ShiftMode::Fast);
+      Executor ex(g, *backend);
+      ms[moe] = median_ms([&] { ex.run(l.M, x.data(), y.data()); });
+    }
+    std::printf("| %s (%lld, %lld -> %lld) | %.3f | %.3f | %.2fx |\n", l.name, (long long)l.M, (long long)l.K,
+                (long long)l.N, ms[0], ms[1], ms[1] / ms[0]);
   }
 }
 
@@ -148,13 +218,15 @@ int main(int argc, char** argv) {
     else if (a == "--runs" && i + 1 < argc) g_runs = std::max(1, std::atoi(argv[++i]));
     else if (a == "--only" && i + 1 < argc) only = argv[++i];
     else if (a == "--tokens" && i + 1 < argc) g_tokens = std::atoll(argv[++i]);
+    else if (a == "--batch" && i + 1 < argc) g_batch = std::max<int64_t>(1, std::atoll(argv[++i]));
     else {
-      std::fprintf(stderr, "usage: %s [--threads N] [--runs R] [--only linear|attention] [--tokens N]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--threads N] [--runs R] [--only linear|attention|moe] [--tokens N] [--batch B]\n", argv[0]);
       return a == "-h" || a == "--help" ? 0 : 2;
     }
   }
   std::printf("shiftadd kernel benchmark: %s kernels, %d threads\n", cpu::simd_name(), threads);
   if (only.empty() || only == "linear") bench_linear(threads);
   if (only.empty() || only == "attention") bench_attention(threads);
+  if (only.empty() || only == "moe") bench_moe(threads);
   return 0;
 }

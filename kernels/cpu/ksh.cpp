@@ -360,11 +360,14 @@ SHIFTADD_AVX512 void hash_avx512(const KshArgs& a, const KshWork& w, int64_t b, 
 // ----- additive attention ------------------------------------------------------------------
 
 int64_t groups(int64_t nbits) { return (nbits + 3) / 4; }
+// Bucket copies a pass-1 task alternates between, token by token: consecutive tokens often share
+// a nibble, and adding to the row the previous token just stored waits on that store.
+constexpr int64_t kSets = 2;
 
 struct Additive {
   const AdditiveAttentionArgs* a;
   int64_t G, parts;  // nibble groups; token parts per (image, head) in pass 1
-  float* buckets;    // [B, H, parts, G, 16, d]
+  float* buckets;    // [B, H, parts * kSets, G, 16, d]
   // Bits at or above nbits (which a hash never sets) are ignored, as ref:: does.
   SA_INLINE uint64_t code_in(const void* codes, int64_t b, int64_t h, int64_t n) const {
     const int64_t i = (b * a->H + h) * a->N + n;
@@ -375,8 +378,8 @@ struct Additive {
   SA_INLINE const float* vrow(int64_t b, int64_t h, int64_t n) const {
     return a->v + b * a->v_bstride + n * a->v_ld + h * a->d;
   }
-  float* bucket(int64_t b, int64_t h, int64_t p) const {
-    return buckets + ((b * a->H + h) * parts + p) * G * kNibbles * a->d;
+  float* bucket(int64_t b, int64_t h, int64_t set) const {
+    return buckets + ((b * a->H + h) * parts * kSets + set) * G * kNibbles * a->d;
   }
 };
 
@@ -384,14 +387,18 @@ SA_INLINE void add_row(float* dst, const float* src, int64_t d) {
   for (int64_t c = 0; c < d; ++c) dst[c] += src[c];
 }
 
-// Pass 1: tokens [n0, n1) of (b, h) into bucket set p.
+// Pass 1: tokens [n0, n1) of (b, h) into the bucket sets of part p.
 SA_INLINE void bucket_body(const Additive& ad, int64_t b, int64_t h, int64_t p, int64_t n0, int64_t n1) {
   const int64_t d = ad.a->d;
-  float* bk = ad.bucket(b, h, p);
-  std::fill_n(bk, ad.G * kNibbles * d, 0.0f);
+  float* sets[kSets];
+  for (int64_t s = 0; s < kSets; ++s) {
+    sets[s] = ad.bucket(b, h, p * kSets + s);
+    std::fill_n(sets[s], ad.G * kNibbles * d, 0.0f);
+  }
   for (int64_t n = n0; n < n1; ++n) {
     const uint64_t code = ad.code_in(ad.a->codes, b, h, n);
     const float* v = ad.vrow(b, h, n);
+    float* bk = sets[n % kSets];
     for (int64_t g = 0; g < ad.G; ++g) add_row(bk + (g * kNibbles + ((code >> (4 * g)) & 15)) * d, v, d);
   }
 }
@@ -402,7 +409,7 @@ SA_INLINE void tables_body(const Additive& ad, int64_t b, int64_t h, float* T) {
   const float inv_pi = static_cast<float>(1.0 / M_PI);
   // Buckets of all parts summed into T (as scratch), then KV rows, then subset sums.
   std::fill_n(T, ad.G * kNibbles * d, 0.0f);
-  for (int64_t p = 0; p < ad.parts; ++p) add_row(T, ad.bucket(b, h, p), ad.G * kNibbles * d);
+  for (int64_t p = 0; p < ad.parts * kSets; ++p) add_row(T, ad.bucket(b, h, p), ad.G * kNibbles * d);
   for (int64_t g = 0; g < ad.G; ++g) {
     float* Tg = T + g * kNibbles * d;
     float kv[4][256];
@@ -447,6 +454,15 @@ SA_INLINE void out_body(const Additive& ad, int64_t b, int64_t h, int64_t n0, in
 }
 
 #if SHIFTADD_X86
+// 1 / sqrt(x) for x > 0: the 14-bit estimate and one Newton step (~1 ulp; no divide or sqrt on
+// the per-token path).
+SHIFTADD_AVX512 inline float rsqrt_nr(float x) {
+  const __m128 v = _mm_set_ss(x);
+  const __m128 r = _mm_rsqrt14_ss(v, v);
+  const __m128 rr = _mm_mul_ss(_mm_mul_ss(r, r), v);
+  return _mm_cvtss_f32(_mm_mul_ss(_mm_mul_ss(_mm_set_ss(0.5f), r), _mm_sub_ss(_mm_set_ss(3.0f), rr)));
+}
+
 // AVX-512 passes for head dims of 16, 32, 48 or 64 (NV vectors), each row held in registers.
 template <int NV>
 SHIFTADD_AVX512 void normalise_nv(const KshArgs& a, const KshWork& w, int64_t b, int64_t chunk, int64_t n0,
@@ -466,7 +482,7 @@ SHIFTADD_AVX512 void normalise_nv(const KshArgs& a, const KshWork& w, int64_t b,
           ss = _mm512_fmadd_ps(q[v], q[v], ss);
         }
         const float sum = _mm512_reduce_add_ps(ss);
-        const __m512 inv = _mm512_set1_ps(sum > 0.0f ? 1.0f / std::sqrt(sum) : 0.0f);
+        const __m512 inv = _mm512_set1_ps(sum > 0.0f ? rsqrt_nr(sum) : 0.0f);
         float* qn = w.qn + (t * w.SH + sh) * d;
         float* acc = ps + sh * (d + 1);
         __m512 qq = _mm512_setzero_ps();
@@ -501,7 +517,7 @@ SHIFTADD_AVX512 void out_tokens_nv(const Additive& ad, int64_t b, int64_t h, int
     __m512 nn = _mm512_setzero_ps();
     for (int i = 0; i < NV; ++i) nn = _mm512_fmadd_ps(z[i], z[i], nn);
     const float norm2 = _mm512_reduce_add_ps(nn);
-    const __m512 inv = _mm512_set1_ps(norm2 > 0.0f ? 1.0f / std::sqrt(norm2) : 1.0f);
+    const __m512 inv = _mm512_set1_ps(norm2 > 0.0f ? rsqrt_nr(norm2) : 1.0f);
     for (int i = 0; i < NV; ++i) z[i] = _mm512_mul_ps(z[i], inv);
     for (int64_t t = 0; t < 9; ++t) {
       const int64_t src = n - 4 + t;
@@ -641,7 +657,7 @@ size_t additive_attention_scratch_bytes(const AdditiveAttentionArgs& a) {
 size_t additive_attention_work_bytes(const AdditiveAttentionArgs& a, int threads) {
   const int64_t BH = std::max<int64_t>(1, a.B * a.H);
   const int64_t parts = std::max<int64_t>(1, (threads + BH - 1) / BH);
-  return sizeof(float) * static_cast<size_t>(a.B * a.H * parts * groups(a.nbits) * kNibbles * a.d);
+  return sizeof(float) * static_cast<size_t>(a.B * a.H * parts * kSets * groups(a.nbits) * kNibbles * a.d);
 }
 
 void additive_attention(const AdditiveAttentionArgs& a, ThreadPool& pool) {

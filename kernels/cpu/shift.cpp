@@ -132,17 +132,30 @@ constexpr std::array<I8Kernel, MR> kernel_table() {
 #if SHIFTADD_X86
 // ----- AVX-512 ---------------------------------------------------------------------------------
 
-SHIFTADD_AVX512 inline void i8_store512(__m512i acc, int r, int64_t c0, const I8Tile& t) {
-  const __mmask16 m = mask16(t.cols - c0);
-  if (!m) return;
-  const __m512i comp = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(m, t.colsum + c0), 7);
-  const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, comp));
-  const __m512 s = _mm512_mul_ps(_mm512_set1_ps(t.step[r]), _mm512_maskz_loadu_ps(m, t.ws + c0));
-  __m512 y = _mm512_fmadd_ps(v, s, _mm512_maskz_loadu_ps(m, t.bq + c0));
+// A tile half's per-column epilogue constants, loaded once for all its rows.
+struct Cols512 {
+  __mmask16 m;
+  __m512i comp;  // 128 * colsum (the u8 offset)
+  __m512 ws, bq;
+};
+
+SHIFTADD_AVX512 inline Cols512 cols512(const I8Tile& t, int64_t c0) {
+  Cols512 c;
+  c.m = mask16(t.cols - c0);
+  c.comp = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(c.m, t.colsum + c0), 7);
+  c.ws = _mm512_maskz_loadu_ps(c.m, t.ws + c0);
+  c.bq = _mm512_maskz_loadu_ps(c.m, t.bq + c0);
+  return c;
+}
+
+SHIFTADD_AVX512 inline void i8_store512(__m512i acc, int r, int64_t c0, const Cols512& c, const I8Tile& t) {
+  if (!c.m) return;
+  const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, c.comp));
+  __m512 y = _mm512_fmadd_ps(v, _mm512_mul_ps(_mm512_set1_ps(t.step[r]), c.ws), c.bq);
   if (t.combine != Combine::None) y = combine512(y, t.combine);
   if (t.gelu) y = gelu512(y);
-  if (t.res) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(m, t.res[r] + c0));
-  _mm512_mask_storeu_ps(t.y[r] + c0, m, y);
+  if (t.res) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(c.m, t.res[r] + c0));
+  _mm512_mask_storeu_ps(t.y[r] + c0, c.m, y);
 }
 
 SHIFTADD_AVX512 inline __m512i broadcast4(const uint8_t* p) {
@@ -166,10 +179,11 @@ SHIFTADD_VNNI void i8_kernel_vnni(const I8Tile& t) {
       c1[r] = _mm512_dpbusd_epi32(c1[r], a, b1);
     }
   }
+  const Cols512 lo = cols512(t, 0), hi = cols512(t, 16);
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
-    i8_store512(c0[r], r, 0, t);
-    i8_store512(c1[r], r, 16, t);
+    i8_store512(c0[r], r, 0, lo, t);
+    i8_store512(c1[r], r, 16, hi, t);
   }
 }
 
@@ -189,10 +203,11 @@ SHIFTADD_AVX512 void i8_kernel_avx512bw(const I8Tile& t) {
       c1[r] = _mm512_add_epi32(c1[r], _mm512_madd_epi16(_mm512_maddubs_epi16(a, b1), ones));
     }
   }
+  const Cols512 lo = cols512(t, 0), hi = cols512(t, 16);
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
-    i8_store512(c0[r], r, 0, t);
-    i8_store512(c1[r], r, 16, t);
+    i8_store512(c0[r], r, 0, lo, t);
+    i8_store512(c1[r], r, 16, hi, t);
   }
 }
 
@@ -386,22 +401,24 @@ void fast_block(const ShiftLinearArgs& a, const I8Arch& arch, int64_t m0, int64_
   t.gelu = a.gelu;
   t.y = yrow;
   t.res = a.residual ? rrow : nullptr;
-  for (int64_t p = p0; p < p1; ++p) {
-    const int64_t c = p * kCols;
-    t.B = a.panel.w + p * kg * kGroupBytes;
-    t.cols = std::min(kCols, a.N - c);
-    t.colsum = a.panel.colsum + c;
-    t.ws = ws + (c - n0);
-    t.bq = bq + (c - n0);
-    for (int64_t i = m0; i < m1; i += arch.mr) {
-      const int R = static_cast<int>(std::min<int64_t>(arch.mr, m1 - i));
+  // Strip by strip, every panel: a strip's output rows are written whole while its activations
+  // sit in L1 (the panels stream from L2).
+  for (int64_t i = m0; i < m1; i += arch.mr) {
+    const int R = static_cast<int>(std::min<int64_t>(arch.mr, m1 - i));
+    t.A = A + (i - m0) * lda;
+    t.step = step + (i - m0);
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t c = p * kCols;
       for (int r = 0; r < R; ++r) {
         const int64_t row = row_of(a, i + r);
         yrow[r] = a.y + row * a.ldy + c;
         if (a.residual) rrow[r] = a.residual + row * a.ldr + c;
       }
-      t.A = A + (i - m0) * lda;
-      t.step = step + (i - m0);
+      t.B = a.panel.w + p * kg * kGroupBytes;
+      t.cols = std::min(kCols, a.N - c);
+      t.colsum = a.panel.colsum + c;
+      t.ws = ws + (c - n0);
+      t.bq = bq + (c - n0);
       arch.kernels[R - 1](t);
     }
   }

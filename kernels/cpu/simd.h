@@ -62,7 +62,11 @@ SHIFTADD_AVX512 inline __m512 erf512(__m512 x) {
   q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(q4));
   q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(q2));
   q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(q0));
-  return _mm512_div_ps(_mm512_mul_ps(x, p), q);
+  // x p / q with a reciprocal estimate and one Newton step (~1 ulp, no division: GELU sits in
+  // the GEMM epilogues, where a divider bound loop would dominate small-K layers).
+  __m512 r = _mm512_rcp14_ps(q);
+  r = _mm512_mul_ps(r, _mm512_fnmadd_ps(q, r, _mm512_set1_ps(2.0f)));
+  return _mm512_mul_ps(_mm512_mul_ps(x, p), r);
 }
 
 SHIFTADD_AVX512 inline __m512 gelu512(__m512 x) {

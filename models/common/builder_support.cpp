@@ -134,9 +134,9 @@ int converted_linear(Graph& g, WeightTaker& W, const std::map<std::string, Layer
     return g.shift_linear(x, shift(L), L, gelu, residual);
   } else if (w.has(L + ".router.weight")) {
     const bool log_exp = kind != kinds.end() && kind->second.combine == "log_exp";
-    y = g.moe_linear(x, W.take(L + ".router.weight", {2, K}), W.take(L + ".router.bias", {2}),
-                     W.take(L + ".experts.0.weight", {N, K}), bias(L + ".experts.0.bias"),
-                     shift(L + ".experts.1"), L, log_exp, gelu);
+    return g.moe_linear(x, W.take(L + ".router.weight", {2, K}), W.take(L + ".router.bias", {2}),
+                        W.take(L + ".experts.0.weight", {N, K}), bias(L + ".experts.0.bias"),
+                        shift(L + ".experts.1"), L, log_exp, gelu, residual);
   } else {
     throw Error(w.source + ": layer '" + L + "' has none of '" + L + ".weight' (dense), '" + L +
                 ".codes' (shift) or '" + L + ".router.weight' (MoE)");

@@ -42,9 +42,9 @@ Graph build_shiftadd_pvt(const PvtConfig& c, const WeightStore& w) {
     int y;
     if (w.has(p + ".gate.gate.weight")) {
       const std::string e0 = p + ".experts.0.", e1 = p + ".experts.1.";
-      y = g.moe_linear(x, W(p + ".gate.gate.weight", {2, in}), Bopt(p + ".gate.gate.bias", 2),
-                       W(e0 + "weight", {out, in}), Bopt(e0 + "bias", out), W(e1 + "shift", {out, in}),
-                       W(e1 + "sign", {out, in}), Bopt(e1 + "bias", out), p);
+      return g.moe_linear(x, W(p + ".gate.gate.weight", {2, in}), Bopt(p + ".gate.gate.bias", 2),
+                          W(e0 + "weight", {out, in}), Bopt(e0 + "bias", out), W(e1 + "shift", {out, in}),
+                          W(e1 + "sign", {out, in}), Bopt(e1 + "bias", out), p, residual);
     } else if (w.has(p + ".shift")) {
       y = g.shift_linear(x, W(p + ".shift", {out, in}), W(p + ".sign", {out, in}), Bopt(p + ".bias", out), p);
     } else {

@@ -67,7 +67,7 @@ struct Carver {
 };
 
 // Scratch bytes node `n` needs at this batch size (0 for most ops); mirrors run() below.
-size_t scratch_bytes(const Graph& g, const Node& n, int64_t batch, CudaMath math) {
+size_t scratch_bytes(const Graph& g, const Node& n, int64_t batch, CudaMath math, ShiftMode mode) {
   NodeBuffers b;
   b.batch = batch;
   switch (n.op) {
@@ -86,9 +86,12 @@ size_t scratch_bytes(const Graph& g, const Node& n, int64_t batch, CudaMath math
       if (math == CudaMath::F16) s += align256(2 * M * K);
       return s;
     }
+    case OpKind::ShiftLinear:
+      return align256(4 * cuda::shift_linear_scratch_floats(shift_args(g, n, b, mode)));
     case OpKind::MoeLinear: {
       const int64_t M = rows_of(g, n, batch);
-      return align256(M) + align256(4 * M) + align256(8) + align256(4 * cuda::moe_plan_scratch_ints(M));
+      return align256(M) + align256(4 * M) + align256(8) + align256(4 * cuda::moe_plan_scratch_ints(M)) +
+             align256(4 * cuda::shift_linear_scratch_floats(shift_args(g, n, b, mode)));
     }
     case OpKind::KshAttention: {  // mirrors run_ksh
       const Shape& s = g.sample_shape(n.output);
@@ -182,7 +185,7 @@ class CudaBackend final : public Backend {
       counts_nodes_ = nodes;
     }
     upload_weights(n);
-    grow(scratch_, scratch_bytes_, scratch_bytes(g, n, batch, opt_.math), "scratch");
+    grow(scratch_, scratch_bytes_, scratch_bytes(g, n, batch, opt_.math, opt_.shift_mode), "scratch");
   }
 
   std::array<int64_t, 2> expert_tokens(size_t node) const override {
@@ -329,8 +332,12 @@ class CudaBackend final : public Backend {
   }
 
   void upload_weights(const Node& n) {
-    for (size_t i = 0; i < n.weights.size(); ++i) {
-      const Tensor& t = n.weights[i];
+    // The weights, and of the prepared data the shift layers' row scales (fast mode).
+    std::vector<const Tensor*> tensors;
+    for (const Tensor& t : n.weights) tensors.push_back(&t);
+    tensors.push_back(&n.prepared.shift.row_scale);
+    for (const Tensor* tp : tensors) {
+      const Tensor& t = *tp;
       if (!t.defined() || t.numel() == 0) continue;
       if (const auto it = weight_bytes_.find(t.raw()); it != weight_bytes_.end()) {
         // Weights are found by host address: a larger tensor at the same address (a view
@@ -360,6 +367,18 @@ class CudaBackend final : public Backend {
         weights16_[t.raw()] = d;
       }
     }
+  }
+
+  // Shift-layer arguments for the CUDA kernels: device copies of the codes, bias, scale and row
+  // scales; the CPU-only fields cleared (cudasim checks every pointer a kernel receives).
+  ShiftLinearArgs device_shift_args(ShiftLinearArgs a) const {
+    a.codes = dev(a.codes);
+    a.bias = dev(a.bias);
+    a.scale = dev(a.scale);
+    a.panel = ShiftPanel{nullptr, nullptr, dev(a.panel.row_scale)};
+    a.rows = nullptr;
+    a.work = nullptr;
+    return a;
   }
 
   // The device copy of a weight given its host address (null stays null).
@@ -477,15 +496,13 @@ class CudaBackend final : public Backend {
         check_launch("mean_tokens");
         break;
       case OpKind::ShiftLinear: {
-        ShiftLinearArgs a = shift_args(g, n, b, opt_.shift_mode);
+        ShiftLinearArgs a = device_shift_args(shift_args(g, n, b, opt_.shift_mode));
         const float* residual = a.residual;
-        a.codes = dev(a.codes);
-        a.bias = dev(a.bias);
-        a.scale = nullptr, a.residual = nullptr, a.panel = {}, a.gelu = false;  // host-side CPU fields
+        a.residual = nullptr;
         cuda::RowMap rows;
-        rows.scale = dev(shift_scale(n));
         rows.gelu = n.p.gelu;
-        cuda::shift_linear(a, rows, s);
+        a.gelu = false;
+        cuda::shift_linear(a, rows, scratch.take<float>(cuda::shift_linear_scratch_floats(a)), s);
         check_launch("shift_linear");
         if (residual) {
           cuda::add(a.M * a.N, a.y, residual, 1.0f, a.y, s);
@@ -532,7 +549,10 @@ class CudaBackend final : public Backend {
     check_launch("moe_plan");
     cuda::RowMap rows;
     rows.perm = perm;
-    rows.combine = n.p.log_exp_combine;
+    // Upstream's log(exp(y) + eps) in exact mode, its limits in fast mode (as the CPU backends).
+    rows.combine = !n.p.log_exp_combine ? Combine::None
+                   : opt_.shift_mode == ShiftMode::Exact ? Combine::LogExp
+                                                         : Combine::Limits;
     rows.gelu = n.p.gelu;
     rows.hi = counts;  // expert 0: positions [0, counts[0])
     GemmArgs a;
@@ -551,20 +571,8 @@ class CudaBackend final : public Backend {
     check_launch("moe expert 0");
     rows.hi = nullptr;
     rows.lo = counts;  // expert 1: positions [counts[0], M)
-    rows.scale = dev(shift_scale(n));
-    ShiftLinearArgs sa;
-    sa.M = M;
-    sa.K = K;
-    sa.N = N;
-    sa.x = b.in[0];
-    sa.ldx = K;
-    sa.codes = dev(n.weights[4].data<uint8_t>());
-    sa.ldw = K;
-    sa.bias = bias_of(5);
-    sa.y = b.out;
-    sa.ldy = N;
-    sa.mode = opt_.shift_mode;
-    cuda::shift_linear(sa, rows, stream_);
+    ShiftLinearArgs sa = device_shift_args(shift_args(g, n, b, opt_.shift_mode));
+    cuda::shift_linear(sa, rows, scratch.take<float>(cuda::shift_linear_scratch_floats(sa)), stream_);
     check_launch("moe expert 1");
     if (n.inputs.size() > 1) {
       cuda::add(M * N, b.out, b.in[1], 1.0f, b.out, stream_);

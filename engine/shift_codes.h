@@ -136,6 +136,11 @@ SHIFTADD_HD inline float shift_row_scale(int row_exponent) {
   return row_exponent == kNoExponent ? 0.0f : ldexpf(1.0f, row_exponent - (kShiftInt8Levels - 1));
 }
 
+// The row exponent e back from its row scale 2^(e - 6) (kNoExponent for 0).
+SHIFTADD_HD inline int row_exponent_of_scale(float row_scale) {
+  return row_scale == 0.0f ? kNoExponent : ilogbf(row_scale) + (kShiftInt8Levels - 1);
+}
+
 // Fast mode's per-token activation quantizer: symmetric int8 with step amax / 127.
 //   inv = 127 / amax (0 when amax is 0), xq = round_half_even(clamp(x * inv, -127, 127)).
 // The clamps are written as the SIMD min/max compute them (NaN -> 127), so every backend

@@ -158,8 +158,10 @@ TEST(FuzzFindings, IdxGzipBombStopsAtWhatTheHeaderPromises) {
   gzclose(gz);
   const auto start = std::chrono::steady_clock::now();
   std::string message;
+  DatasetOptions options;
+  options.labels_path = file.string();
   try {
-    Dataset::open(file.string(), DatasetOptions{.labels_path = file.string()});
+    Dataset::open(file.string(), options);
   } catch (const Error& e) {
     message = e.what();
   }

@@ -545,7 +545,6 @@ SHIFTADD_AVX512 void out_tokens_nv(const Additive& ad, int64_t b, int64_t h, int
   ATTR void bucket_##SUFFIX(const Additive& ad, int64_t b, int64_t h, int64_t p, int64_t n0, int64_t n1) { \
     bucket_body(ad, b, h, p, n0, n1);                                                                    \
   }                                                                                                      \
-  ATTR void tables_##SUFFIX(const Additive& ad, int64_t b, int64_t h, float* T) { tables_body(ad, b, h, T); } \
   ATTR void out_##SUFFIX(const Additive& ad, int64_t b, int64_t h, int64_t n0, int64_t n1, float* T,     \
                          float* Z) {                                                                     \
     tables_body(ad, b, h, T);                                                                            \
@@ -562,7 +561,7 @@ SA_DEFINE(avx512, SHIFTADD_AVX512)
 #if SHIFTADD_X86
 template <int NV>
 SHIFTADD_AVX512 void out_nv(const Additive& ad, int64_t b, int64_t h, int64_t n0, int64_t n1, float* T, float*) {
-  tables_avx512(ad, b, h, T);
+  tables_body(ad, b, h, T);
   out_tokens_nv<NV>(ad, b, h, n0, n1, T);
 }
 #endif

@@ -44,8 +44,12 @@ __device__ __forceinline__ float warp_max(float v) {
 // Exact-erf GELU as ref::gelu (in fp32 here).
 __device__ __forceinline__ float gelu_erf(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
 
-// MoE combine of ref::moe_combine (fp32).
-__device__ __forceinline__ float log_exp_combine(float y) { return logf(expf(y) + 2.220446e-16f); }
+// The MoE combine (kernels.h combine_value) in fp32.
+__device__ __forceinline__ float combine_dev(float y, Combine c) {
+  if (c == Combine::LogExp) return logf(expf(y) + kCombineEps);
+  if (c == Combine::Limits) return y > kCombineMax ? INFINITY : y < kCombineFloor ? kCombineFloor : y;
+  return y;
+}
 
 // Grid-stride loop over [0, n).
 #define SHIFTADD_GRID_LOOP(i, n) \
@@ -68,11 +72,9 @@ __device__ __forceinline__ bool map_tile_rows(const RowMap& rows, int64_t M, int
   return true;
 }
 
-// The per-output epilogue of the MoE experts and shift layers: scale, then (MoE) the log-exp
-// combine, then GELU.
-__device__ __forceinline__ float row_epilogue(float y, int64_t n, const RowMap& rows) {
-  if (rows.scale) y *= rows.scale[n];
-  if (rows.combine) y = log_exp_combine(y);
+// The per-output epilogue of the MoE experts and shift layers: the combine, then GELU.
+__device__ __forceinline__ float row_epilogue(float y, const RowMap& rows) {
+  y = combine_dev(y, rows.combine);
   return rows.gelu ? gelu_erf(y) : y;
 }
 

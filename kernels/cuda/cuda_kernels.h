@@ -24,13 +24,12 @@ void to_half(int64_t n, const float* x, void* y, cudaStream_t stream);
 // Row selection and output epilogue of an MoE expert (all defaults: a plain layer). Rows m of
 // the layer are the positions of the MoE plan: the kernel reads input row perm[m] and writes
 // output row perm[m] (gather and scatter fused), only for *lo <= m < *hi (read on the device).
-// After the layer's own bias: y *= scale[n]; y = log(exp(y) + 2.220446e-16f) if combine; GELU.
+// After the layer's own bias (and a shift layer's scale): the combine (kernels.h), then GELU.
 struct RowMap {
   const int32_t* lo = nullptr;    // null: 0
   const int32_t* hi = nullptr;    // null: M
   const int32_t* perm = nullptr;  // null: identity
-  const float* scale = nullptr;
-  bool combine = false;
+  Combine combine = Combine::None;
   bool gelu = false;
 };
 
@@ -62,7 +61,8 @@ void dwconv3x3(const DwConv3x3Args& a, cudaStream_t stream);
 // y[r*ldy + h*d + c] = x[r*ldx + h*d + c] / ||x[r*ldx + h*d : ... + d]||  (zero rows stay zero).
 void l2norm_heads(int64_t rows, int64_t H, int64_t d, const float* x, int64_t ldx, float* y, int64_t ldy,
                   cudaStream_t stream);
-// Scratch floats ksh_hash needs: D[B, H, N, m] plus sigma[B, H].
+// Scratch floats ksh_hash needs: D[B, H, N, m] plus sigma[B, H]. Unlike ref::ksh_hash, the
+// rows must already be normalised (l2norm_heads) and a.streams must be 1.
 size_t ksh_scratch_floats(const KshArgs& a);
 void ksh_hash(const KshArgs& a, float* scratch, cudaStream_t stream);
 // kv_scratch: additive_scratch_floats(a) floats (the per-image, per-head KV sums).
@@ -70,10 +70,15 @@ size_t additive_scratch_floats(const AdditiveAttentionArgs& a);
 void additive_attention(const AdditiveAttentionArgs& a, float* kv_scratch, cudaStream_t stream);
 
 // ----- shift linear (shift_linear.cu) --------------------------------------------------------
-// Exact mode is bit-for-bit ref::shift_linear (exact integer sum of Q16.16 activations times
-// 2^(14+s)); fast mode is bit-for-bit ref's fast mode (int32 arithmetic right shifts). Rows and
-// epilogue (scale, combine, GELU) as `rows` says: the MoE shift expert, or a plain ShiftLinear.
-void shift_linear(const ShiftLinearArgs& a, const RowMap& rows, cudaStream_t stream);
+// Exact mode is bit-for-bit ref::shift_linear (the exact integer sum of Q16.16 activations
+// times 2^(14+s), rounded once); fast mode is bit-for-bit ref's fast mode before GELU (per-token
+// int8 activations times the int8 window of the codes, dp4a int8 dot products), reading the row
+// scales from a.panel.row_scale. a.scale (may be null) is the per-output scale; a.residual,
+// a.rows, a.panel.w and a.work are not used (rows come from `rows`). Rows and the combine / GELU
+// as `rows` says: the MoE shift expert, or a plain ShiftLinear. `scratch`:
+// shift_linear_scratch_floats(a) floats (fast mode's per-row quantisation constants).
+size_t shift_linear_scratch_floats(const ShiftLinearArgs& a);
+void shift_linear(const ShiftLinearArgs& a, const RowMap& rows, float* scratch, cudaStream_t stream);
 
 // ----- MoE (moe.cu) ---------------------------------------------------------------------------
 // expert[m] = logits1 > logits0 (double accumulation rounded to fp32, as ref::moe_router).

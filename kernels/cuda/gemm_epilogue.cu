@@ -38,7 +38,7 @@ struct DenseRows {
     float B[TK][kRowTileN + 1];
   };
   static __device__ __forceinline__ void stage(const Args& a, Tile& t, int r, int kk, int64_t src, int64_t n,
-                                               int64_t k) {
+                                               int64_t k, int64_t) {
     t.A[kk][r] = (src >= 0 && k < a.K) ? a.A[src * a.lda + k] : 0.0f;
     float bv = 0.0f;
     if (n < a.N && k < a.K) bv = a.b_is_nk ? a.B[n * a.ldb + k] : a.B[k * a.ldb + n];
@@ -56,7 +56,7 @@ struct DenseRows {
         for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(x[i], w[j], acc[i][j]);
     }
   }
-  static __device__ __forceinline__ float output(const Args& a, float acc, int64_t n) {
+  static __device__ __forceinline__ float output(const Args& a, float acc, int64_t n, int64_t) {
     const float c = a.alpha * acc;
     return a.epi.bias ? c + a.epi.bias[n] : c;
   }

@@ -4,13 +4,13 @@
 // 4 x 4 outputs per thread (rows ty + 16 i, columns tx + 16 j); K advances in slices of P::TK
 // that P::stage puts in shared memory (one element of the activation and of the weight per
 // call), P::accumulate adds a slice into the thread's accumulators, and P::output turns an
-// accumulator into the value the RowMap epilogue (scale, combine, GELU) gets.
+// accumulator into the value the RowMap epilogue (combine, GELU) gets.
 //
 // A policy P provides: Args (with M, N, K), Acc, Tile (its shared-memory arrays), TK, and
-//   stage(a, tile, r, kk, src_row, n, k)   r: tile row, kk: slice column; src_row < 0 or
-//                                          n >= N or k >= K: stage the neutral element
+//   stage(a, tile, r, kk, src_row, n, k, m) r: tile row, kk: slice column, m: its map position;
+//                                          src_row < 0 or n >= N or k >= K: the neutral element
 //   accumulate(tile, tx, ty, acc)
-//   output(a, acc, n) -> float
+//   output(a, acc, n, m) -> float          m: the row's map position
 //   out(a) -> float*, ld(a) -> int64_t     where row m of the output lives
 #include "kernels/cuda/common.cuh"
 
@@ -29,7 +29,7 @@ __global__ void __launch_bounds__(kRowTileThreads) row_tiled_kernel(typename P::
   for (int64_t k0 = 0; k0 < a.K; k0 += P::TK) {
     for (int i = threadIdx.x; i < kRowTileM * P::TK; i += kRowTileThreads) {
       const int r = i / P::TK, kk = i % P::TK;
-      P::stage(a, tile, r, kk, src_row[r], n0 + r, k0 + kk);
+      P::stage(a, tile, r, kk, src_row[r], n0 + r, k0 + kk, m0 + r);
     }
     __syncthreads();
     P::accumulate(tile, tx, ty, acc);
@@ -45,7 +45,7 @@ __global__ void __launch_bounds__(kRowTileThreads) row_tiled_kernel(typename P::
     for (int j = 0; j < 4; ++j) {
       const int64_t n = n0 + tx + 16 * j;
       if (n >= a.N) continue;
-      out[drow * ld + n] = row_epilogue(P::output(a, acc[i][j], n), n, rows);
+      out[drow * ld + n] = row_epilogue(P::output(a, acc[i][j], n, m0 + ty + 16 * i), rows);
     }
   }
 }

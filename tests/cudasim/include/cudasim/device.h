@@ -276,6 +276,18 @@ inline int __all_sync(unsigned mask, int predicate) {
 }
 
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
+// Four signed byte products of a and b added to c (the sm_61+ integer dot product).
+inline int __dp4a(int a, int b, int c) {
+  for (int i = 0; i < 4; ++i)
+    c += static_cast<int>(static_cast<int8_t>(a >> (8 * i))) * static_cast<int>(static_cast<int8_t>(b >> (8 * i)));
+  return c;
+}
+// Explicitly rounded fp32 operations (never contracted into an FMA).
+inline float __fmul_rn(float a, float b) {
+  volatile float r = a * b;
+  return r;
+}
+inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
 inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
 inline int __ffs(int x) { return __builtin_ffs(x); }
 inline int __ffsll(long long x) { return __builtin_ffsll(x); }

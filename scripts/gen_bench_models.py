@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Random-weight benchmark models for scripts/device-check.sh, and PyTorch eager timings.
 
-    gen_bench_models.py write OUT_DIR          # writes the models below (safetensors, F16)
+    gen_bench_models.py write OUT_DIR [--f32] [--onnx]
+        writes the models below (safetensors, F16; --f32: F32), and with --onnx each dense model
+        also as model.onnx (opset 17, dynamic batch, the same weights) for onnxruntime
     gen_bench_models.py torch OUT_DIR BATCH... # PyTorch eager fp32/fp16 latency, one JSON line each
 
 Models (224x224, 1000 classes), in the names the engine loads:
@@ -47,31 +49,40 @@ def pvt(variant):
     return PyramidVisionTransformerV2(PVT[variant], PVT_HEADS, PVT_MLP, PVT_DEPTHS, num_classes=1000)
 
 
-def save(model, d, config):
+def save(model, d, config, dtype=np.float16, onnx=False):
     os.makedirs(d, exist_ok=True)
-    sd = {k: v.detach().contiguous().numpy().astype(np.float16) for k, v in model.state_dict().items()}
+    with torch.no_grad():  # round the weights to the stored dtype, so ONNX gets exactly them
+        for v in model.state_dict().values():
+            if v.is_floating_point():
+                v.copy_(torch.as_tensor(v.numpy().astype(dtype).astype(np.float32)))
+    sd = {k: v.detach().contiguous().numpy().astype(dtype) for k, v in model.state_dict().items()}
     save_file(sd, os.path.join(d, "model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(d, "config.json"), "w") as f:
         json.dump(config, f)
+    if onnx:
+        torch.onnx.export(model, torch.randn(1, 3, 224, 224), os.path.join(d, "model.onnx"), opset_version=17,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
 
 
-def write(out):
+def write(out, dtype=np.float16, onnx=False):
     from gen_shiftadd_goldens import calibrate, init_shiftadd  # noqa: E402
     from shiftadd_pvt import ShiftAddPVTv2  # noqa: E402
     gen = torch.Generator().manual_seed(0)
     for name, (dim, heads) in DEIT.items():
         m = nontrivial_init(deit(name).eval(), gen)
-        save(m, os.path.join(out, name), {"num_heads": heads, "num_classes": 1000, "img_size": 224})
+        save(m, os.path.join(out, name), {"num_heads": heads, "num_classes": 1000, "img_size": 224}, dtype, onnx)
         print("wrote", name, flush=True)
     for v in PVT:
         m = nontrivial_init(pvt(v).eval(), gen)
-        save(m, os.path.join(out, "pvt_v2_" + v), {"architecture": "pvt_v2_" + v, "img_size": 224, "num_classes": 1000})
+        save(m, os.path.join(out, "pvt_v2_" + v), {"architecture": "pvt_v2_" + v, "img_size": 224, "num_classes": 1000},
+             dtype, onnx)
         m = ShiftAddPVTv2(PVT[v], PVT_HEADS, PVT_MLP, PVT_DEPTHS, kind="moe", num_classes=1000).eval()
         nontrivial_init(m, gen)
         init_shiftadd(m, gen)
         calibrate(m, torch.randn(2, 3, 224, 224, generator=gen))
         save(m, os.path.join(out, "shiftadd_pvt_v2_" + v),
-             {"architecture": "shiftadd_pvt_v2_" + v, "img_size": 224, "num_classes": 1000})
+             {"architecture": "shiftadd_pvt_v2_" + v, "img_size": 224, "num_classes": 1000}, dtype)
         print("wrote pvt_v2_%s and shiftadd_pvt_v2_%s" % (v, v), flush=True)
 
 
@@ -108,7 +119,7 @@ def torch_bench(out, batches):
 
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "write":
-        write(sys.argv[2])
+        write(sys.argv[2], np.float32 if "--f32" in sys.argv[3:] else np.float16, "--onnx" in sys.argv[3:])
     elif len(sys.argv) >= 4 and sys.argv[1] == "torch":
         torch_bench(sys.argv[2], [int(b) for b in sys.argv[3:]])
     else:

@@ -28,8 +28,9 @@ struct EnergyUnits {
 };
 
 // Unit energies (spec section 6, upstream pvt/hw_utils.py). A layer is priced with the column of
-// the precision its kernel really computes in (every kernel of this release computes in 32 bits:
-// fp32 products, int32/int64 shift-and-add accumulators).
+// the precision its kernel really computes in; every layer is priced at 32 bits (fp32 products,
+// int32/int64 accumulators; fast mode's shift layers take int8 operands but accumulate in int32,
+// so the 32-bit column is the conservative price).
 struct EnergyTable {
   EnergyUnits bits32{3.7, 0.9, 0.13};
   EnergyUnits bits8{0.2, 0.03, 0.024};

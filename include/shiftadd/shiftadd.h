@@ -72,8 +72,10 @@ class Model {
 };
 
 // Arithmetic of shift layers (ShiftAddViT): Exact reproduces upstream's float semantics
-// (Q16.16 floor-quantised activations and bias, result rounded once); Fast uses real 32-bit
-// shift-and-add with truncating right shifts (|error| <= nonzero weights x 2^-16 per output).
+// (Q16.16 floor-quantised activations and bias, an fp32 GEMM against the exact powers of two);
+// Fast runs them on the integer dot-product units: each output row's power-of-two weights as
+// int8 (the 7 exponents below its largest), activations quantised to int8 per token (about 1%
+// of a layer's output; docs/shiftadd.md).
 enum class ShiftMode { Exact, Fast };
 
 struct SessionOptions {

@@ -142,14 +142,14 @@ void prepare_consts(const KshArgs& a, const KshConsts& k) {
 
 // Pass 1 body: tokens [n0, n1) of image b.
 SA_INLINE void normalise_body(const KshArgs& a, const KshWork& w, int64_t b, int64_t chunk, int64_t n0,
-                              int64_t n1) {
+                              int64_t n1, int64_t h0, int64_t h1) {
   const int64_t d = a.d;
   float* ps = w.psum + (b * w.chunks + chunk) * w.SH * (d + 1);
-  std::fill_n(ps, w.SH * (d + 1), 0.0f);
+  for (int64_t s = 0; s < w.S; ++s) std::fill_n(ps + (s * a.H + h0) * (d + 1), (h1 - h0) * (d + 1), 0.0f);
   for (int64_t n = n0; n < n1; ++n) {
     const int64_t t = b * a.N + n;
     for (int64_t s = 0; s < w.S; ++s)
-      for (int64_t h = 0; h < a.H; ++h) {
+      for (int64_t h = h0; h < h1; ++h) {
         const int64_t sh = s * a.H + h;
         const float* x = a.qk + s * a.stream_offset + b * a.qk_bstride + n * a.qk_ld + h * d;
         const float ss = dot16(x, x, d);
@@ -168,12 +168,12 @@ SA_INLINE void normalise_body(const KshArgs& a, const KshWork& w, int64_t b, int
 }
 
 // sigma of every (stream, image, head) from the pass-1 sums.
-void sigmas(const KshArgs& a, const KshWork& w) {
+void sigmas(const KshArgs& a, const KshWork& w, int64_t b0, int64_t b1, int64_t h0, int64_t h1) {
   const int64_t d = a.d;
   double qs[257];
   for (int64_t s = 0; s < w.S; ++s)
-    for (int64_t b = 0; b < a.B; ++b)
-      for (int64_t h = 0; h < a.H; ++h) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t h = h0; h < h1; ++h) {
         const int64_t sh = s * a.H + h;
         std::fill_n(qs, d + 1, 0.0);
         for (int64_t c = 0; c < w.chunks; ++c) {
@@ -198,11 +198,12 @@ void store_code(const KshArgs& a, int64_t i, uint64_t code, const float* y) {
 }
 
 // Pass 2, portable: token by token.
-SA_INLINE void hash_body(const KshArgs& a, const KshWork& w, int64_t b, int64_t n0, int64_t n1) {
+SA_INLINE void hash_body(const KshArgs& a, const KshWork& w, int64_t b, int64_t n0, int64_t n1, int64_t h0,
+                         int64_t h1) {
   float D[64 + 16], y[64 + 16];
   const int64_t d = a.d, mp = w.mp, kp = w.kp;
   for (int64_t s = 0; s < w.S; ++s)
-    for (int64_t h = 0; h < a.H; ++h) {
+    for (int64_t h = h0; h < h1; ++h) {
       const int64_t sh = s * a.H + h;
       const float ninv = w.ninv[(s * a.B + b) * a.H + h];
       const float* aT = w.k.aT + h * d * mp;
@@ -254,8 +255,10 @@ SHIFTADD_AVX512 inline void transpose16(__m512 r[16]) {
 }
 
 // Distances of 16 tokens (lanes of qt[c]) to anchors [j0, j0 + J): kf[j] = exp(D * ninv) - mvec.
+// anc: the anchors transposed (anc[c * mp + j], the prepared aT), so one base pointer serves all
+// J broadcasts of a coordinate.
 template <int J>
-SHIFTADD_AVX512 void kernel_features16(const float* qt, int64_t d, const float* anc, const float* a2,
+SHIFTADD_AVX512 void kernel_features16(const float* qt, int64_t d, const float* anc, int64_t mp, const float* a2,
                                        const float* mv, __m512 qq, __m512 ninv, float* kf) {
   __m512 acc[J];
 #pragma GCC unroll 32
@@ -263,7 +266,7 @@ SHIFTADD_AVX512 void kernel_features16(const float* qt, int64_t d, const float* 
   for (int64_t c = 0; c < d; ++c) {
     const __m512 qc = _mm512_load_ps(qt + 16 * c);
 #pragma GCC unroll 32  // keeps the J accumulators in registers
-    for (int j = 0; j < J; ++j) acc[j] = _mm512_fmadd_ps(qc, _mm512_set1_ps(anc[j * d + c]), acc[j]);
+    for (int j = 0; j < J; ++j) acc[j] = _mm512_fmadd_ps(qc, _mm512_set1_ps(anc[c * mp + j]), acc[j]);
   }
 #pragma GCC unroll 32
   for (int j = 0; j < J; ++j) {
@@ -293,21 +296,21 @@ SHIFTADD_AVX512 void hash_block16(const KshArgs& a, const KshWork& w, int64_t b,
   for (int t = 0; t < 16; ++t) qqs[t] = t < rows ? w.qsq[(b * a.N + n0 + t) * w.SH + sh] : 0.0f;
   const __m512 qq = _mm512_load_ps(qqs);
   const __m512 ninv = _mm512_set1_ps(w.ninv[(s * a.B + b) * a.H + h]);
-  const float* anc = a.anchors + h * a.m * d;
+  const float* anc = w.k.aT + h * d * mp;
   const float* a2 = w.k.a2 + h * mp;
   const float* mv = w.k.mv + h * mp;
   for (int64_t j = 0; j < a.m;) {
     const int64_t left = a.m - j;
     const int64_t jn = left >= 24 ? 24 : left >= 16 ? 16 : left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
-    const float* aj = anc + j * d;
+    const float* aj = anc + j;
     float* kj = kf + 16 * j;
     switch (jn) {
-      case 24: kernel_features16<24>(qt, d, aj, a2 + j, mv + j, qq, ninv, kj); break;
-      case 16: kernel_features16<16>(qt, d, aj, a2 + j, mv + j, qq, ninv, kj); break;
-      case 8: kernel_features16<8>(qt, d, aj, a2 + j, mv + j, qq, ninv, kj); break;
-      case 4: kernel_features16<4>(qt, d, aj, a2 + j, mv + j, qq, ninv, kj); break;
-      case 2: kernel_features16<2>(qt, d, aj, a2 + j, mv + j, qq, ninv, kj); break;
-      default: kernel_features16<1>(qt, d, aj, a2 + j, mv + j, qq, ninv, kj); break;
+      case 24: kernel_features16<24>(qt, d, aj, mp, a2 + j, mv + j, qq, ninv, kj); break;
+      case 16: kernel_features16<16>(qt, d, aj, mp, a2 + j, mv + j, qq, ninv, kj); break;
+      case 8: kernel_features16<8>(qt, d, aj, mp, a2 + j, mv + j, qq, ninv, kj); break;
+      case 4: kernel_features16<4>(qt, d, aj, mp, a2 + j, mv + j, qq, ninv, kj); break;
+      case 2: kernel_features16<2>(qt, d, aj, mp, a2 + j, mv + j, qq, ninv, kj); break;
+      default: kernel_features16<1>(qt, d, aj, mp, a2 + j, mv + j, qq, ninv, kj); break;
     }
     j += jn;
   }
@@ -349,9 +352,10 @@ SHIFTADD_AVX512 void hash_block16(const KshArgs& a, const KshWork& w, int64_t b,
   }
 }
 
-SHIFTADD_AVX512 void hash_avx512(const KshArgs& a, const KshWork& w, int64_t b, int64_t n0, int64_t n1) {
+SHIFTADD_AVX512 void hash_avx512(const KshArgs& a, const KshWork& w, int64_t b, int64_t n0, int64_t n1, int64_t h0,
+                                 int64_t h1) {
   for (int64_t s = 0; s < w.S; ++s)
-    for (int64_t h = 0; h < a.H; ++h)
+    for (int64_t h = h0; h < h1; ++h)
       for (int64_t n = n0; n < n1; n += 16)
         hash_block16(a, w, b, s, h, n, static_cast<int>(std::min<int64_t>(16, n1 - n)));
 }
@@ -466,14 +470,14 @@ SHIFTADD_AVX512 inline float rsqrt_nr(float x) {
 // AVX-512 passes for head dims of 16, 32, 48 or 64 (NV vectors), each row held in registers.
 template <int NV>
 SHIFTADD_AVX512 void normalise_nv(const KshArgs& a, const KshWork& w, int64_t b, int64_t chunk, int64_t n0,
-                                  int64_t n1) {
+                                  int64_t n1, int64_t h0, int64_t h1) {
   constexpr int64_t d = 16 * NV;
   float* ps = w.psum + (b * w.chunks + chunk) * w.SH * (d + 1);
-  std::fill_n(ps, w.SH * (d + 1), 0.0f);
+  for (int64_t s = 0; s < w.S; ++s) std::fill_n(ps + (s * a.H + h0) * (d + 1), (h1 - h0) * (d + 1), 0.0f);
   for (int64_t n = n0; n < n1; ++n) {
     const int64_t t = b * a.N + n;
     for (int64_t s = 0; s < w.S; ++s)
-      for (int64_t h = 0; h < a.H; ++h) {
+      for (int64_t h = h0; h < h1; ++h) {
         const int64_t sh = s * a.H + h;
         const float* x = a.qk + s * a.stream_offset + b * a.qk_bstride + n * a.qk_ld + h * d;
         __m512 q[NV], ss = _mm512_setzero_ps();
@@ -536,11 +540,12 @@ SHIFTADD_AVX512 void out_tokens_nv(const Additive& ad, int64_t b, int64_t h, int
 
 #define SA_DEFINE(SUFFIX, ATTR)                                                                          \
   ATTR void normalise_##SUFFIX(const KshArgs& a, const KshWork& w, int64_t b, int64_t ch, int64_t n0,    \
-                               int64_t n1) {                                                             \
-    normalise_body(a, w, b, ch, n0, n1);                                                                 \
+                               int64_t n1, int64_t h0, int64_t h1) {                                     \
+    normalise_body(a, w, b, ch, n0, n1, h0, h1);                                                         \
   }                                                                                                      \
-  ATTR void hash_generic_##SUFFIX(const KshArgs& a, const KshWork& w, int64_t b, int64_t n0, int64_t n1) { \
-    hash_body(a, w, b, n0, n1);                                                                          \
+  ATTR void hash_generic_##SUFFIX(const KshArgs& a, const KshWork& w, int64_t b, int64_t n0, int64_t n1,  \
+                                  int64_t h0, int64_t h1) {                                              \
+    hash_body(a, w, b, n0, n1, h0, h1);                                                                  \
   }                                                                                                      \
   ATTR void bucket_##SUFFIX(const Additive& ad, int64_t b, int64_t h, int64_t p, int64_t n0, int64_t n1) { \
     bucket_body(ad, b, h, p, n0, n1);                                                                    \
@@ -567,8 +572,8 @@ SHIFTADD_AVX512 void out_nv(const Additive& ad, int64_t b, int64_t h, int64_t n0
 #endif
 
 struct Fns {
-  void (*normalise)(const KshArgs&, const KshWork&, int64_t, int64_t, int64_t, int64_t);
-  void (*hash)(const KshArgs&, const KshWork&, int64_t, int64_t, int64_t);
+  void (*normalise)(const KshArgs&, const KshWork&, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t);
+  void (*hash)(const KshArgs&, const KshWork&, int64_t, int64_t, int64_t, int64_t, int64_t);
   void (*bucket)(const Additive&, int64_t, int64_t, int64_t, int64_t, int64_t);
   void (*out)(const Additive&, int64_t, int64_t, int64_t, int64_t, float*, float*);
 };
@@ -636,16 +641,16 @@ void ksh_hash(const KshArgs& a, ThreadPool& pool) {
   const KshWork w = ksh_layout(a, a.work);
   const Fns f = fns(a.d, a.m);
   if (!a.prepared) prepare_consts(a, w.k);
-  const int64_t tasks = a.B * w.chunks;
   const double per_token = static_cast<double>(w.SH) * a.d;
+  const int64_t tasks = a.B * w.chunks;
   run_tasks(pool, tasks, per_token * a.B * a.N, [&](int, int64_t t) {
     const int64_t b = t / w.chunks, c = t % w.chunks;
-    f.normalise(a, w, b, c, c * kChunk, std::min(a.N, (c + 1) * kChunk));
+    f.normalise(a, w, b, c, c * kChunk, std::min(a.N, (c + 1) * kChunk), 0, a.H);
   });
-  sigmas(a, w);
+  sigmas(a, w, 0, a.B, 0, a.H);
   run_tasks(pool, tasks, per_token * (a.m + a.nbits) * a.B * a.N, [&](int, int64_t t) {
     const int64_t b = t / w.chunks, c = t % w.chunks;
-    f.hash(a, w, b, c * kChunk, std::min(a.N, (c + 1) * kChunk));
+    f.hash(a, w, b, c * kChunk, std::min(a.N, (c + 1) * kChunk), 0, a.H);
   });
 }
 

@@ -128,6 +128,13 @@ int Graph::layernorm(int x, Tensor gamma, Tensor beta, float eps, std::string na
   return add_node(std::move(n), s);
 }
 
+void Graph::add_residual(Node& n, int residual, const Shape& out) const {
+  if (residual < 0) return;
+  if (sample_shape(residual) != out)
+    shape_error(n.name, "residual " + shape_str(sample_shape(residual)) + " does not match output " + shape_str(out));
+  n.inputs.push_back(residual);
+}
+
 int Graph::linear(int x, Tensor w, Tensor b, std::string name, bool gelu, int residual) {
   Shape s = sample_shape(x);
   expect_f32(name, "weight", w);
@@ -142,12 +149,7 @@ int Graph::linear(int x, Tensor w, Tensor b, std::string name, bool gelu, int re
   n.op = OpKind::Linear;
   n.name = std::move(name);
   n.inputs = {x};
-  if (residual >= 0) {
-    if (sample_shape(residual) != s)
-      shape_error(n.name, "residual " + shape_str(sample_shape(residual)) +
-                              " does not match output " + shape_str(s));
-    n.inputs.push_back(residual);
-  }
+  add_residual(n, residual, s);
   n.weights = {std::move(w), std::move(b)};
   n.p.gelu = gelu;
   return add_node(std::move(n), s);
@@ -323,12 +325,7 @@ int Graph::shift_linear(int x, ShiftWeights w, std::string name, bool gelu, int 
   n.op = OpKind::ShiftLinear;
   n.name = std::move(name);
   n.inputs = {x};
-  if (residual >= 0) {
-    if (sample_shape(residual) != s)
-      shape_error(n.name, "residual " + shape_str(sample_shape(residual)) + " does not match output " +
-                              shape_str(s));
-    n.inputs.push_back(residual);
-  }
+  add_residual(n, residual, s);
   n.prepared.shift = make_panel(w.codes);
   n.weights = {std::move(w.codes), std::move(w.bias), std::move(w.scale)};
   n.p.gelu = gelu;
@@ -362,12 +359,7 @@ int Graph::moe_linear(int x, Tensor wg, Tensor bg, Tensor w0, Tensor b0, ShiftWe
   n.op = OpKind::MoeLinear;
   n.name = std::move(name);
   n.inputs = {x};
-  if (residual >= 0) {
-    if (sample_shape(residual) != s)
-      shape_error(n.name, "residual " + shape_str(sample_shape(residual)) + " does not match output " +
-                              shape_str(s));
-    n.inputs.push_back(residual);
-  }
+  add_residual(n, residual, s);
   n.prepared.shift = make_panel(w1.codes);
   n.weights = {std::move(wg), std::move(bg), std::move(w0), std::move(b0), std::move(w1.codes),
                std::move(w1.bias), std::move(w1.scale)};

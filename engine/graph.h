@@ -146,6 +146,8 @@ class Graph {
 
  private:
   int add_node(Node n, Shape out_shape);
+  // Input 1 of a node with a fused residual add (residual >= 0), checked against its output.
+  void add_residual(Node& n, int residual, const Shape& out) const;
   int conv_node(int x, int64_t cin, int64_t h, int64_t wd, int64_t grid_h, int64_t grid_w,
                 Tensor w, Tensor b, int64_t stride, int64_t pad, std::string name);
   int input_ = -1, output_ = -1;

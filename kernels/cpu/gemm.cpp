@@ -59,13 +59,6 @@ struct Arch {
   PackB pack_b;
 };
 
-template <int MR, Microkernel (*Pick)(int rows)>
-constexpr std::array<Microkernel, MR> kernel_table() {
-  std::array<Microkernel, MR> t{};
-  for (int r = 1; r <= MR; ++r) t[r - 1] = Pick(r);
-  return t;
-}
-
 // ----- packing -----------------------------------------------------------------------------
 
 template <int NR>
@@ -276,14 +269,6 @@ SHIFTADD_AVX512 void kernel_avx512(int64_t kc, const float* A, int64_t lda, cons
   }
 }
 
-template <int R = 1>
-constexpr Microkernel pick512(int rows) {
-  if constexpr (R > kMr512)
-    return nullptr;
-  else
-    return rows == R ? &kernel_avx512<R> : pick512<R + 1>(rows);
-}
-
 // ----- AVX2 microkernel: 6 x 16 (12 ymm accumulators) ----------------------------------------
 
 constexpr int kMr256 = 6, kNr256 = 16;
@@ -341,13 +326,6 @@ SHIFTADD_AVX2 void kernel_avx2(int64_t kc, const float* A, int64_t lda, const fl
   }
 }
 
-template <int R = 1>
-constexpr Microkernel pick256(int rows) {
-  if constexpr (R > kMr256)
-    return nullptr;
-  else
-    return rows == R ? &kernel_avx2<R> : pick256<R + 1>(rows);
-}
 #endif  // SHIFTADD_X86
 
 // ----- portable microkernel: 4 x 16, left to the compiler's auto-vectorizer ------------------
@@ -378,22 +356,14 @@ void kernel_scalar(int64_t kc, const float* A, int64_t lda, const float* Bp, con
   }
 }
 
-template <int R = 1>
-constexpr Microkernel pick_scalar(int rows) {
-  if constexpr (R > kMrScalar)
-    return nullptr;
-  else
-    return rows == R ? &kernel_scalar<R> : pick_scalar<R + 1>(rows);
-}
-
 const Arch& current_arch() {
 #if SHIFTADD_X86
-  static constexpr auto k512 = kernel_table<kMr512, pick512<>>();
-  static constexpr auto k256 = kernel_table<kMr256, pick256<>>();
+  static constexpr auto k512 = row_kernels<Microkernel, kMr512>([]<int R>() { return &kernel_avx512<R>; });
+  static constexpr auto k256 = row_kernels<Microkernel, kMr256>([]<int R>() { return &kernel_avx2<R>; });
   static const Arch avx512{kMr512, kNr512, k512.data(), pack_b_avx2<kNr512>};
   static const Arch avx2{kMr256, kNr256, k256.data(), pack_b_avx2<kNr256>};
 #endif
-  static constexpr auto ks = kernel_table<kMrScalar, pick_scalar<>>();
+  static constexpr auto ks = row_kernels<Microkernel, kMrScalar>([]<int R>() { return &kernel_scalar<R>; });
   static const Arch scalar{kMrScalar, kNrScalar, ks.data(), pack_b_scalar<kNrScalar>};
   switch (isa()) {
 #if SHIFTADD_X86

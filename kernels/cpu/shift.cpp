@@ -114,21 +114,6 @@ void q16_rows_scalar(const float* const* x, int64_t rows, int64_t K, float* dst)
     for (int64_t k = 0; k < K; ++k) dst[r * K + k] = quantize_q16_float(x[r][k]);
 }
 
-template <int R = 1>
-constexpr I8Kernel pick_scalar(int rows) {
-  if constexpr (R > 4)
-    return nullptr;
-  else
-    return rows == R ? &i8_kernel_scalar<R> : pick_scalar<R + 1>(rows);
-}
-
-template <int MR, I8Kernel (*Pick)(int)>
-constexpr std::array<I8Kernel, MR> kernel_table() {
-  std::array<I8Kernel, MR> t{};
-  for (int r = 1; r <= MR; ++r) t[r - 1] = Pick(r);
-  return t;
-}
-
 #if SHIFTADD_X86
 // ----- AVX-512 ---------------------------------------------------------------------------------
 
@@ -310,36 +295,15 @@ SHIFTADD_AVX2 void q16_rows_avx2(const float* const* x, int64_t rows, int64_t K,
   }
 }
 
-template <int R = 1>
-constexpr I8Kernel pick_vnni(int rows) {
-  if constexpr (R > 14)
-    return nullptr;
-  else
-    return rows == R ? &i8_kernel_vnni<R> : pick_vnni<R + 1>(rows);
-}
-template <int R = 1>
-constexpr I8Kernel pick_avx512bw(int rows) {
-  if constexpr (R > 12)
-    return nullptr;
-  else
-    return rows == R ? &i8_kernel_avx512bw<R> : pick_avx512bw<R + 1>(rows);
-}
-template <int R = 1>
-constexpr I8Kernel pick_avx2(int rows) {
-  if constexpr (R > 4)
-    return nullptr;
-  else
-    return rows == R ? &i8_kernel_avx2<R> : pick_avx2<R + 1>(rows);
-}
 #endif  // SHIFTADD_X86
 
 const I8Arch& i8_arch() {
-  static constexpr auto ks = kernel_table<4, pick_scalar<>>();
+  static constexpr auto ks = row_kernels<I8Kernel, 4>([]<int R>() { return &i8_kernel_scalar<R>; });
   static const I8Arch scalar{4, ks.data()};
 #if SHIFTADD_X86
-  static constexpr auto kv = kernel_table<14, pick_vnni<>>();
-  static constexpr auto kb = kernel_table<12, pick_avx512bw<>>();
-  static constexpr auto k2 = kernel_table<4, pick_avx2<>>();
+  static constexpr auto kv = row_kernels<I8Kernel, 14>([]<int R>() { return &i8_kernel_vnni<R>; });
+  static constexpr auto kb = row_kernels<I8Kernel, 12>([]<int R>() { return &i8_kernel_avx512bw<R>; });
+  static constexpr auto k2 = row_kernels<I8Kernel, 4>([]<int R>() { return &i8_kernel_avx2<R>; });
   static const I8Arch vnni{14, kv.data()}, avx512bw{12, kb.data()}, avx2{4, k2.data()};
   switch (isa()) {
     case Isa::Avx512:

@@ -3,8 +3,10 @@
 // share, and the single-threaded GEMM that attention and conv2d call inside their own tasks.
 // The build assumes no ISA beyond baseline x86-64 (or none at all elsewhere): AVX2 / AVX-512
 // code is compiled per function with target attributes and chosen at run time.
+#include <array>
 #include <cmath>
 #include <cstdint>
+#include <utility>
 
 #include "kernels/kernels.h"
 
@@ -259,6 +261,15 @@ SHIFTADD_AVX2 inline __m256i mask256(int64_t n) {
 #undef SHIFTADD_ERF_COEFFS
 #undef SHIFTADD_LOG_COEFFS
 #endif  // SHIFTADD_X86
+
+// The table {f.template operator()<1>(), ..., f.template operator()<MR>()}: a micro-kernel per
+// row count, from a template lambda []<int R>() { return &kernel<R>; }.
+template <class Kernel, int MR, class F>
+constexpr std::array<Kernel, MR> row_kernels(F f) {
+  return [&]<size_t... I>(std::index_sequence<I...>) {
+    return std::array<Kernel, MR>{f.template operator()<static_cast<int>(I) + 1>()...};
+  }(std::make_index_sequence<MR>{});
+}
 
 // Single-threaded GEMM on one thread's scratch (gemm_scratch_bytes() of it), for kernels
 // that run GEMMs inside their own parallel tasks (attention, conv2d).

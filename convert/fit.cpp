@@ -4,7 +4,7 @@
 #include <cmath>
 #include <numeric>
 
-#include "engine/shift_codes.h"
+#include "core/shift_codes.h"
 #include "shiftadd/error.h"
 
 namespace shiftadd::convert {

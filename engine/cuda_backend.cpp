@@ -30,7 +30,7 @@
 #include <vector>
 
 #include "engine/backend.h"
-#include "engine/log.h"
+#include "core/log.h"
 #include "engine/node_args.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "shiftadd/error.h"

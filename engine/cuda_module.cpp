@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <mutex>
 
-#include "engine/log.h"
+#include "core/log.h"
 #include "shiftadd/error.h"
 
 namespace shiftadd {

@@ -5,7 +5,7 @@
 #include <iterator>
 #include <map>
 
-#include "engine/log.h"
+#include "core/log.h"
 
 #include "shiftadd/error.h"
 

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/tensor.h"
+#include "core/tensor.h"
 
 #include "engine/backend.h"
 #include "engine/graph.h"

@@ -1,6 +1,6 @@
 #include "engine/graph.h"
 
-#include "engine/shift_codes.h"
+#include "core/shift_codes.h"
 #include "kernels/shift_kernels.h"
 #include "shiftadd/error.h"
 

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/tensor.h"
+#include "core/tensor.h"
 
 namespace shiftadd {
 
@@ -24,7 +24,7 @@ enum class OpKind : uint8_t {
   DwConv3x3,    // depthwise 3x3 conv (pad 1, bias) over the [H*W, C] token grid, optional GELU
   MeanTokens,   // mean over tokens [N, C] -> [1, C]
   ShiftLinear,  // DeepShift-PS linear q(x) W^T + q(b), W = g * 2^s packed as 5-bit codes
-                // (engine/shift_codes.h), times an optional per-output scale, optional GELU,
+                // (core/shift_codes.h), times an optional per-output scale, optional GELU,
                 // optional fused residual add (input 1); weights: codes U8 [out, in], bias [out]
                 // (raw), scale [out] (or undefined)
   MoeLinear,    // top-1 mixture of a dense (expert 0) and a shift (expert 1) linear, combined

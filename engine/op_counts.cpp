@@ -15,7 +15,7 @@
 
 #include <algorithm>
 
-#include "engine/shift_codes.h"
+#include "core/shift_codes.h"
 
 namespace shiftadd {
 

@@ -43,7 +43,7 @@ struct Epilogue {
 // GEMM: C[M,N] = alpha * A[M,K] * op(B) (+ epilogue), row-major with row strides lda/ldb/ldc.
 // b_is_nk: B is stored [N,K] (PyTorch Linear weight layout, i.e. C = A B^T);
 // otherwise B is stored [K,N].
-// B_codes: instead of B, 5-bit shift codes [N,K] (engine/shift_codes.h, b_is_nk, row stride ldb)
+// B_codes: instead of B, 5-bit shift codes [N,K] (core/shift_codes.h, b_is_nk, row stride ldb)
 // decoded to their exact fp32 powers of two while B is packed (shift layers' exact mode).
 // c_rows: row m of C (and of the residual) is row c_rows[m] (the MoE scatter); null: row m.
 struct GemmArgs {

@@ -16,7 +16,7 @@ namespace kernels {
 
 // ----- shift linear (spec section 3) -------------------------------------------------------
 //
-// A shift layer's weights W = g * 2^s come as 5-bit codes (engine/shift_codes.h). Two modes:
+// A shift layer's weights W = g * 2^s come as 5-bit codes (core/shift_codes.h). Two modes:
 //
 // Exact (upstream's float semantics): y = q(x) W^T + q(b), q the Q16.16 floor quantizer.
 //   ref:: computes it exactly, T = sum_k g_k (X_k << (14 + s_k)) + (Bq << 14) in int64 with
@@ -26,7 +26,7 @@ namespace kernels {
 //   (<= ~K * 2^-24 of sum |terms|; upstream's own GEMM differs from ref:: the same way).
 //
 // Fast (integer units): per token m, x is quantized to int8 with amax_m = max_k |x[m, k]|
-//   (int8_quant_inv / quantize_int8 in engine/shift_codes.h), each weight row n is the int8
+//   (int8_quant_inv / quantize_int8 in core/shift_codes.h), each weight row n is the int8
 //   window of its codes with row scale r_n = 2^(e_n - 6) (shift_code_int8), and
 //     acc[m, n] = sum_k xq[m, k] * wq[n, k]                (int32, exact)
 //     y[m, n]   = fma(fp32(acc), step_m * ws_n, bq_n),   step_m = int8_quant_step(amax_m),
@@ -52,7 +52,7 @@ struct ShiftLinearArgs {
   int64_t M = 0, N = 0, K = 0;
   const float* x = nullptr;      // [M, K], row stride ldx
   int64_t ldx = 0;
-  const uint8_t* codes = nullptr;  // [N, K] 5-bit codes (engine/shift_codes.h), row stride ldw
+  const uint8_t* codes = nullptr;  // [N, K] 5-bit codes (core/shift_codes.h), row stride ldw
   int64_t ldw = 0;
   const float* bias = nullptr;   // [N] raw (unquantized) bias, may be null
   float* y = nullptr;            // [M, N], row stride ldy

@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/tensor.h"
+#include "core/tensor.h"
 
 // CMake's onnx_proto target defines these; direct compiler invocations may not.
 #ifndef ONNX_ML

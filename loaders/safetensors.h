@@ -5,7 +5,7 @@
 #include <map>
 #include <string>
 
-#include "engine/tensor.h"
+#include "core/tensor.h"
 #include "loaders/weight_store.h"
 
 namespace shiftadd {

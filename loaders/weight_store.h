@@ -3,7 +3,7 @@
 #include <map>
 #include <string>
 
-#include "engine/tensor.h"
+#include "core/tensor.h"
 
 namespace shiftadd {
 

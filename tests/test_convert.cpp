@@ -10,8 +10,8 @@
 #include <nlohmann/json.hpp>
 #include <unistd.h>
 
-#include "engine/model_impl.h"
-#include "engine/shift_codes.h"
+#include "runtime/model.h"
+#include "core/shift_codes.h"
 #include "loaders/safetensors.h"
 #include "shiftadd/convert.h"
 #include "shiftadd/dataset.h"

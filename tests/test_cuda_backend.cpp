@@ -1,7 +1,7 @@
 // The CUDA backend.
 //
 // Host side (always runs, no GPU needed): the __host__ __device__ arithmetic shared with the
-// CUDA kernels (engine/shift_codes.h), the CUDA backend's dispatch table (it must support every
+// CUDA kernels (core/shift_codes.h), the CUDA backend's dispatch table (it must support every
 // op the CPU backend supports), the executor's device-backend protocol (arena slot for the
 // input, copies, forward capture and the eager re-run after a failed capture) through a fake
 // device backend over host memory, and the Session error without a GPU.
@@ -34,8 +34,8 @@
 #include "engine/backend.h"
 #include "engine/executor.h"
 #include "engine/graph.h"
-#include "engine/model_impl.h"
-#include "engine/shift_codes.h"
+#include "runtime/model.h"
+#include "core/shift_codes.h"
 #include "shiftadd/shiftadd.h"
 #include "test_util.h"
 

@@ -16,7 +16,7 @@
 #include <random>
 #include <sstream>
 
-#include "engine/model_impl.h"
+#include "runtime/model.h"
 #include "engine/op_counts.h"
 #include "loaders/safetensors.h"
 #include "shiftadd/profile.h"

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/shift_codes.h"
+#include "core/shift_codes.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/kernels.h"
 #include "kernels/shift_kernels.h"

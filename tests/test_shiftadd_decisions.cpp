@@ -14,7 +14,7 @@
 
 #include "engine/backend.h"
 #include "engine/executor.h"
-#include "engine/model_impl.h"
+#include "runtime/model.h"
 #include "shiftadd/shiftadd.h"
 #include "test_util.h"
 

@@ -24,7 +24,7 @@
 #include "engine/backend.h"
 #include "engine/executor.h"
 #include "engine/graph.h"
-#include "engine/shift_codes.h"
+#include "core/shift_codes.h"
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/kernels.h"
 #include "kernels/shift_kernels.h"

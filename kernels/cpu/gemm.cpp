@@ -9,7 +9,7 @@
 #include <array>
 #include <cstring>
 
-#include "engine/shift_codes.h"
+#include "core/shift_codes.h"
 #include "kernels/cpu/simd.h"
 #include "kernels/cpu/thread_pool.h"
 #include "shiftadd/error.h"

@@ -16,7 +16,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "engine/shift_codes.h"
+#include "core/shift_codes.h"
 #include "kernels/cpu/parallel.h"
 #include "kernels/cpu/simd.h"
 #include "kernels/shift_kernels.h"

@@ -1,4 +1,4 @@
-// Shift linear on packed 5-bit codes (spec section 3; engine/shift_codes.h for the code).
+// Shift linear on packed 5-bit codes (spec section 3; core/shift_codes.h for the code).
 // Exact mode: T = sum_k g_k * X_k * 2^(14 + s_k) + (Bq << 14) as an exact integer, y = fp32(T) *
 // 2^-30, i.e. ref::shift_linear bit for bit (integer sums are exact in any order, and the int64
 // -> fp32 conversion rounds to nearest even on both sides); see ShiftExactRows for how fp64
@@ -11,7 +11,7 @@
 // thread); 32-wide K slices of the quantized activations and of the decoded weights (exact) or
 // int8 weights (fast) are staged in shared memory, quantized once per slice by the shared
 // __host__ __device__ helpers.
-#include "engine/shift_codes.h"
+#include "core/shift_codes.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/row_tiled.cuh"

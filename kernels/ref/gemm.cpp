@@ -1,7 +1,7 @@
 // Reference GEMM: the oracle for the optimized kernels, written for obviousness, not speed.
 #include <cmath>
 
-#include "engine/shift_codes.h"
+#include "core/shift_codes.h"
 #include "kernels/kernels.h"
 
 namespace shiftadd::kernels::ref {

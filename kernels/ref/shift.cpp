@@ -2,7 +2,7 @@
 #include <cmath>
 #include <vector>
 
-#include "engine/shift_codes.h"
+#include "core/shift_codes.h"
 #include "kernels/kernels.h"
 #include "kernels/shift_kernels.h"
 

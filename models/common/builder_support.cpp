@@ -2,7 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "engine/shift_codes.h"
+#include "core/shift_codes.h"
 #include "loaders/safetensors.h"
 #include "shiftadd/error.h"
 

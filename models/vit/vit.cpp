@@ -7,7 +7,7 @@
 
 #include "loaders/safetensors.h"
 #include "models/common/builder_support.h"
-#include "engine/log.h"
+#include "core/log.h"
 #include "shiftadd/error.h"
 
 namespace shiftadd {

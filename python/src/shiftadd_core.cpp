@@ -13,7 +13,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 
-#include "engine/tensor.h"
+#include "core/tensor.h"
 #include "loaders/safetensors.h"
 #include "shiftadd/convert.h"
 #include "shiftadd/dataset.h"

@@ -55,7 +55,7 @@ COMBINE_EPS = 2.220446e-16
 
 # ============================================================================ shift codes
 def decode_codes(codes):
-    """5-bit codes (engine/shift_codes.h) -> float weights g 2^s. codes: uint8 numpy/tensor."""
+    """5-bit codes (core/shift_codes.h) -> float weights g 2^s. codes: uint8 numpy/tensor."""
     c = torch.as_tensor(np.asarray(codes, dtype=np.uint8).astype(np.int64))
     mag = c & 15
     s = 1 - mag

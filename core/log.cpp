@@ -1,4 +1,4 @@
-#include "engine/log.h"
+#include "core/log.h"
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 

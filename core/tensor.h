@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/dtype.h"
+#include "core/dtype.h"
 #include "shiftadd/device.h"
 
 namespace shiftadd {

@@ -9,7 +9,7 @@
 #include <thread>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include "engine/log.h"
+#include "core/log.h"
 
 #include "engine/backend.h"
 #include "engine/cuda_module.h"
@@ -20,12 +20,12 @@
 #include "loaders/onnx_vit.h"
 #include "loaders/safetensors.h"
 #include "loaders/vit_names.h"
-#include "engine/shift_codes.h"
+#include "core/shift_codes.h"
 #include "models/pvt/pvt_v2.h"
 #include "models/pvt/shiftadd_pvt.h"
 #include "models/vit/vit.h"
 #include "shiftadd/shiftadd.h"
-#include "engine/model_impl.h"
+#include "runtime/model.h"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;

@@ -14,7 +14,7 @@
 #include <random>
 #include <thread>
 
-#include "engine/model_impl.h"
+#include "runtime/model.h"
 #include "engine/op_counts.h"
 #include "kernels/kernels.h"
 #include "loaders/atomic_write.h"

@@ -1,4 +1,4 @@
-#include "engine/dtype.h"
+#include "core/dtype.h"
 
 #include <cstring>
 

@@ -1,4 +1,4 @@
-#include "engine/tensor.h"
+#include "core/tensor.h"
 
 #include <cstdlib>
 #include <cstring>

@@ -528,7 +528,9 @@ Report convert_model(const Options& o) {
     throw Error("convert: --attn " + o.attn + " is for ViT / DeiT: PVTv2's spatial-reduction attention has no "
                 "LinAngular counterpart to convert to without retraining (upstream trains to_qk / to_v); keep "
                 "--attn dense for PVTv2");
-  const VitConfig& c = mi.config;
+  static const VitConfig kNotVit;  // PVTv2: the ViT-only steps below (KSH blocks) do not run
+  const VitConfig* vit = std::get_if<VitConfig>(&mi.config);
+  const VitConfig& c = vit ? *vit : kNotVit;
   const Graph& dense = mi.graph;
   // Blocks ("blocks.{i}." or PVTv2's "block{s}.{j}.") and their linear layers.
   std::vector<std::string> blocks;
@@ -671,7 +673,7 @@ Report convert_model(const Options& o) {
     const int pn = find_node(dense, proj);
     const int64_t C = c.dim, d = C / c.heads;
     Tensor w = Tensor::empty(DType::F32, {C, C});
-    std::copy_n(dense.nodes()[pn].weights[0].data<float>(), C * C, w.data<float>());
+    std::copy_n(dense.nodes()[pn].w(LinearW::Weight).data<float>(), C * C, w.data<float>());
     for (int64_t r = 0; r < C; ++r)
       for (int64_t col = 0; col < C; ++col) w.data<float>()[r * C + col] *= k.alpha[col / d];
     folded[proj] = w;
@@ -686,8 +688,8 @@ Report convert_model(const Options& o) {
   }
   for (LinearJob& j : jobs) {
     const Node& n = dense.nodes()[j.node];
-    const Tensor w = folded.count(j.name) ? folded[j.name] : n.weights[0];
-    const Tensor b = n.weights.size() > 1 && n.weights[1].defined() && n.weights[1].numel() ? n.weights[1] : Tensor();
+    const Tensor w = folded.count(j.name) ? folded[j.name] : n.w(LinearW::Weight);
+    const Tensor b = n.f32_or_null(LinearW::Bias) ? n.w(LinearW::Bias) : Tensor();
     out.erase(j.name + ".weight");
     out.erase(j.name + ".bias");
     rep.layers.push_back(convert_linear(j, w, b, o, *backend, *fast_backend, out, layers));

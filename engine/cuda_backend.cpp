@@ -29,9 +29,10 @@
 #include <unordered_map>
 #include <vector>
 
-#include "engine/backend.h"
 #include "core/log.h"
+#include "engine/backend.h"
 #include "engine/node_args.h"
+#include "engine/work.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "shiftadd/error.h"
 
@@ -52,59 +53,109 @@ void check(cublasStatus_t s, const char* what) {
 // next synchronisation (copy_output).
 void check_launch(const char* what) { check(cudaGetLastError(), what); }
 
-constexpr size_t align256(size_t n) { return (n + 255) / 256 * 256; }
+// ----- per-node scratch layouts ------------------------------------------------------------
+// Each op's scratch is carved from one device buffer (256-byte aligned pieces) by its layout
+// function: reserve() calls it without a buffer to size the scratch for the worst case, run()
+// with the buffer to cut it, so the two cannot drift apart.
 
-// Carves consecutive 256-byte aligned pieces out of one scratch buffer.
-struct Carver {
-  char* base;
-  size_t off = 0;
-  template <class T>
-  T* take(size_t count) {
-    T* p = reinterpret_cast<T*>(base + off);
-    off += align256(count * sizeof(T));
-    return p;
-  }
+using Carver = WorkCarver<256>;
+
+// A cuBLAS GEMM's staging: the GEMM output when GELU must run before a residual that aliases C
+// (the planner never aliases, but the kernel contract allows it), and A in fp16 (fp16 math).
+struct GemmWork {
+  float* g = nullptr;
+  uint16_t* a16 = nullptr;
 };
+GemmWork gemm_work(Carver& c, const GemmArgs& a, bool residual_with_gelu, CudaMath math) {
+  GemmWork w;
+  if (residual_with_gelu) w.g = c.take<float>(a.M * a.N);
+  if (math == CudaMath::F16) w.a16 = c.take<uint16_t>(a.M * a.K);
+  return w;
+}
 
-// Scratch bytes node `n` needs at this batch size (0 for most ops); mirrors run() below.
+// Conv2d: the unfolded input (im2col), then its GEMM's staging.
+struct ConvWork {
+  float* col;
+  GemmWork gemm;
+};
+ConvWork conv_work(Carver& c, const Graph& g, const Node& n, const NodeBuffers& b, CudaMath math) {
+  const Conv2dArgs a = conv_args(g, n, b);
+  const int64_t M = a.B * a.OH() * a.OW(), K = a.Cin * a.kh * a.kw;
+  ConvWork w;
+  w.col = c.take<float>(M * K);
+  w.gemm = gemm_work(c, conv_gemm_args(a, w.col, 0, M), false, math);
+  return w;
+}
+
+// ShiftLinear: fast mode's per-row quantisation constants.
+float* shift_work(Carver& c, const ShiftLinearArgs& a) {
+  return c.take<float>(cuda::shift_linear_scratch_floats(a));
+}
+
+// MoeLinear: the router's choices, the plan (permutation, counts, per-tile counts), then the
+// shift expert's scratch (launched for all M rows).
+struct MoeWork {
+  uint8_t* expert;
+  int32_t* perm;
+  int32_t* counts;
+  int32_t* tiles;
+  float* shift;
+};
+MoeWork moe_work(Carver& c, const Graph& g, const Node& n, const NodeBuffers& b, ShiftMode mode) {
+  const int64_t M = rows_of(g, n, b.batch);
+  MoeWork w;
+  w.expert = c.take<uint8_t>(M);
+  w.perm = c.take<int32_t>(M);
+  w.counts = c.take<int32_t>(2);
+  w.tiles = c.take<int32_t>(cuda::moe_plan_scratch_ints(M));
+  w.shift = shift_work(c, shift_args(g, n, b, mode));
+  return w;
+}
+
+// KshAttention: the hashed rows normalised per head [rows, streams * C], each stream's codes,
+// the hash's scratch (reused by the streams, which run in stream order) and additive
+// attention's.
+struct KshWork {
+  float* qn;
+  void* codes[2] = {nullptr, nullptr};
+  float* hash;
+  float* additive;
+};
+// One stream's hash over the normalised rows `qn`.
+KshArgs ksh_stream_args(const Graph& g, const Node& n, const NodeBuffers& b, const KshWork& w, int i) {
+  const Shape& s = g.sample_shape(n.output);
+  const int64_t C = s[1], streams = ksh_streams(n);
+  KshArgs k = ksh_args(g, n, b, w.codes[i]);
+  k.qk = w.qn ? w.qn + i * C : nullptr;
+  k.qk_ld = streams * C, k.qk_bstride = s[0] * streams * C;
+  k.streams = 1, k.prepared = nullptr;
+  return k;
+}
+KshWork ksh_work(Carver& c, const Graph& g, const Node& n, const NodeBuffers& b) {
+  const Shape& s = g.sample_shape(n.output);
+  const int64_t streams = ksh_streams(n);
+  KshWork w;
+  w.qn = c.take<float>(b.batch * s[0] * streams * s[1]);
+  for (int64_t i = 0; i < streams; ++i) w.codes[i] = c.take<std::byte>(ksh_stream_code_bytes(g, n, b.batch));
+  w.hash = c.take<float>(cuda::ksh_scratch_floats(ksh_stream_args(g, n, b, w, 0)));
+  w.additive = c.take<float>(cuda::additive_scratch_floats(additive_args(g, n, b, nullptr)));
+  return w;
+}
+
+// Scratch bytes of node `n` at this batch size: its layout over no buffer.
 size_t scratch_bytes(const Graph& g, const Node& n, int64_t batch, CudaMath math, ShiftMode mode) {
   NodeBuffers b;
   b.batch = batch;
+  Carver c;
   switch (n.op) {
-    case OpKind::Linear: {
-      const GemmArgs a = linear_args(g, n, b);
-      // GEMM output when the residual aliases C and GELU comes before it (the planner never
-      // aliases, but the kernel contract allows it).
-      size_t s = n.inputs.size() > 1 && n.p.gelu ? align256(sizeof(float) * a.M * a.N) : 0;
-      if (math == CudaMath::F16) s += align256(2 * a.M * a.K);
-      return s;
-    }
-    case OpKind::Conv2d: {
-      const Conv2dArgs a = conv_args(g, n, b);
-      const int64_t M = a.B * a.OH() * a.OW(), K = a.Cin * a.kh * a.kw;
-      size_t s = align256(sizeof(float) * M * K);
-      if (math == CudaMath::F16) s += align256(2 * M * K);
-      return s;
-    }
-    case OpKind::ShiftLinear:
-      return align256(4 * cuda::shift_linear_scratch_floats(shift_args(g, n, b, mode)));
-    case OpKind::MoeLinear: {
-      const int64_t M = rows_of(g, n, batch);
-      return align256(M) + align256(4 * M) + align256(8) + align256(4 * cuda::moe_plan_scratch_ints(M)) +
-             align256(4 * cuda::shift_linear_scratch_floats(shift_args(g, n, b, mode)));
-    }
-    case OpKind::KshAttention: {  // mirrors run_ksh
-      const Shape& s = g.sample_shape(n.output);
-      const int64_t rows = batch * s[0], streams = ksh_from_qkv(n) ? 2 : 1;
-      KshArgs k = ksh_args(g, n, b, nullptr);
-      k.streams = 1;
-      return align256(4 * rows * streams * s[1]) +
-             streams * align256((n.p.nbits <= 16 ? 2 : 8) * batch * n.p.heads * s[0]) +
-             align256(4 * cuda::ksh_scratch_floats(k)) +
-             align256(4 * cuda::additive_scratch_floats(additive_args(g, n, b, nullptr)));
-    }
-    default: return 0;
+    case OpKind::Linear: gemm_work(c, linear_args(g, n, b), has_residual(n) && n.p.gelu, math); break;
+    case OpKind::Conv2d: conv_work(c, g, n, b, math); break;
+    case OpKind::ShiftLinear: shift_work(c, shift_args(g, n, b, mode)); break;
+    case OpKind::MoeLinear: moe_work(c, g, n, b, mode); break;
+    case OpKind::KshAttention: ksh_work(c, g, n, b); break;
+    default: break;
   }
+  return c.bytes();
 }
 
 class CudaBackend final : public Backend {
@@ -355,9 +406,9 @@ class CudaBackend final : public Backend {
       weights_[t.raw()] = d;
       weight_bytes_[t.raw()] = t.nbytes();
     }
-    // fp16 copies of the cuBLAS GEMM weights (Linear and Conv2d weight 0).
+    // fp16 copies of the cuBLAS GEMM weights (Linear and Conv2d).
     if (opt_.math == CudaMath::F16 && (n.op == OpKind::Linear || n.op == OpKind::Conv2d)) {
-      const Tensor& t = n.weights[0];
+      const Tensor& t = gemm_weight(n);
       if (!weights16_.count(t.raw())) {
         void* d = nullptr;
         check(cudaMalloc(&d, 2 * t.numel()), "cudaMalloc (fp16 weights)");
@@ -369,13 +420,19 @@ class CudaBackend final : public Backend {
     }
   }
 
-  // Shift-layer arguments for the CUDA kernels: device copies of the codes, bias, scale and row
-  // scales; the CPU-only fields cleared (cudasim checks every pointer a kernel receives).
-  ShiftLinearArgs device_shift_args(ShiftLinearArgs a) const {
+  // A shift layer's args as the CUDA kernel takes them: device copies of the codes, bias, scale
+  // and row scales; the op's combine and GELU moved into the row map (the residual is added
+  // after the layer); the CPU-only fields cleared (cudasim checks every pointer a kernel gets).
+  ShiftLinearArgs device_shift_args(ShiftLinearArgs a, cuda::RowMap& rows) const {
     a.codes = dev(a.codes);
     a.bias = dev(a.bias);
     a.scale = dev(a.scale);
     a.panel = ShiftPanel{nullptr, nullptr, dev(a.panel.row_scale)};
+    rows.combine = a.combine;
+    rows.gelu = a.gelu;
+    a.combine = Combine::None;
+    a.gelu = false;
+    a.residual = nullptr;
     a.rows = nullptr;
     a.work = nullptr;
     return a;
@@ -390,15 +447,20 @@ class CudaBackend final : public Backend {
     return static_cast<const T*>(it->second);
   }
 
+  // The weight of the ops that run on cuBLAS.
+  static const Tensor& gemm_weight(const Node& n) {
+    return n.op == OpKind::Conv2d ? n.w(Conv2dW::Weight) : n.w(LinearW::Weight);
+  }
+
   // C = A op(B) + epilogue on cuBLAS (fp32, TF32 or fp16 inputs with fp32 accumulation) and
   // our epilogue kernel. A is [M, K] with lda == K when fp16 is used; b16 is B in fp16 or null.
-  void gemm(const GemmArgs& a, const void* b16, Carver& scratch) {
+  void gemm(const GemmArgs& a, const void* b16, const GemmWork& work) {
     float* G = a.C;
     Epilogue epi = a.epi;
     float beta = 0.0f;
     if (epi.residual && epi.residual == a.C) {
       if (epi.gelu) {
-        G = scratch.take<float>(a.M * a.N);  // gelu(AB + bias) + C needs C after the GEMM
+        G = work.g;  // gelu(AB + bias) + C needs C after the GEMM
       } else {
         beta = 1.0f;  // C = AB + C on cuBLAS, then + bias
         epi.residual = nullptr;
@@ -409,11 +471,11 @@ class CudaBackend final : public Backend {
     const cublasOperation_t opb = a.b_is_nk ? CUBLAS_OP_T : CUBLAS_OP_N;
     const int ldg = static_cast<int>(G == a.C ? a.ldc : a.N);
     if (opt_.math == CudaMath::F16 && b16 && a.lda == a.K) {
-      void* a16 = scratch.take<uint16_t>(a.M * a.K);
-      cuda::to_half(a.M * a.K, a.A, a16, stream_);
+      cuda::to_half(a.M * a.K, a.A, work.a16, stream_);
       check_launch("to_half");
-      check(cublasGemmEx(blas_, opb, CUBLAS_OP_N, N, M, K, &alpha, b16, CUDA_R_16F, static_cast<int>(a.ldb), a16,
-                         CUDA_R_16F, K, &beta, G, CUDA_R_32F, ldg, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+      check(cublasGemmEx(blas_, opb, CUBLAS_OP_N, N, M, K, &alpha, b16, CUDA_R_16F, static_cast<int>(a.ldb),
+                         work.a16, CUDA_R_16F, K, &beta, G, CUDA_R_32F, ldg, CUBLAS_COMPUTE_32F,
+                         CUBLAS_GEMM_DEFAULT),
             "cublasGemmEx");
     } else {
       check(cublasSgemm(blas_, opb, CUBLAS_OP_N, N, M, K, &alpha, a.B, static_cast<int>(a.ldb), a.A,
@@ -431,19 +493,18 @@ class CudaBackend final : public Backend {
   }
 
   void dispatch(const Graph& g, const Node& n, const NodeBuffers& b) {
-    Carver scratch{static_cast<char*>(scratch_)};
+    Carver scratch(scratch_);
     cudaStream_t s = stream_;
     switch (n.op) {
       case OpKind::Input: break;
       case OpKind::Conv2d: {
+        const ConvWork w = conv_work(scratch, g, n, b, opt_.math);
         Conv2dArgs a = conv_args(g, n, b);
         a.w = dev(a.w);
         a.bias = dev(a.bias);
-        const int64_t M = a.B * a.OH() * a.OW(), K = a.Cin * a.kh * a.kw;
-        float* col = scratch.take<float>(M * K);
-        cuda::im2col(a, col, s);
+        cuda::im2col(a, w.col, s);
         check_launch("im2col");
-        gemm(conv_gemm_args(a, col, 0, M), w16(n.weights[0]), scratch);
+        gemm(conv_gemm_args(a, w.col, 0, a.B * a.OH() * a.OW()), w16(gemm_weight(n)), w.gemm);
         break;
       }
       case OpKind::EmbedTokens: {
@@ -464,9 +525,10 @@ class CudaBackend final : public Backend {
       }
       case OpKind::Linear: {
         GemmArgs a = linear_args(g, n, b);
+        const GemmWork w = gemm_work(scratch, a, has_residual(n) && n.p.gelu, opt_.math);
         a.B = dev(a.B);
         a.epi.bias = dev(a.epi.bias);
-        gemm(a, w16(n.weights[0]), scratch);
+        gemm(a, w16(gemm_weight(n)), w);
         break;
       }
       case OpKind::Attention:
@@ -474,15 +536,13 @@ class CudaBackend final : public Backend {
         check_launch("attention");
         break;
       case OpKind::Add:
-        cuda::add(b.batch * shape_numel(g.sample_shape(n.output)), b.in[0], b.in[1], n.p.alpha, b.out, s);
+        cuda::add(out_numel(g, n, b.batch), b.in[0], b.in[1], n.p.alpha, b.out, s);
         check_launch("add");
         break;
-      case OpKind::TakeTokens: {
-        const Shape& sh = g.sample_shape(n.inputs[0]);
-        cuda::take_tokens(b.batch, sh[0], sh[1], n.p.first, n.p.count, b.in[0], b.out, s);
+      case OpKind::TakeTokens:
+        cuda::take_tokens(take_args(g, n, b), s);
         check_launch("take_tokens");
         break;
-      }
       case OpKind::DwConv3x3: {
         DwConv3x3Args a = dwconv_args(g, n, b);
         a.w = dev(a.w);
@@ -496,22 +556,18 @@ class CudaBackend final : public Backend {
         check_launch("mean_tokens");
         break;
       case OpKind::ShiftLinear: {
-        ShiftLinearArgs a = device_shift_args(shift_args(g, n, b, opt_.shift_mode));
-        const float* residual = a.residual;
-        a.residual = nullptr;
         cuda::RowMap rows;
-        rows.gelu = n.p.gelu;
-        a.gelu = false;
-        cuda::shift_linear(a, rows, scratch.take<float>(cuda::shift_linear_scratch_floats(a)), s);
+        const ShiftLinearArgs a = device_shift_args(shift_args(g, n, b, opt_.shift_mode), rows);
+        cuda::shift_linear(a, rows, shift_work(scratch, a), s);
         check_launch("shift_linear");
-        if (residual) {
-          cuda::add(a.M * a.N, a.y, residual, 1.0f, a.y, s);
+        if (has_residual(n)) {
+          cuda::add(a.M * a.N, a.y, b.in[1], 1.0f, a.y, s);
           check_launch("shift_linear residual");
         }
         break;
       }
-      case OpKind::MoeLinear: run_moe(g, n, b, scratch); break;
-      case OpKind::KshAttention: run_ksh(g, n, b, scratch); break;
+      case OpKind::MoeLinear: run_moe(g, n, b, moe_work(scratch, g, n, b, opt_.shift_mode)); break;
+      case OpKind::KshAttention: run_ksh(g, n, b, ksh_work(scratch, g, n, b)); break;
       case OpKind::Count: break;
     }
   }
@@ -521,100 +577,64 @@ class CudaBackend final : public Backend {
   // expert handles plan positions [0, counts[0]), the shift expert [counts[0], M); each reads
   // its rows of x through the permutation and writes them back in token order with the
   // combine and GELU applied (gather and scatter fused, no host round trip, capture-safe).
-  void run_moe(const Graph& g, const Node& n, const NodeBuffers& b, Carver& scratch) {
-    const int64_t M = rows_of(g, n, b.batch), K = n.weights[2].dim(1), N = n.weights[2].dim(0);
-    auto* expert = scratch.take<uint8_t>(M);
-    auto* perm = scratch.take<int32_t>(M);
-    auto* counts = scratch.take<int32_t>(2);
-    auto* tiles = scratch.take<int32_t>(cuda::moe_plan_scratch_ints(M));
-    const auto bias_of = [&](size_t i) -> const float* {
-      const Tensor& t = n.weights[i];
-      return t.defined() && t.numel() > 0 ? dev(t.data<float>()) : nullptr;
-    };
-    RouterArgs r;
-    r.M = M;
-    r.K = K;
-    r.x = b.in[0];
-    r.ldx = K;
-    r.Wg = dev(n.weights[0].data<float>());
-    r.bg = bias_of(1);
-    r.expert = expert;
+  void run_moe(const Graph& g, const Node& n, const NodeBuffers& b, const MoeWork& w) {
+    RouterArgs r = moe_router_args(g, n, b);
+    r.Wg = dev(r.Wg);
+    r.bg = dev(r.bg);
+    r.expert = w.expert;
     cuda::moe_router(r, stream_);
     check_launch("moe_router");
     // Tokens per expert go straight into the pinned host buffer (device-accessible under unified
     // addressing, which 64-bit processes always have): no copy node per MoE layer.
     const size_t idx = static_cast<size_t>(&n - g.nodes().data());
     int64_t* counts64 = counts_host_ && idx < counts_nodes_ ? counts_host_ + 2 * idx : nullptr;
-    cuda::moe_plan(M, expert, perm, counts, counts64, tiles, stream_);
+    cuda::moe_plan(r.M, w.expert, w.perm, w.counts, counts64, w.tiles, stream_);
     check_launch("moe_plan");
     cuda::RowMap rows;
-    rows.perm = perm;
-    // Upstream's log(exp(y) + eps) in exact mode, its limits in fast mode (as the CPU backends).
-    rows.combine = !n.p.log_exp_combine ? Combine::None
-                   : opt_.shift_mode == ShiftMode::Exact ? Combine::LogExp
-                                                         : Combine::Limits;
-    rows.gelu = n.p.gelu;
-    rows.hi = counts;  // expert 0: positions [0, counts[0])
-    GemmArgs a;
-    a.M = M;
-    a.K = K;
-    a.N = N;
-    a.A = b.in[0];
-    a.lda = K;
-    a.B = dev(n.weights[2].data<float>());
-    a.ldb = K;
-    a.b_is_nk = true;
-    a.C = b.out;
-    a.ldc = N;
-    a.epi.bias = bias_of(3);
+    rows.perm = w.perm;
+    rows.hi = w.counts;  // expert 0: positions [0, counts[0])
+    GemmArgs a = moe_dense_args(g, n, b, opt_.shift_mode);
+    rows.combine = a.epi.combine;
+    rows.gelu = a.epi.gelu;
+    a.B = dev(a.B);
+    a.epi = Epilogue();
+    a.epi.bias = dev(n.f32_or_null(MoeW::B0));
     cuda::gemm_rows(a, rows, stream_);
     check_launch("moe expert 0");
     rows.hi = nullptr;
-    rows.lo = counts;  // expert 1: positions [counts[0], M)
-    ShiftLinearArgs sa = device_shift_args(shift_args(g, n, b, opt_.shift_mode));
-    cuda::shift_linear(sa, rows, scratch.take<float>(cuda::shift_linear_scratch_floats(sa)), stream_);
+    rows.lo = w.counts;  // expert 1: positions [counts[0], M)
+    const ShiftLinearArgs sa = device_shift_args(shift_args(g, n, b, opt_.shift_mode), rows);
+    cuda::shift_linear(sa, rows, w.shift, stream_);
     check_launch("moe expert 1");
-    if (n.inputs.size() > 1) {
-      cuda::add(M * N, b.out, b.in[1], 1.0f, b.out, stream_);
+    if (has_residual(n)) {
+      cuda::add(sa.M * sa.N, b.out, b.in[1], 1.0f, b.out, stream_);
       check_launch("moe residual");
     }
   }
 
   // Both KSH forms: qk and v (upstream, q = k: one hash), or a packed q|k|v (q and k hashed
-  // apart: KV over the key codes, Y over the query codes).
-  void run_ksh(const Graph& g, const Node& n, const NodeBuffers& b, Carver& scratch) {
+  // apart: KV over the key codes, Y over the query codes). The hash takes rows normalised per
+  // head, one stream at a time.
+  void run_ksh(const Graph& g, const Node& n, const NodeBuffers& b, const KshWork& w) {
     const Shape& s = g.sample_shape(n.output);
     const int64_t rows = b.batch * s[0], C = s[1], H = n.p.heads, d = C / H;
     const bool qkv = ksh_from_qkv(n);
-    const int streams = qkv ? 2 : 1;
-    float* qn = scratch.take<float>(rows * streams * C);  // [rows, streams * C]
-    void* codes[2] = {nullptr, nullptr};
-    for (int i = 0; i < streams; ++i)
-      codes[i] = n.p.nbits <= 16 ? static_cast<void*>(scratch.take<uint16_t>(b.batch * H * s[0]))
-                                 : static_cast<void*>(scratch.take<uint64_t>(b.batch * H * s[0]));
+    const int streams = static_cast<int>(ksh_streams(n));
     for (int i = 0; i < streams; ++i) {
-      cuda::l2norm_heads(rows, H, d, b.in[0] + i * C, qkv ? 3 * C : C, qn + i * C, streams * C, stream_);
+      cuda::l2norm_heads(rows, H, d, b.in[0] + i * C, qkv ? 3 * C : C, w.qn + i * C, streams * C, stream_);
       check_launch("l2norm_heads");
     }
-    // One stream at a time over the normalised rows.
-    auto stream_args = [&](int i) {
-      KshArgs k = ksh_args(g, n, b, codes[i]);
-      k.qk = qn + i * C, k.qk_ld = streams * C, k.qk_bstride = s[0] * streams * C;
-      k.streams = 1, k.prepared = nullptr;
-      return k;
-    };
-    float* D = scratch.take<float>(cuda::ksh_scratch_floats(stream_args(0)));  // reused by both streams (stream order)
     for (int i = 0; i < streams; ++i) {
-      KshArgs k = stream_args(i);
+      KshArgs k = ksh_stream_args(g, n, b, w, i);
       k.anchors = dev(k.anchors);
       k.mvec = dev(k.mvec);
       k.A = dev(k.A);
-      cuda::ksh_hash(k, D, stream_);
+      cuda::ksh_hash(k, w.hash, stream_);
       check_launch("ksh_hash");
     }
-    AdditiveAttentionArgs a = qkv ? additive_args(g, n, b, codes[1], codes[0]) : additive_args(g, n, b, codes[0]);
+    AdditiveAttentionArgs a = qkv ? additive_args(g, n, b, w.codes[1], w.codes[0]) : additive_args(g, n, b, w.codes[0]);
     a.taps = dev(a.taps);
-    cuda::additive_attention(a, scratch.take<float>(cuda::additive_scratch_floats(a)), stream_);
+    cuda::additive_attention(a, w.additive, stream_);
     check_launch("additive_attention");
   }
 

@@ -68,7 +68,8 @@ int Graph::conv_node(int x, int64_t cin, int64_t h, int64_t wd, int64_t grid_h, 
   n.op = OpKind::Conv2d;
   n.name = std::move(name);
   n.inputs = {x};
-  n.weights = {std::move(w), std::move(b)};
+  n.set(Conv2dW::Weight, std::move(w));
+  n.set(Conv2dW::Bias, std::move(b));
   n.p.stride = stride;
   n.p.pad = pad;
   n.p.grid_h = grid_h;
@@ -108,7 +109,8 @@ int Graph::embed_tokens(int patches, Tensor prefix, Tensor pos, std::string name
   n.op = OpKind::EmbedTokens;
   n.name = std::move(name);
   n.inputs = {patches};
-  n.weights = {std::move(prefix), std::move(pos)};
+  n.set(EmbedW::Prefix, std::move(prefix));
+  n.set(EmbedW::Pos, std::move(pos));
   return add_node(std::move(n), {P + s[0], s[1]});
 }
 
@@ -123,7 +125,8 @@ int Graph::layernorm(int x, Tensor gamma, Tensor beta, float eps, std::string na
   n.op = OpKind::LayerNorm;
   n.name = std::move(name);
   n.inputs = {x};
-  n.weights = {std::move(gamma), std::move(beta)};
+  n.set(LayerNormW::Gamma, std::move(gamma));
+  n.set(LayerNormW::Beta, std::move(beta));
   n.p.eps = eps;
   return add_node(std::move(n), s);
 }
@@ -150,7 +153,8 @@ int Graph::linear(int x, Tensor w, Tensor b, std::string name, bool gelu, int re
   n.name = std::move(name);
   n.inputs = {x};
   add_residual(n, residual, s);
-  n.weights = {std::move(w), std::move(b)};
+  n.set(LinearW::Weight, std::move(w));
+  n.set(LinearW::Bias, std::move(b));
   n.p.gelu = gelu;
   return add_node(std::move(n), s);
 }
@@ -210,7 +214,8 @@ int Graph::dwconv3x3(int x, int64_t grid_h, int64_t grid_w, const Tensor& w, Ten
   n.op = OpKind::DwConv3x3;
   n.name = std::move(name);
   n.inputs = {x};
-  n.weights = {std::move(wt), std::move(b)};
+  n.set(DwConvW::Taps, std::move(wt));
+  n.set(DwConvW::Bias, std::move(b));
   n.p.grid_h = grid_h;
   n.p.grid_w = grid_w;
   n.p.gelu = gelu;
@@ -327,7 +332,9 @@ int Graph::shift_linear(int x, ShiftWeights w, std::string name, bool gelu, int 
   n.inputs = {x};
   add_residual(n, residual, s);
   n.prepared.shift = make_panel(w.codes);
-  n.weights = {std::move(w.codes), std::move(w.bias), std::move(w.scale)};
+  n.set(ShiftW::Codes, std::move(w.codes));
+  n.set(ShiftW::Bias, std::move(w.bias));
+  n.set(ShiftW::Scale, std::move(w.scale));
   n.p.gelu = gelu;
   return add_node(std::move(n), s);
 }
@@ -361,8 +368,13 @@ int Graph::moe_linear(int x, Tensor wg, Tensor bg, Tensor w0, Tensor b0, ShiftWe
   n.inputs = {x};
   add_residual(n, residual, s);
   n.prepared.shift = make_panel(w1.codes);
-  n.weights = {std::move(wg), std::move(bg), std::move(w0), std::move(b0), std::move(w1.codes),
-               std::move(w1.bias), std::move(w1.scale)};
+  n.set(MoeW::RouterW, std::move(wg));
+  n.set(MoeW::RouterB, std::move(bg));
+  n.set(MoeW::W0, std::move(w0));
+  n.set(MoeW::B0, std::move(b0));
+  n.set(MoeW::Codes1, std::move(w1.codes));
+  n.set(MoeW::Bias1, std::move(w1.bias));
+  n.set(MoeW::Scale1, std::move(w1.scale));
   n.p.log_exp_combine = log_exp_combine;
   n.p.gelu = gelu;
   return add_node(std::move(n), s);
@@ -400,16 +412,30 @@ void check_ksh(const std::string& name, int64_t H, int64_t d, const Tensor& anch
                           " x 9 values");
 }
 
-// The hash constants of a KSH node (weights: anchor [H, m, d], mvec [H, m], A [H, nbits, m]).
-Tensor prepare_ksh(const Node& n, int64_t d) {
+// A KSH node over `inputs` with its weights in the engine's layout (anchor [H, m, d], mvec
+// [H, m], A [H, nbits, m], taps [H, 9]) and its hash constants prepared for the CPU kernels.
+Node ksh_node(std::string name, std::vector<int> inputs, int64_t H, int64_t d, const Tensor& anchor,
+              const Tensor& mvec, const Tensor& A, const Tensor& taps) {
+  const int64_t nbits = A.dim(1), m = A.dim(2);
+  Node n;
+  n.op = OpKind::KshAttention;
+  n.name = std::move(name);
+  n.inputs = std::move(inputs);
+  n.set(KshW::Anchor, anchor.reshape({H, m, d}));
+  n.set(KshW::Mvec, mvec.reshape({H, m}));
+  n.set(KshW::A, A);
+  n.set(KshW::Taps, taps.reshape({H, 9}));
+  n.p.heads = H;
+  n.p.nbits = nbits;
+  n.p.anchors = m;
   kernels::KshArgs a;
-  a.H = n.p.heads, a.m = n.p.anchors, a.d = d, a.nbits = n.p.nbits;
-  a.anchors = n.weights[0].data<float>();
-  a.mvec = n.weights[1].data<float>();
-  a.A = n.weights[2].data<float>();
-  Tensor t = Tensor::empty(DType::U8, {static_cast<int64_t>(kernels::cpu::ksh_prepared_bytes(a))});
-  kernels::cpu::ksh_prepare(a, t.data<uint8_t>());
-  return t;
+  a.H = H, a.m = m, a.d = d, a.nbits = nbits;
+  a.anchors = n.w(KshW::Anchor).data<float>();
+  a.mvec = n.w(KshW::Mvec).data<float>();
+  a.A = n.w(KshW::A).data<float>();
+  n.prepared.ksh = Tensor::empty(DType::U8, {static_cast<int64_t>(kernels::cpu::ksh_prepared_bytes(a))});
+  kernels::cpu::ksh_prepare(a, n.prepared.ksh.data<uint8_t>());
+  return n;
 }
 }  // namespace
 
@@ -423,7 +449,7 @@ int Graph::ksh_attention(int qk, int v, int64_t heads, const Tensor& anchor, con
                           shape_str(sv));
   const int64_t H = heads, d = sq[1] / heads;
   check_ksh(name, H, d, anchor, mvec, A, dconv);
-  const int64_t nbits = A.dim(1), m = A.dim(2);
+  const int64_t m = A.dim(2);
   // Upstream layouts, checked exactly.
   if (anchor.shape() != Shape{1, H, m, d})
     shape_error(name, "KSH anchor " + shape_str(anchor.shape()) + ", expected " +
@@ -434,16 +460,7 @@ int Graph::ksh_attention(int qk, int v, int64_t heads, const Tensor& anchor, con
   if (dconv.shape() != Shape{H, 1, 9, 1})
     shape_error(name, "dconv weight " + shape_str(dconv.shape()) + ", expected " +
                           shape_str(Shape{H, 1, 9, 1}));
-  Node n;
-  n.op = OpKind::KshAttention;
-  n.name = std::move(name);
-  n.inputs = {qk, v};
-  n.weights = {anchor.reshape({H, m, d}), mvec.reshape({H, m}), A, dconv.reshape({H, 9})};
-  n.p.heads = H;
-  n.p.nbits = nbits;
-  n.p.anchors = m;
-  n.prepared.ksh = prepare_ksh(n, d);
-  return add_node(std::move(n), sq);
+  return add_node(ksh_node(std::move(name), {qk, v}, H, d, anchor, mvec, A, dconv), sq);
 }
 
 int Graph::ksh_attention_qkv(int qkv, int64_t heads, const Tensor& anchor, const Tensor& mvec,
@@ -454,17 +471,7 @@ int Graph::ksh_attention_qkv(int qkv, int64_t heads, const Tensor& anchor, const
                           std::to_string(heads) + ", got " + shape_str(s));
   const int64_t C = s[1] / 3, H = heads, d = C / heads;
   check_ksh(name, H, d, anchor, mvec, A, taps);
-  const int64_t nbits = A.dim(1), m = A.dim(2);
-  Node n;
-  n.op = OpKind::KshAttention;
-  n.name = std::move(name);
-  n.inputs = {qkv};
-  n.weights = {anchor.reshape({H, m, d}), mvec.reshape({H, m}), A, taps.reshape({H, 9})};
-  n.p.heads = H;
-  n.p.nbits = nbits;
-  n.p.anchors = m;
-  n.prepared.ksh = prepare_ksh(n, d);
-  return add_node(std::move(n), {s[0], C});
+  return add_node(ksh_node(std::move(name), {qkv}, H, d, anchor, mvec, A, taps), {s[0], C});
 }
 
 int64_t Graph::weight_params() const {

@@ -2,6 +2,7 @@
 // The graph IR: one op enum, one builder method per op, shape rules checked as the graph is
 // built. Every value is a float32 activation of shape [batch, sample_shape...]; the batch size
 // is only fixed when a plan is made, so one Graph serves every batch size.
+#include <cassert>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -25,18 +26,40 @@ enum class OpKind : uint8_t {
   MeanTokens,   // mean over tokens [N, C] -> [1, C]
   ShiftLinear,  // DeepShift-PS linear q(x) W^T + q(b), W = g * 2^s packed as 5-bit codes
                 // (core/shift_codes.h), times an optional per-output scale, optional GELU,
-                // optional fused residual add (input 1); weights: codes U8 [out, in], bias [out]
-                // (raw), scale [out] (or undefined)
+                // optional fused residual add (input 1)
   MoeLinear,    // top-1 mixture of a dense (expert 0) and a shift (expert 1) linear, combined
                 // by log(exp(y) + eps) when p.log_exp_combine, optional GELU, optional fused
-                // residual add (input 1); weights: Wg [2, in],
-                // bg [2], W0 [out, in], b0 [out], codes1 U8 [out, in], b1 [out], scale1 [out]
+                // residual add (input 1)
   KshAttention, // LinAngular attention: per image and head L2-norm rows, KSH codes, additive
                 // attention, L2 norm, 9-tap dconv; merged [N, C]. Inputs qk [N, C] and v [N, C]
                 // (upstream: q = k), or one packed q|k|v [N, 3C] (ViT: q and k hashed apart).
-                // weights: anchor [H, m, d], mvec [H, m], A [H, nbits, m], taps [H, 9]
   Count
 };
+
+// ----- named weight slots ------------------------------------------------------------------
+// Node::weights is indexed by its op's slot enum (Node::w); an op has every slot of its enum
+// (an absent optional weight is an empty Tensor). Ops not listed have no weights.
+enum class Conv2dW : uint8_t { Weight, Bias, Count };     // [Cout, Cin, kh, kw], [Cout] or empty
+enum class EmbedW : uint8_t { Prefix, Pos, Count };       // [P, C] (cls, dist) or empty, [P + N, C] or empty
+enum class LayerNormW : uint8_t { Gamma, Beta, Count };   // [C], [C]
+enum class LinearW : uint8_t { Weight, Bias, Count };     // [out, in], [out] or empty
+enum class DwConvW : uint8_t { Taps, Bias, Count };       // taps-major [3, 3, C], [C] or empty
+// codes U8 [out, in], raw bias [out] or empty, per-output scale [out] or empty (= 1)
+enum class ShiftW : uint8_t { Codes, Bias, Scale, Count };
+// router Wg [2, in], bg [2]; expert 0 (dense) W0 [out, in], b0 [out]; expert 1 (shift) as ShiftW
+enum class MoeW : uint8_t { RouterW, RouterB, W0, B0, Codes1, Bias1, Scale1, Count };
+// anchor [H, m, d], mvec [H, m], A [H, nbits, m], dconv taps [H, 9]
+enum class KshW : uint8_t { Anchor, Mvec, A, Taps, Count };
+
+// The op a slot enum belongs to (checked by Node::w in debug builds).
+constexpr OpKind slot_op(Conv2dW) { return OpKind::Conv2d; }
+constexpr OpKind slot_op(EmbedW) { return OpKind::EmbedTokens; }
+constexpr OpKind slot_op(LayerNormW) { return OpKind::LayerNorm; }
+constexpr OpKind slot_op(LinearW) { return OpKind::Linear; }
+constexpr OpKind slot_op(DwConvW) { return OpKind::DwConv3x3; }
+constexpr OpKind slot_op(ShiftW) { return OpKind::ShiftLinear; }
+constexpr OpKind slot_op(MoeW) { return OpKind::MoeLinear; }
+constexpr OpKind slot_op(KshW) { return OpKind::KshAttention; }
 
 // One row per op: its name and its kind as shown to users (inspect, profiler).
 struct OpTraits {
@@ -86,9 +109,28 @@ struct Node {
   std::string name;             // e.g. "blocks.3.mlp.fc1"
   std::vector<int> inputs;      // value ids
   int output = -1;              // value id
-  std::vector<Tensor> weights;  // op-specific order (Linear: W [out,in], b [out])
+  std::vector<Tensor> weights;  // one per slot of the op's slot enum, in its order
   OpParams p;
   PreparedWeights prepared;
+
+  template <class Slot>
+  const Tensor& w(Slot s) const {
+    assert(op == slot_op(s) && static_cast<size_t>(s) < weights.size());
+    return weights[static_cast<size_t>(s)];
+  }
+  // Float data of an optional weight (bias, scale), null when the slot is empty.
+  template <class Slot>
+  const float* f32_or_null(Slot s) const {
+    const Tensor& t = w(s);
+    return t.defined() && t.numel() > 0 ? t.data<float>() : nullptr;
+  }
+  // Fills slot `s` (the builders), giving the node every slot of its op.
+  template <class Slot>
+  void set(Slot s, Tensor t) {
+    assert(op == slot_op(s));
+    weights.resize(static_cast<size_t>(Slot::Count));
+    weights[static_cast<size_t>(s)] = std::move(t);
+  }
 };
 
 struct ValueInfo {

@@ -1,7 +1,8 @@
 #pragma once
 // Kernel arguments of a graph node: what every backend passes its kernels for one node at one
-// batch size. Pointers come from the node's weights (host memory) and the NodeBuffers; a device
-// backend swaps the weight pointers for their device copies (engine/cuda_backend.cpp).
+// batch size. Pointers come from the node's named weight slots (host memory) and the
+// NodeBuffers; a device backend swaps the weight pointers for their device copies
+// (engine/cuda_backend.cpp). Planning calls these with null buffers (sizes only).
 #include <cstddef>
 #include <cstdint>
 
@@ -13,13 +14,25 @@ namespace shiftadd::node_args {
 
 using namespace kernels;
 
-// Kernel arguments for a node, shared by both instantiations.
-inline GemmArgs linear_args(const Graph& g, const Node& n, const NodeBuffers& b) {
+// Rows of the node's input seen as a matrix [rows, last dim].
+inline int64_t rows_of(const Graph& g, const Node& n, int64_t batch) {
   const Shape& in = g.sample_shape(n.inputs[0]);
-  const Tensor& w = n.weights[0];
+  return batch * shape_numel(in) / in.back();
+}
+
+// Elements of the node's output at this batch size.
+inline int64_t out_numel(const Graph& g, const Node& n, int64_t batch) {
+  return batch * shape_numel(g.sample_shape(n.output));
+}
+
+// Whether the node adds a residual input (input 1 of Linear, ShiftLinear, MoeLinear).
+inline bool has_residual(const Node& n) { return n.inputs.size() > 1; }
+
+inline GemmArgs linear_args(const Graph& g, const Node& n, const NodeBuffers& b) {
+  const Tensor& w = n.w(LinearW::Weight);
   GemmArgs a;
-  a.M = b.batch * shape_numel(in) / in.back();
-  a.K = in.back();
+  a.M = rows_of(g, n, b.batch);
+  a.K = g.sample_shape(n.inputs[0]).back();
   a.N = w.dim(0);
   a.A = b.in[0];
   a.lda = a.K;
@@ -28,9 +41,9 @@ inline GemmArgs linear_args(const Graph& g, const Node& n, const NodeBuffers& b)
   a.b_is_nk = true;
   a.C = b.out;
   a.ldc = a.N;
-  a.epi.bias = n.weights[1].defined() ? n.weights[1].data<float>() : nullptr;
+  a.epi.bias = n.f32_or_null(LinearW::Bias);
   a.epi.gelu = n.p.gelu;
-  if (n.inputs.size() > 1) {
+  if (has_residual(n)) {
     a.epi.residual = b.in[1];
     a.epi.ldr = a.N;
   }
@@ -79,7 +92,7 @@ inline AttentionArgs attention_args(const Graph& g, const Node& n, const NodeBuf
 
 inline Conv2dArgs conv_args(const Graph& g, const Node& n, const NodeBuffers& b) {
   const Shape& s = g.sample_shape(n.inputs[0]);  // [Cin, H, W], or [H*W, Cin] with a grid
-  const Tensor& w = n.weights[0];
+  const Tensor& w = n.w(Conv2dW::Weight);
   Conv2dArgs a;
   a.B = b.batch;
   a.channels_last = n.p.grid_h > 0;
@@ -93,7 +106,7 @@ inline Conv2dArgs conv_args(const Graph& g, const Node& n, const NodeBuffers& b)
   a.pad = n.p.pad;
   a.x = b.in[0];
   a.w = w.data<float>();
-  a.bias = n.weights[1].numel() > 0 ? n.weights[1].data<float>() : nullptr;
+  a.bias = n.f32_or_null(Conv2dW::Bias);
   a.out = b.out;
   return a;
 }
@@ -105,8 +118,8 @@ inline DwConv3x3Args dwconv_args(const Graph& g, const Node& n, const NodeBuffer
   a.W = n.p.grid_w;
   a.C = g.sample_shape(n.inputs[0])[1];
   a.x = b.in[0];
-  a.w = n.weights[0].data<float>();
-  a.bias = n.weights[1].defined() && n.weights[1].numel() > 0 ? n.weights[1].data<float>() : nullptr;
+  a.w = n.w(DwConvW::Taps).data<float>();
+  a.bias = n.f32_or_null(DwConvW::Bias);
   a.gelu = n.p.gelu;
   a.out = b.out;
   return a;
@@ -123,16 +136,30 @@ inline MeanTokensArgs mean_args(const Graph& g, const Node& n, const NodeBuffers
   return a;
 }
 
+inline TakeTokensArgs take_args(const Graph& g, const Node& n, const NodeBuffers& b) {
+  const Shape& s = g.sample_shape(n.inputs[0]);  // [N, C]
+  TakeTokensArgs a;
+  a.B = b.batch;
+  a.N = s[0];
+  a.C = s[1];
+  a.first = n.p.first;
+  a.count = n.p.count;
+  a.x = b.in[0];
+  a.out = b.out;
+  return a;
+}
+
 inline EmbedTokensArgs embed_args(const Graph& g, const Node& n, const NodeBuffers& b) {
   const Shape& s = g.sample_shape(n.inputs[0]);  // [Np, C]
+  const Tensor& prefix = n.w(EmbedW::Prefix);
   EmbedTokensArgs a;
   a.B = b.batch;
   a.Np = s[0];
   a.C = s[1];
-  a.P = n.weights[0].defined() ? n.weights[0].numel() / s[1] : 0;
+  a.P = prefix.defined() ? prefix.numel() / s[1] : 0;
   a.patches = b.in[0];
-  a.prefix = a.P ? n.weights[0].data<float>() : nullptr;
-  a.pos = n.weights[1].defined() ? n.weights[1].data<float>() : nullptr;
+  a.prefix = a.P ? prefix.data<float>() : nullptr;
+  a.pos = n.f32_or_null(EmbedW::Pos);
   a.out = b.out;
   return a;
 }
@@ -144,27 +171,26 @@ inline LayerNormArgs layernorm_args(const Graph& g, const Node& n, const NodeBuf
   a.rows = b.batch * shape_numel(s) / a.cols;
   a.x = b.in[0];
   a.ldx = a.cols;
-  a.gamma = n.weights[0].data<float>();
-  a.beta = n.weights[1].data<float>();
+  a.gamma = n.w(LayerNormW::Gamma).data<float>();
+  a.beta = n.w(LayerNormW::Beta).data<float>();
   a.eps = n.p.eps;
   a.y = b.out;
   a.ldy = a.cols;
   return a;
 }
 
-constexpr size_t align64(size_t n) { return (n + 63) / 64 * 64; }
+// ----- shift layers: ShiftLinear, and the shift expert of a MoeLinear ---------------------
 
-inline int64_t rows_of(const Graph& g, const Node& n, int64_t batch) {
-  const Shape& in = g.sample_shape(n.inputs[0]);
-  return batch * shape_numel(in) / in.back();
-}
-
-// Per-output scale of a shift layer (weights[2] of ShiftLinear, weights[6] of MoeLinear), or null.
-inline const float* shift_scale(const Node& n) {
-  const size_t i = n.op == OpKind::MoeLinear ? 6 : 2;
-  return n.weights.size() > i && n.weights[i].defined() && n.weights[i].numel() > 0
-             ? n.weights[i].data<float>()
-             : nullptr;
+// The slots of a node's shift weights: ShiftLinear's own, or MoeLinear's expert 1.
+struct ShiftSlots {
+  const Tensor& codes;
+  const float* bias;   // raw, or null
+  const float* scale;  // per output, or null
+};
+inline ShiftSlots shift_slots(const Node& n) {
+  if (n.op == OpKind::MoeLinear)
+    return {n.w(MoeW::Codes1), n.f32_or_null(MoeW::Bias1), n.f32_or_null(MoeW::Scale1)};
+  return {n.w(ShiftW::Codes), n.f32_or_null(ShiftW::Bias), n.f32_or_null(ShiftW::Scale)};
 }
 
 inline ShiftPanel shift_panel(const Node& n) {
@@ -177,48 +203,84 @@ inline ShiftPanel shift_panel(const Node& n) {
   return p;
 }
 
-// A ShiftLinear node, or (with its weights offset: codes at 4) the shift expert of a MoeLinear
-// over `M` gathered rows; `work` is the exact mode's work buffer (cpu::shift_linear_work_bytes).
+// An MoE node's combine: upstream's log(exp(y) + eps) in exact mode, its limits in fast mode
+// (kernels.h Combine); none when the layer has no combine.
+inline Combine moe_combine(const Node& n, ShiftMode mode) {
+  if (!n.p.log_exp_combine) return Combine::None;
+  return mode == ShiftMode::Exact ? Combine::LogExp : Combine::Limits;
+}
+
+// A ShiftLinear node, or the shift expert of a MoeLinear, over all the node's rows in token
+// order, with the op's epilogue (scale, MoE combine, GELU, residual); `work` is the exact mode's
+// work buffer (cpu::shift_linear_work_bytes). An MoE backend narrows it to the expert's rows.
 inline ShiftLinearArgs shift_args(const Graph& g, const Node& n, const NodeBuffers& b, ShiftMode mode,
                                   void* work = nullptr) {
+  const ShiftSlots w = shift_slots(n);
   ShiftLinearArgs a;
-  const size_t w0 = n.op == OpKind::MoeLinear ? 4 : 0;
-  const Tensor& codes = n.weights[w0];
-  const Tensor& bias = n.weights[w0 + 1];
   a.M = rows_of(g, n, b.batch);
-  a.K = codes.dim(1);
-  a.N = codes.dim(0);
+  a.K = w.codes.dim(1);
+  a.N = w.codes.dim(0);
   a.x = b.in[0];
   a.ldx = a.K;
-  a.codes = codes.data<uint8_t>();
+  a.codes = w.codes.data<uint8_t>();
   a.ldw = a.K;
-  a.bias = bias.defined() && bias.numel() > 0 ? bias.data<float>() : nullptr;
+  a.bias = w.bias;
   a.y = b.out;
   a.ldy = a.N;
   a.mode = mode;
-  a.scale = shift_scale(n);
-  if (n.op == OpKind::ShiftLinear) {
-    a.gelu = n.p.gelu;
-    if (n.inputs.size() > 1) {
-      a.residual = b.in[1];
-      a.ldr = a.N;
-    }
+  a.scale = w.scale;
+  if (n.op == OpKind::MoeLinear) a.combine = moe_combine(n, mode);
+  a.gelu = n.p.gelu;
+  if (has_residual(n)) {
+    a.residual = b.in[1];
+    a.ldr = a.N;
   }
   a.panel = shift_panel(n);
   a.work = work;
   return a;
 }
 
-// MoE layout in the work buffer: expert[M] u8 | perm[M] i32 | rows [M, K] floats, holding the
-// dense expert's gathered input and then the shift expert's exact-mode work (q(x) and its bias).
-inline size_t moe_work_bytes(const Graph& g, const Node& n, int64_t batch) {
-  const int64_t M = rows_of(g, n, batch), K = n.weights[2].dim(1), N = n.weights[2].dim(0);
-  return align64(M) + align64(4 * M) + align64(4 * (M * K + 16 + N));
+// ----- MoeLinear: router, then expert 0 (dense) and expert 1 (shift_args) -----------------
+
+// The router over all the node's rows (its `expert` and `logits` outputs are the backend's).
+inline RouterArgs moe_router_args(const Graph& g, const Node& n, const NodeBuffers& b) {
+  const Tensor& wg = n.w(MoeW::RouterW);
+  RouterArgs r;
+  r.M = rows_of(g, n, b.batch);
+  r.K = wg.dim(1);
+  r.x = b.in[0];
+  r.ldx = r.K;
+  r.Wg = wg.data<float>();
+  r.bg = n.f32_or_null(MoeW::RouterB);
+  return r;
 }
-inline std::byte* moe_rows_work(const Graph& g, const Node& n, int64_t batch, std::byte* work) {
-  const int64_t M = rows_of(g, n, batch);
-  return work + align64(M) + align64(4 * M);
+
+// Expert 0 (dense) over all the node's rows in token order, with the op's epilogue (bias, MoE
+// combine, GELU, residual). An MoE backend narrows it to the expert's rows.
+inline GemmArgs moe_dense_args(const Graph& g, const Node& n, const NodeBuffers& b, ShiftMode mode) {
+  const Tensor& w0 = n.w(MoeW::W0);
+  GemmArgs a;
+  a.M = rows_of(g, n, b.batch);
+  a.K = w0.dim(1);
+  a.N = w0.dim(0);
+  a.A = b.in[0];
+  a.lda = a.K;
+  a.B = w0.data<float>();
+  a.ldb = a.K;
+  a.b_is_nk = true;
+  a.C = b.out;
+  a.ldc = a.N;
+  a.epi.bias = n.f32_or_null(MoeW::B0);
+  a.epi.combine = moe_combine(n, mode);
+  a.epi.gelu = n.p.gelu;
+  if (has_residual(n)) {
+    a.epi.residual = b.in[1];
+    a.epi.ldr = a.N;
+  }
+  return a;
 }
+
+// ----- KshAttention -------------------------------------------------------------------------
 
 // KSH attention over a packed q|k|v input (ViT blocks; one input) rather than qk and v (two).
 inline bool ksh_from_qkv(const Node& n) { return n.inputs.size() == 1; }
@@ -226,18 +288,13 @@ inline bool ksh_from_qkv(const Node& n) { return n.inputs.size() == 1; }
 // Hashed streams: the shared qk (upstream), or q then k of a packed q|k|v.
 inline int64_t ksh_streams(const Node& n) { return ksh_from_qkv(n) ? 2 : 1; }
 
-// The codes of all streams, [streams, B, H, N] uint16 (nbits <= 16) or uint64.
-inline size_t ksh_codes_bytes(const Graph& g, const Node& n, int64_t batch) {
-  return align64(static_cast<size_t>(ksh_streams(n) * (n.p.nbits <= 16 ? 2 : 8) * batch * n.p.heads *
-                                     g.sample_shape(n.output)[0]));
-}
-// Start of stream `which`'s codes (0: queries or shared, 1: keys) in `codes`.
-inline void* ksh_stream_codes(const Graph& g, const Node& n, int64_t batch, void* codes, int which) {
-  return static_cast<std::byte*>(codes) +
-         which * (n.p.nbits <= 16 ? 2 : 8) * batch * n.p.heads * g.sample_shape(n.output)[0];
+// Bytes of one stream's codes, [B, H, N] uint16 (nbits <= 16) or uint64.
+inline size_t ksh_stream_code_bytes(const Graph& g, const Node& n, int64_t batch) {
+  return static_cast<size_t>((n.p.nbits <= 16 ? 2 : 8) * batch * n.p.heads * g.sample_shape(n.output)[0]);
 }
 
-// Hash arguments over the node's raw input rows: every stream, codes into `codes`.
+// Hash arguments over the node's raw input rows: every stream, codes into `codes` (one stream
+// after the other).
 inline KshArgs ksh_args(const Graph& g, const Node& n, const NodeBuffers& b, void* codes) {
   const Shape& s = g.sample_shape(n.output);
   const int64_t C = s[1];
@@ -253,9 +310,9 @@ inline KshArgs ksh_args(const Graph& g, const Node& n, const NodeBuffers& b, voi
   a.qk_bstride = s[0] * a.qk_ld;
   a.streams = ksh_streams(n);
   a.stream_offset = C;
-  a.anchors = n.weights[0].data<float>();
-  a.mvec = n.weights[1].data<float>();
-  a.A = n.weights[2].data<float>();
+  a.anchors = n.w(KshW::Anchor).data<float>();
+  a.mvec = n.w(KshW::Mvec).data<float>();
+  a.A = n.w(KshW::A).data<float>();
   a.codes = codes;
   a.prepared = n.prepared.ksh.defined() && n.prepared.ksh.numel() ? n.prepared.ksh.raw() : nullptr;
   return a;
@@ -282,7 +339,7 @@ inline AdditiveAttentionArgs additive_args(const Graph& g, const Node& n, const 
     a.v_ld = C;
   }
   a.v_bstride = s[0] * a.v_ld;
-  a.taps = n.weights[3].data<float>();
+  a.taps = n.w(KshW::Taps).data<float>();
   a.out = b.out;
   a.o_ld = C;
   a.o_bstride = s[0] * C;

@@ -64,7 +64,7 @@ OpCounts count_node_ops(const Graph& g, const Node& n, int64_t B, std::array<int
     case OpKind::Conv2d: {
       // out [OH*OW, Cout]; each output is a dot product over Cin*kh*kw (padding included:
       // the kernels multiply the zero padding too).
-      const Tensor& w = n.weights[0];
+      const Tensor& w = n.w(Conv2dW::Weight);
       const int64_t K = w.dim(1) * w.dim(2) * w.dim(3);
       c.mults = out_elems * K;
       c.adds = out_elems * K;
@@ -73,7 +73,7 @@ OpCounts count_node_ops(const Graph& g, const Node& n, int64_t B, std::array<int
 
     case OpKind::EmbedTokens:
       // Prefix tokens are copied; the position embedding is added to every token.
-      if (present(n.weights[1])) c.adds = out_elems;
+      if (present(n.w(EmbedW::Pos))) c.adds = out_elems;
       break;
 
     case OpKind::LayerNorm: {
@@ -87,7 +87,7 @@ OpCounts count_node_ops(const Graph& g, const Node& n, int64_t B, std::array<int
     }
 
     case OpKind::Linear: {
-      const Tensor& w = n.weights[0];
+      const Tensor& w = n.w(LinearW::Weight);
       const int64_t N = w.dim(0), K = w.dim(1), M = out_elems / N;
       c.mults = M * N * K;
       c.adds = M * N * K;
@@ -133,13 +133,13 @@ OpCounts count_node_ops(const Graph& g, const Node& n, int64_t B, std::array<int
     case OpKind::ShiftLinear: {
       // Per token: quantise K inputs to Q16.16 (other), one shift and one add per nonzero
       // weight, convert N outputs back to float (other).
-      const Tensor& codes = n.weights[0];
+      const Tensor& codes = n.w(ShiftW::Codes);
       const int64_t N = codes.dim(0), K = codes.dim(1), M = out_elems / N;
       const int64_t nz = shift_code_nonzeros(codes);
       c.shifts = M * nz;
       c.adds = M * nz;
       c.other_ops = M * (K + N);
-      if (n.weights.size() > 2 && present(n.weights[2])) c.other_ops += M * N;  // per-output scale
+      if (present(n.w(ShiftW::Scale))) c.other_ops += M * N;  // per-output scale
       if (n.p.gelu) add_gelu(c, out_elems);
       if (n.inputs.size() > 1) c.adds += out_elems;  // fused residual
       break;
@@ -148,11 +148,11 @@ OpCounts count_node_ops(const Graph& g, const Node& n, int64_t B, std::array<int
     case OpKind::MoeLinear: {
       // Router on every token (2 dot products + argmax), then each expert on the tokens it
       // really received, then log(exp(y) + eps) on every output (2 other + 1 add each).
-      const Tensor& w0 = n.weights[2];
+      const Tensor& w0 = n.w(MoeW::W0);
       const int64_t N = w0.dim(0), K = w0.dim(1), M = out_elems / N;
       const int64_t t0 = tokens[0], t1 = tokens[1];
-      const int64_t nz = shift_code_nonzeros(n.weights[4]);
-      const bool scaled = n.weights.size() > 6 && present(n.weights[6]);
+      const int64_t nz = shift_code_nonzeros(n.w(MoeW::Codes1));
+      const bool scaled = present(n.w(MoeW::Scale1));
       c.mults = M * 2 * K + t0 * N * K;
       c.adds = M * 2 * K + M + t0 * N * K + t1 * nz;
       c.shifts = t1 * nz;
@@ -164,10 +164,10 @@ OpCounts count_node_ops(const Graph& g, const Node& n, int64_t B, std::array<int
       if (n.p.gelu) add_gelu(c, out_elems);
       if (n.inputs.size() > 1) c.adds += out_elems;  // fused residual
       // Weights: the router always; an expert only when it received tokens.
-      c.weight_bytes = bytes_of(n.weights[0]) + bytes_of(n.weights[1]);
-      if (t0 > 0) c.weight_bytes += bytes_of(n.weights[2]) + bytes_of(n.weights[3]);
+      c.weight_bytes = bytes_of(n.w(MoeW::RouterW)) + bytes_of(n.w(MoeW::RouterB));
+      if (t0 > 0) c.weight_bytes += bytes_of(n.w(MoeW::W0)) + bytes_of(n.w(MoeW::B0));
       if (t1 > 0)
-        for (size_t k = 4; k < n.weights.size(); ++k) c.weight_bytes += bytes_of(n.weights[k]);
+        c.weight_bytes += bytes_of(n.w(MoeW::Codes1)) + bytes_of(n.w(MoeW::Bias1)) + bytes_of(n.w(MoeW::Scale1));
       break;
     }
 

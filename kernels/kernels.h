@@ -148,6 +148,13 @@ struct DwConv3x3Args {
   float* out = nullptr;  // [B, H*W, C]; must not overlap x
 };
 
+// Token selection: out[b, t, c] = x[b, first + t, c] for t < count (a strided row copy).
+struct TakeTokensArgs {
+  int64_t B = 0, N = 0, C = 0, first = 0, count = 0;
+  const float* x = nullptr;  // [B, N, C]
+  float* out = nullptr;      // [B, count, C]
+};
+
 // Mean over tokens: out[b, c] = (1/N) sum_n x[b, n, c].
 struct MeanTokensArgs {
   int64_t B = 0, N = 0, C = 0;
@@ -164,6 +171,7 @@ void conv2d(const Conv2dArgs& a);
 void embed_tokens(const EmbedTokensArgs& a);
 void dwconv3x3(const DwConv3x3Args& a);
 void mean_tokens(const MeanTokensArgs& a);
+void take_tokens(const TakeTokensArgs& a);
 // y = alpha * (a + b), elementwise over n
 void add(int64_t n, const float* a, const float* b, float alpha, float* y);
 }  // namespace ref
@@ -190,6 +198,7 @@ void conv2d(const Conv2dArgs& a, ThreadPool& pool);
 void embed_tokens(const EmbedTokensArgs& a, ThreadPool& pool);
 void dwconv3x3(const DwConv3x3Args& a, ThreadPool& pool);
 void mean_tokens(const MeanTokensArgs& a, ThreadPool& pool);
+void take_tokens(const TakeTokensArgs& a, ThreadPool& pool);
 void add(int64_t n, const float* a, const float* b, float alpha, float* y, ThreadPool& pool);
 }  // namespace cpu
 

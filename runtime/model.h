@@ -4,14 +4,14 @@
 #include "engine/graph.h"
 #include "loaders/image.h"
 #include "loaders/weight_store.h"
-#include "models/vit/vit.h"
+#include "models/family.h"
 #include "shiftadd/shiftadd.h"
 
 namespace shiftadd {
 
 struct Model::Impl {
-  WeightStore weights;  // keeps mmaps alive; the graph borrows from it
-  VitConfig config;     // ViT / DeiT only
+  WeightStore weights;  // canonical names; keeps mmaps alive, the graph borrows from it
+  ModelConfig config;   // the family's (VitConfig or PvtConfig)
   PreprocessConfig preprocess;
   Graph graph;
   ModelInfo info;

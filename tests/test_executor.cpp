@@ -223,7 +223,7 @@ TEST(Graph, ShiftAddBuildersCheckShapes) {
   Graph g2;
   const int y = g2.shift_linear(g2.input({1, 4}), sh, sg, Tensor(), "codes");
   EXPECT_EQ(g2.sample_shape(y), (Shape{1, 1}));
-  const uint8_t* c = g2.nodes().back().weights[0].data<uint8_t>();
+  const uint8_t* c = g2.nodes().back().w(ShiftW::Codes).data<uint8_t>();
   EXPECT_EQ(c[0], 0x0F);  // +2^-14 (clamped)
   EXPECT_EQ(c[1], 0x11);  // -2^0 (0.7 clamps to 0)
   EXPECT_EQ(c[2], 0x00);  // sign 0.5 rounds to 0: the zero code

@@ -206,10 +206,10 @@ TEST(Profile, MoeCountsFollowTheRouting) {
     EXPECT_EQ(l.expert_tokens[0], t0) << name;
     EXPECT_EQ(l.expert_tokens[1], t1) << name;
     const shiftadd::Node& n = *nodes.at(name);
-    const int64_t N = n.weights[2].dim(0), K = n.weights[2].dim(1);
+    const int64_t N = n.w(shiftadd::MoeW::W0).dim(0), K = n.w(shiftadd::MoeW::W0).dim(1);
     const int64_t M = x.shape[0] * shiftadd::shape_numel(l.out_shape) / N;
     EXPECT_EQ(t0 + t1, M) << name;
-    const int64_t nz = shiftadd::shift_code_nonzeros(n.weights[4]);
+    const int64_t nz = shiftadd::shift_code_nonzeros(n.w(shiftadd::MoeW::Codes1));
     EXPECT_EQ(l.ops.mults, M * 2 * K + t0 * N * K) << name;
     EXPECT_EQ(l.ops.shifts, t1 * nz) << name;
     ++moe;

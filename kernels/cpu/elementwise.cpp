@@ -1,5 +1,6 @@
-// Elementwise kernels: exact-erf GELU, scaled add, token embedding, mean over tokens. Memory-bound, so they are
-// vectorized for the active SIMD path and split over the pool only when large.
+// Elementwise kernels: exact-erf GELU, scaled add, token embedding, mean over tokens, token
+// selection. Memory-bound, so they are vectorized for the active SIMD path and split over the
+// pool only when large.
 #include <cstring>
 
 #include "kernels/cpu/parallel.h"
@@ -106,6 +107,15 @@ void mean_tokens(const MeanTokensArgs& a, ThreadPool& pool) {
       for (int64_t n = 1; n < a.N; ++n) span(a.C, out, x + n * a.C, 1.0f, out);
       for (int64_t c = 0; c < a.C; ++c) out[c] *= inv;
     }
+  });
+}
+
+// One contiguous block of count * C floats per image (models take 1-2 tokens: inline).
+void take_tokens(const TakeTokensArgs& a, ThreadPool& pool) {
+  const int64_t n = a.count * a.C;
+  parallel_chunks(pool, a.B, n, kMinElemsPerThread, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b)
+      std::memcpy(a.out + b * n, a.x + (b * a.N + a.first) * a.C, n * sizeof(float));
   });
 }
 

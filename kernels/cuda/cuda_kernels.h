@@ -41,9 +41,7 @@ void gemm_rows(const GemmArgs& a, const RowMap& rows, cudaStream_t stream);
 void layernorm(const LayerNormArgs& a, cudaStream_t stream);
 void add(int64_t n, const float* a, const float* b, float alpha, float* y, cudaStream_t stream);
 void mean_tokens(const MeanTokensArgs& a, cudaStream_t stream);
-// out[b, t, :] = x[b, first + t, :] for t < count
-void take_tokens(int64_t B, int64_t N, int64_t C, int64_t first, int64_t count, const float* x,
-                 float* out, cudaStream_t stream);
+void take_tokens(const TakeTokensArgs& a, cudaStream_t stream);
 void embed_tokens(const EmbedTokensArgs& a, cudaStream_t stream);
 
 // ----- attention (attention.cu) --------------------------------------------------------------

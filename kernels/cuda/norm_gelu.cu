@@ -82,10 +82,11 @@ void mean_tokens(const MeanTokensArgs& a, cudaStream_t stream) {
   SHIFTADD_LAUNCH(mean_tokens_kernel, blocks_for(a.B * a.C), kThreads, 0, stream)(a.B, a.N, a.C, a.x, a.out);
 }
 
-void take_tokens(int64_t B, int64_t N, int64_t C, int64_t first, int64_t count, const float* x, float* out,
-                 cudaStream_t stream) {
-  if (B * count * C <= 0) return;
-  SHIFTADD_LAUNCH(take_tokens_kernel, blocks_for(B * count * C), kThreads, 0, stream)(B, N, C, first, count, x, out);
+void take_tokens(const TakeTokensArgs& a, cudaStream_t stream) {
+  const int64_t n = a.B * a.count * a.C;
+  if (n <= 0) return;
+  SHIFTADD_LAUNCH(take_tokens_kernel, blocks_for(n), kThreads, 0, stream)(a.B, a.N, a.C, a.first, a.count, a.x,
+                                                                          a.out);
 }
 
 void embed_tokens(const EmbedTokensArgs& a, cudaStream_t stream) {

@@ -1,4 +1,5 @@
-// Reference elementwise ops: exact-erf GELU, token embedding, mean over tokens, scaled add.
+// Reference elementwise ops: exact-erf GELU, token embedding, mean over tokens, token selection,
+// scaled add.
 #include <cmath>
 
 #include "kernels/kernels.h"
@@ -30,6 +31,12 @@ void mean_tokens(const MeanTokensArgs& a) {
       for (int64_t n = 0; n < a.N; ++n) sum += a.x[(b * a.N + n) * a.C + c];
       a.out[b * a.C + c] = static_cast<float>(sum / static_cast<double>(a.N));
     }
+}
+
+void take_tokens(const TakeTokensArgs& a) {
+  for (int64_t b = 0; b < a.B; ++b)
+    for (int64_t t = 0; t < a.count; ++t)
+      for (int64_t c = 0; c < a.C; ++c) a.out[(b * a.count + t) * a.C + c] = a.x[(b * a.N + a.first + t) * a.C + c];
 }
 
 void add(int64_t n, const float* a, const float* b, float alpha, float* y) {

@@ -13,6 +13,7 @@
 
 #include "engine/graph.h"
 #include "loaders/image.h"
+#include "loaders/model_source.h"
 #include "loaders/weight_store.h"
 
 namespace shiftadd {
@@ -51,13 +52,6 @@ class WeightTaker {
 }  // namespace shiftadd
 
 namespace shiftadd {
-
-// How a converted layer is stored (shiftadd files' "layers" metadata, docs/format.md).
-struct LayerKind {
-  std::string kind;     // dense | shift | moe | softmax | ksh
-  std::string combine;  // moe: "log_exp" | "none"
-  int code_bits = 0;    // shift / moe: stored code width, 4 or 5 (format v2); 0: one code per byte (v1)
-};
 
 // The preprocessing a shiftadd file carries in its config ("shiftadd_preprocess", docs/format.md):
 // fills `p` (channels and size already set) and returns true when present.

@@ -175,10 +175,26 @@ PvtConfig infer_pvt_v2_config(const WeightStore& w, const json* cfg) {
   return c;
 }
 
-Graph build_pvt_v2(const PvtConfig& c, const WeightStore& w) {
-  WeightTaker weights(w);
+int pvt_sr_attention(Graph& g, WeightTaker& weights, const PvtConfig& c, const PvtStage& s, int64_t grid,
+                     const std::string& b, int h, int x, const PvtLinear& linear) {
   auto W = [&](const std::string& name, const Shape& shape) { return weights.take(name, shape); };
+  const int64_t C = s.dim;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(C / s.heads));
+  const int q = linear(g, h, b + "attn.q", C, C, -1);
+  int kv_in = h;
+  if (s.sr_ratio > 1) {
+    kv_in = g.conv2d_tokens(h, grid, grid, W(b + "attn.sr.weight", {C, C, s.sr_ratio, s.sr_ratio}),
+                            W(b + "attn.sr.bias", {C}), s.sr_ratio, 0, b + "attn.sr");
+    kv_in = g.layernorm(kv_in, W(b + "attn.norm.weight", {C}), W(b + "attn.norm.bias", {C}), c.embed_eps,
+                        b + "attn.norm");
+  }
+  const int kv = linear(g, kv_in, b + "attn.kv", C, 2 * C, -1);
+  h = g.attention(q, kv, s.heads, scale, b + "attn");
+  return linear(g, h, b + "attn.proj", C, C, x);
+}
 
+Graph build_pvt(const PvtConfig& c, WeightTaker& weights, const PvtLayers& layers, const std::string& what) {
+  auto W = [&](const std::string& name, const Shape& shape) { return weights.take(name, shape); };
   Graph g;
   int x = g.input({c.in_chans, c.image_size, c.image_size});
   int64_t cin = c.in_chans, grid = c.image_size;
@@ -191,31 +207,16 @@ Graph build_pvt_v2(const PvtConfig& c, const WeightStore& w) {
                 : g.conv2d_tokens(x, grid, grid, pw, pb, s.stride, s.patch / 2, pe + "proj");
     grid = s.grid;
     x = g.layernorm(x, W(pe + "norm.weight", {C}), W(pe + "norm.bias", {C}), c.embed_eps, pe + "norm");
-
-    const float scale = 1.0f / std::sqrt(static_cast<float>(C / s.heads));
     for (int64_t j = 0; j < s.depth; ++j) {
       const std::string b = block(i, j);
       int h = g.layernorm(x, W(b + "norm1.weight", {C}), W(b + "norm1.bias", {C}), c.eps, b + "norm1");
-      // Linear layers may be converted (shift / MoE, docs/format.md).
-      auto lin = [&](const std::string& L, int in, int64_t K, int64_t N, bool gelu = false, int res = -1) {
-        return converted_linear(g, weights, c.layer_kinds, b + L, in, K, N, gelu, res);
-      };
-      const int q = lin("attn.q", h, C, C);
-      int kv_in = h;
-      if (s.sr_ratio > 1) {
-        kv_in = g.conv2d_tokens(h, grid, grid, W(b + "attn.sr.weight", {C, C, s.sr_ratio, s.sr_ratio}),
-                                W(b + "attn.sr.bias", {C}), s.sr_ratio, 0, b + "attn.sr");
-        kv_in = g.layernorm(kv_in, W(b + "attn.norm.weight", {C}), W(b + "attn.norm.bias", {C}),
-                            c.embed_eps, b + "attn.norm");
-      }
-      const int kv = lin("attn.kv", kv_in, C, 2 * C);
-      h = g.attention(q, kv, s.heads, scale, b + "attn");
-      x = lin("attn.proj", h, C, C, false, x);
+      x = layers.attention ? layers.attention(g, s, grid, b, h, x)
+                           : pvt_sr_attention(g, weights, c, s, grid, b, h, x, layers.linear);
       h = g.layernorm(x, W(b + "norm2.weight", {C}), W(b + "norm2.bias", {C}), c.eps, b + "norm2");
-      h = lin("mlp.fc1", h, C, F);
+      h = layers.linear(g, h, b + "mlp.fc1", C, F, -1);
       h = g.dwconv3x3(h, grid, grid, W(b + "mlp.dwconv.dwconv.weight", {F, 1, 3, 3}),
                       W(b + "mlp.dwconv.dwconv.bias", {F}), true, b + "mlp.dwconv");
-      x = lin("mlp.fc2", h, F, C, false, x);
+      x = layers.linear(g, h, b + "mlp.fc2", F, C, x);
     }
     const std::string n = "norm" + S(i);
     x = g.layernorm(x, W(n + ".weight", {C}), W(n + ".bias", {C}), c.eps, n);
@@ -226,8 +227,18 @@ Graph build_pvt_v2(const PvtConfig& c, const WeightStore& w) {
   x = g.linear(x, W("head.weight", {K, cin}), W("head.bias", {K}), "head");
   g.set_output(x);
 
-  weights.check_all_used("a dense PVTv2 with " + S(static_cast<int64_t>(c.stages.size())) + " stages");
+  weights.check_all_used(what + " with " + S(static_cast<int64_t>(c.stages.size())) + " stages");
   return g;
+}
+
+Graph build_pvt_v2(const PvtConfig& c, const WeightStore& w) {
+  WeightTaker weights(w);
+  PvtLayers layers;
+  // Linear layers may be converted (shift / MoE, docs/format.md).
+  layers.linear = [&](Graph& g, int x, const std::string& name, int64_t K, int64_t N, int residual) {
+    return converted_linear(g, weights, c.layer_kinds, name, x, K, N, false, residual);
+  };
+  return build_pvt(c, weights, layers, "a dense PVTv2");
 }
 
 }  // namespace shiftadd

@@ -3,6 +3,7 @@
 // (`patch_embed{i}.*`, `block{i}.{j}.*`, `norm{i}.*`, `head.*`) and an optional config.json, and
 // the graph builder. Activations stay token-major [H*W, C] per sample; the grid of every stage
 // is fixed at build time from the image size.
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -52,5 +53,27 @@ PvtConfig infer_pvt_v2_config(const WeightStore& w, const nlohmann::json* config
 
 // Builds input [C, S, S] -> logits [1, classes]. Every tensor of `w` must be used.
 Graph build_pvt_v2(const PvtConfig& cfg, const WeightStore& w);
+
+// ----- the skeleton of the PVTv2 builders (dense here, ShiftAddViT in shiftadd_pvt.h) --------
+// Per stage: the overlapping patch embedding and its norm; per block norm1, attention (plus the
+// residual), norm2, fc1, 3x3 depthwise conv + GELU, fc2 (plus the residual); the stage norm.
+// Then mean pooling and the head. A builder says how a projection is stored (`linear`) and,
+// optionally, how a block attends (`attention`).
+
+// Projection `name` (K -> N) of x, plus `residual` when >= 0.
+using PvtLinear =
+    std::function<int(Graph& g, int x, const std::string& name, int64_t K, int64_t N, int residual)>;
+struct PvtLayers {
+  PvtLinear linear;
+  // The attention of block `b` ("block{i}.{j}.") of stage `s` on norm1's output h: returns x
+  // plus the attention's projection. Null: PVTv2's spatial-reduction attention.
+  std::function<int(Graph& g, const PvtStage& s, int64_t grid, const std::string& b, int h, int x)> attention;
+};
+// `what` names the model for an unused tensor ("a dense PVTv2").
+Graph build_pvt(const PvtConfig& cfg, WeightTaker& weights, const PvtLayers& layers, const std::string& what);
+// PVTv2's spatial-reduction attention of block `b`: q, the keys' tokens through a strided conv
+// and a norm (sr ratio > 1), kv, softmax attention, proj; returns x plus proj's output.
+int pvt_sr_attention(Graph& g, WeightTaker& weights, const PvtConfig& cfg, const PvtStage& s, int64_t grid,
+                     const std::string& b, int h, int x, const PvtLinear& linear);
 
 }  // namespace shiftadd

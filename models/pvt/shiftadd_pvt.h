@@ -11,8 +11,10 @@
 
 namespace shiftadd {
 
-// True for a PVTv2 checkpoint holding any ShiftAddViT tensor (LinAngular attention, MoE or
-// shift layers).
+// True for a checkpoint holding any ShiftAddViT PVTv2 tensor (LinAngular attention, MoE or
+// shift layers), under upstream or timm names.
+bool has_shiftadd_pvt_tensors(const WeightStore& w);
+// ... and upstream PVTv2 names.
 bool looks_like_shiftadd_pvt(const WeightStore& w);
 
 // Builds input [C, S, S] -> logits [1, classes]. Every tensor of `w` must be used (the unused

@@ -7,7 +7,7 @@
 #include "loaders/npy.h"
 #include "loaders/onnx_vit.h"
 #include "loaders/safetensors.h"
-#include "loaders/vit_names.h"
+#include "models/vit/vit_names.h"
 #include "shiftadd/dataset.h"
 #include "shiftadd/shiftadd.h"
 

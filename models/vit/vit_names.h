@@ -1,5 +1,5 @@
 #pragma once
-// Name maps for ViT/DeiT checkpoints. The engine's canonical names are timm's
+// Name maps for ViT/DeiT checkpoints. The ViT family's canonical names are timm's
 // (`blocks.{i}.attn.qkv.weight`, `cls_token`, ...); Hugging Face ViT/DeiT names are mapped onto
 // them by the table in vit_names.cpp.
 #include <string>

@@ -1,4 +1,4 @@
-#include "loaders/vit_names.h"
+#include "models/vit/vit_names.h"
 
 #include <cstring>
 #include <optional>

@@ -15,7 +15,7 @@
 # $OUT when that is set), for docs/benchmarks.md. MODELS: which of deit_tiny deit_small deit_base
 # pvt_v2_b0 pvt_v2_b1 to time (PVT ones with their ShiftAddViT counterparts; default all).
 #
-# CUDASIM=1: a dry run of this script without a GPU: builds on cudasim (tests/cudasim), runs the
+# CUDASIM=1: a dry run of this script without a GPU: builds on cudasim (cudasim/), runs the
 # CUDA tests there and a one-run benchmark of deit_tiny and pvt_v2_b0 at batch 1 (numbers
 # meaningless; PyTorch columns empty without CUDA), to check the script end to end before
 # spending GPU time on it.

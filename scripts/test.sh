@@ -3,7 +3,7 @@
 # environment (.venv), builds (Release), runs the CTest suite, installs the Python package into
 # .venv (pip install .) and runs pytest (its API, parity with PyTorch, and the Triton serving
 # example), fuzzes each parser briefly (SHIFTADD_FUZZ_SECONDS per target, default 30), then
-# rebuilds with AddressSanitizer + UBSan, the CUDA backend on cudasim (tests/cudasim: its kernels
+# rebuilds with AddressSanitizer + UBSan, the CUDA backend on cudasim (cudasim/: its kernels
 # run on the CPU), and runs the C++ tests again.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,4 +1,4 @@
-// cudasim itself (tests/cudasim): the semantics the CUDA tests rely on when they run without a
+// cudasim itself (cudasim/): the semantics the CUDA tests rely on when they run without a
 // GPU (barriers, warp intrinsics, deferred streams, graph capture rules, cuBLAS layouts), and
 // the bugs it must report instead of passing silently. Built only with SHIFTADD_CUDA_SIM=ON.
 #include <gtest/gtest.h>

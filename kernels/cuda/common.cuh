@@ -7,7 +7,7 @@
 #include "kernels/cuda/cuda_kernels.h"
 
 // Kernel launches and dynamic shared memory go through these two macros so the same source also
-// compiles as C++ against cudasim (tests/cudasim: the CUDA tests on a machine without a GPU):
+// compiles as C++ against cudasim (cudasim/: the CUDA tests on a machine without a GPU):
 //   SHIFTADD_LAUNCH(kernel, grid, block, smem, stream)(args...)  is  kernel<<<grid, block, smem, stream>>>(args...)
 #if defined(SHIFTADD_CUDA_SIM)
 #define SHIFTADD_LAUNCH(kernel, grid, block, smem, stream) \

@@ -1,8 +1,8 @@
 #pragma once
 // cudasim: the subset of the CUDA runtime API the shiftadd CUDA backend uses, implemented on the
-// host (tests/cudasim/cudasim.cpp) so the CUDA backend and its kernels run, and are tested, on a
+// host (cudasim/*.cpp) so the CUDA backend and its kernels run, and are tested, on a
 // machine without a GPU. Names, signatures, enum values and error semantics follow the real
-// runtime; see tests/cudasim/README.md for what is simulated and what is checked.
+// runtime; see cudasim/README.md for what is simulated and what is checked.
 #include <cstddef>
 
 #define CUDASIM 1

@@ -28,11 +28,13 @@ inline int64_t out_numel(const Graph& g, const Node& n, int64_t batch) {
 // Whether the node adds a residual input (input 1 of Linear, ShiftLinear, MoeLinear).
 inline bool has_residual(const Node& n) { return n.inputs.size() > 1; }
 
-inline GemmArgs linear_args(const Graph& g, const Node& n, const NodeBuffers& b) {
-  const Tensor& w = n.w(LinearW::Weight);
+// x W^T + bias over a node's rows (input 0), W [out, in] as stored, with the node's GELU and
+// fused residual (input 1): Linear, and MoE's dense expert before its rows are routed.
+inline GemmArgs dense_node_args(const Graph& g, const Node& n, const NodeBuffers& b, const Tensor& w,
+                                const float* bias) {
   GemmArgs a;
   a.M = rows_of(g, n, b.batch);
-  a.K = g.sample_shape(n.inputs[0]).back();
+  a.K = w.dim(1);
   a.N = w.dim(0);
   a.A = b.in[0];
   a.lda = a.K;
@@ -41,13 +43,17 @@ inline GemmArgs linear_args(const Graph& g, const Node& n, const NodeBuffers& b)
   a.b_is_nk = true;
   a.C = b.out;
   a.ldc = a.N;
-  a.epi.bias = n.f32_or_null(LinearW::Bias);
+  a.epi.bias = bias;
   a.epi.gelu = n.p.gelu;
   if (has_residual(n)) {
     a.epi.residual = b.in[1];
     a.epi.ldr = a.N;
   }
   return a;
+}
+
+inline GemmArgs linear_args(const Graph& g, const Node& n, const NodeBuffers& b) {
+  return dense_node_args(g, n, b, n.w(LinearW::Weight), n.f32_or_null(LinearW::Bias));
 }
 
 inline AttentionArgs attention_args(const Graph& g, const Node& n, const NodeBuffers& b) {
@@ -258,25 +264,8 @@ inline RouterArgs moe_router_args(const Graph& g, const Node& n, const NodeBuffe
 // Expert 0 (dense) over all the node's rows in token order, with the op's epilogue (bias, MoE
 // combine, GELU, residual). An MoE backend narrows it to the expert's rows.
 inline GemmArgs moe_dense_args(const Graph& g, const Node& n, const NodeBuffers& b, ShiftMode mode) {
-  const Tensor& w0 = n.w(MoeW::W0);
-  GemmArgs a;
-  a.M = rows_of(g, n, b.batch);
-  a.K = w0.dim(1);
-  a.N = w0.dim(0);
-  a.A = b.in[0];
-  a.lda = a.K;
-  a.B = w0.data<float>();
-  a.ldb = a.K;
-  a.b_is_nk = true;
-  a.C = b.out;
-  a.ldc = a.N;
-  a.epi.bias = n.f32_or_null(MoeW::B0);
+  GemmArgs a = dense_node_args(g, n, b, n.w(MoeW::W0), n.f32_or_null(MoeW::B0));
   a.epi.combine = moe_combine(n, mode);
-  a.epi.gelu = n.p.gelu;
-  if (has_residual(n)) {
-    a.epi.residual = b.in[1];
-    a.epi.ldr = a.N;
-  }
   return a;
 }
 

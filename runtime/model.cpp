@@ -45,12 +45,6 @@ std::vector<std::string> imagenet_labels() {
   return labels;
 }
 
-bool has_extension(const fs::path& p, const char* ext) {
-  std::string e = p.extension().string();
-  std::transform(e.begin(), e.end(), e.begin(), ::tolower);
-  return e == ext;
-}
-
 std::unique_ptr<Model::Impl> load_model(const std::string& path) {
   const ModelSource src = read_model_source(path);
   const ModelFamily& family = model_family(src);

@@ -2,7 +2,8 @@
 # The GPU check, in one command on a machine with an NVIDIA GPU (and PyTorch with CUDA for the
 # peer timings):
 #   1. configures and builds the CUDA backend for this GPU's architecture (nvidia-smi compute_cap),
-#   2. runs every CUDA test (tests/test_cuda_backend.cpp; none may be skipped here),
+#   2. runs every CUDA test (tests/test_cuda_backend.cpp and the cuda rows of
+#      tests/test_backend_ops.cpp; none may be skipped here),
 #   3. prints a latency table: DeiT-Tiny/Small/Base-shaped ViTs and PVTv2-b0/b1 (dense) plus
 #      their ShiftAddViT (MoE) counterparts, random weights, 224x224, batch 1, 8 and 64:
 #      engine dense fp32 / fp16 (SHIFTADD_CUDA_MATH), engine ShiftAdd exact / fast, and PyTorch
@@ -88,11 +89,11 @@ echo "== built ($(elapsed))"
 # Every CUDA test; with a GPU present none may skip.
 log="$B/cuda-tests.log"
 set +e
-"$B/tests/shiftadd_tests" --gtest_filter='Cuda*' 2>&1 | tee "$log"
+"$B/tests/shiftadd_tests" --gtest_filter='Cuda*:*BackendOps.*/cuda*' 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 if [ "$rc" -ne 0 ]; then echo "device-check: CUDA tests FAILED" >&2; exit 1; fi
-if grep -q '^\[  SKIPPED \] Cuda\(Backend\|Models\)' "$log"; then
+if grep -q '^\[  SKIPPED \] \(Cuda\(Backend\|Models\)\|.*BackendOps.*/cuda\)' "$log"; then
   echo "device-check: CUDA tests were skipped on a machine with a GPU" >&2
   exit 1
 fi

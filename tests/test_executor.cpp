@@ -13,6 +13,7 @@
 #include "engine/executor.h"
 #include "engine/graph.h"
 #include "shiftadd/error.h"
+#include "test_util.h"
 
 // Counts heap allocations made by this process while `g_counting` is set. (GCC cannot see that
 // the replaced new and delete pair malloc with free.)
@@ -41,37 +42,10 @@ void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); 
 namespace shiftadd {
 namespace {
 
-Tensor random_tensor(Shape s, std::mt19937& rng, float scale, float offset = 0.0f) {
-  Tensor t = Tensor::empty(DType::F32, std::move(s));
-  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = offset + scale * u(rng);
-  return t;
-}
+using namespace test;
 
 // A two-block ViT with random weights, built straight from the op builders.
-Graph tiny_vit(std::mt19937& rng, int64_t C = 48, int64_t heads = 3, int64_t img = 32, int64_t p = 8) {
-  Graph g;
-  const int64_t F = 2 * C, T = 1 + (img / p) * (img / p);
-  const float ws = 1.0f / std::sqrt(static_cast<float>(C));
-  int x = g.input({3, img, img});
-  x = g.conv2d(x, random_tensor({C, 3, p, p}, rng, 0.1f), random_tensor({C}, rng, 0.1f), p, 0, "patch");
-  x = g.embed_tokens(x, random_tensor({1, C}, rng, 0.5f), random_tensor({T, C}, rng, 0.2f), "embed");
-  for (int b = 0; b < 2; ++b) {
-    const std::string n = "blocks." + std::to_string(b) + ".";
-    int h = g.layernorm(x, random_tensor({C}, rng, 0.1f, 1.0f), random_tensor({C}, rng, 0.1f), 1e-6f, n + "norm1");
-    h = g.linear(h, random_tensor({3 * C, C}, rng, ws), random_tensor({3 * C}, rng, 0.1f), n + "qkv");
-    h = g.attention(h, heads, 1.0f / std::sqrt(static_cast<float>(C / heads)), n + "attn");
-    x = g.linear(h, random_tensor({C, C}, rng, ws), random_tensor({C}, rng, 0.1f), n + "proj", false, x);
-    h = g.layernorm(x, random_tensor({C}, rng, 0.1f, 1.0f), random_tensor({C}, rng, 0.1f), 1e-6f, n + "norm2");
-    h = g.linear(h, random_tensor({F, C}, rng, ws), random_tensor({F}, rng, 0.1f), n + "fc1", true);
-    x = g.linear(h, random_tensor({C, F}, rng, 1.0f / std::sqrt(static_cast<float>(F))), random_tensor({C}, rng, 0.1f), n + "fc2", false, x);
-  }
-  x = g.take_tokens(x, 0, 1, "cls");
-  const int a = g.linear(x, random_tensor({5, C}, rng, ws), random_tensor({5}, rng, 0.1f), "head");
-  const int b = g.linear(x, random_tensor({5, C}, rng, ws), random_tensor({5}, rng, 0.1f), "head2");
-  g.set_output(g.add(a, b, 0.5f, "mean"));
-  return g;
-}
+Graph tiny_vit(std::mt19937& rng) { return vit_graph(rng, 48, 3, 32, 8, /*blocks=*/2); }
 
 TEST(Planner, LiveValuesNeverOverlapAndMemoryIsReused) {
   std::mt19937 rng(1);
@@ -148,39 +122,7 @@ TEST(Executor, CpuMatchesReferenceAndAllocatesNothingPerRun) {
 
 // A one-block LinAngular graph with every ShiftAddViT op: MoE to_qk, shift to_v, KSH
 // attention, MoE proj, built straight from the op builders.
-Graph tiny_shiftadd(std::mt19937& rng, int64_t C = 32, int64_t heads = 2, int64_t img = 32) {
-  Graph g;
-  const int64_t p = 4, H = heads, d = C / heads, m = 25, nbits = 16;
-  const float ws = 1.0f / std::sqrt(static_cast<float>(C));
-  auto shift = [&](Shape s) { return random_tensor(std::move(s), rng, 3.0f, -4.0f); };  // [-7, -1]
-  auto sign = [&](Shape s) { return random_tensor(std::move(s), rng, 1.2f); };
-  auto moe = [&](int x, const std::string& name) {
-    Tensor wg = random_tensor({2, C}, rng, 1.0f);
-    return g.moe_linear(x, wg, random_tensor({2}, rng, 0.1f), random_tensor({C, C}, rng, ws),
-                        random_tensor({C}, rng, 0.1f), shift({C, C}), sign({C, C}),
-                        random_tensor({C}, rng, 0.1f), name);
-  };
-  int x = g.input({3, img, img});
-  x = g.conv2d(x, random_tensor({C, 3, p, p}, rng, 0.1f), random_tensor({C}, rng, 0.1f), p, 0, "patch");
-  const int qk = moe(x, "attn.to_qk");
-  const int v = g.shift_linear(x, shift({C, C}), sign({C, C}), random_tensor({C}, rng, 0.1f), "attn.to_v");
-  Tensor anchor = random_tensor({1, H, m, d}, rng, 1.0f);
-  for (int64_t r = 0; r < H * m; ++r) {  // unit rows
-    float* a = anchor.data<float>() + r * d;
-    float ss = 0;
-    for (int64_t c = 0; c < d; ++c) ss += a[c] * a[c];
-    for (int64_t c = 0; c < d; ++c) a[c] /= std::sqrt(ss);
-  }
-  int h = g.ksh_attention(qk, v, H, anchor, random_tensor({1, H, 1, m}, rng, 0.1f, 0.5f),
-                          random_tensor({H, nbits, m}, rng, 1.0f), random_tensor({H, 1, 9, 1}, rng, 0.3f),
-                          "attn");
-  h = moe(h, "attn.proj");
-  x = g.add(x, h, 1.0f, "residual");
-  x = g.mean_tokens(x, "pool");
-  x = g.linear(x, random_tensor({5, C}, rng, ws), random_tensor({5}, rng, 0.1f), "head");
-  g.set_output(x);
-  return g;
-}
+Graph tiny_shiftadd(std::mt19937& rng) { return shiftadd_graph(rng, 32, 2, 32, 16); }
 
 TEST(Executor, ShiftAddOpsMatchReferenceAndAllocateNothing) {
   std::mt19937 rng(7);

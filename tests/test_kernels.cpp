@@ -31,6 +31,7 @@
 
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/kernels.h"
+#include "test_util.h"
 
 namespace shiftadd::kernels {
 namespace {
@@ -85,15 +86,9 @@ std::vector<Backend> backends() {
 // ----- buffers and comparison ----------------------------------------------------------------
 
 using Rng = std::mt19937;
-constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+using test::kNaN;
 
-std::vector<float> random_vec(Rng& rng, int64_t n, float scale = 1.0f) {
-  std::uniform_real_distribution<float> mag(0.05f, 1.0f);
-  std::bernoulli_distribution neg(0.5);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = scale * (neg(rng) ? -mag(rng) : mag(rng));
-  return v;
-}
+std::vector<float> random_vec(Rng& rng, int64_t n, float scale = 1.0f) { return test::random_input(n, rng, scale); }
 
 std::vector<float> poisoned(int64_t n) { return std::vector<float>(static_cast<size_t>(n), kNaN); }
 
@@ -491,10 +486,7 @@ class KernelTest : public ::testing::TestWithParam<Param> {};
 TEST_P(KernelTest, MatchesReference) {
   const auto& [backend, threads, op] = GetParam();
   // Backends select a CPU SIMD path process-wide; put back the default for the tests after us.
-  struct RestoreSimd {
-    std::string name = cpu::simd_name();
-    ~RestoreSimd() { cpu::set_simd(name.c_str()); }
-  } restore;
+  test::SimdGuard restore;
   if (!backend.activate()) GTEST_SKIP() << backend.name << " is not supported here";
   ThreadPool pool(threads);
   double worst = 0.0, worst_ratio = 0.0;

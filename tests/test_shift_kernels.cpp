@@ -18,20 +18,15 @@
 #include "kernels/cpu/thread_pool.h"
 #include "kernels/kernels.h"
 #include "kernels/shift_kernels.h"
+#include "test_util.h"
 
 namespace shiftadd::kernels {
 namespace {
 
 using Rng = std::mt19937;
-constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+using test::kNaN;
 
-std::vector<float> rnd(Rng& rng, int64_t n, float scale = 1.0f) {
-  std::uniform_real_distribution<float> mag(0.05f, 1.0f);
-  std::bernoulli_distribution neg(0.5);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = scale * (neg(rng) ? -mag(rng) : mag(rng));
-  return v;
-}
+std::vector<float> rnd(Rng& rng, int64_t n, float scale = 1.0f) { return test::random_input(n, rng, scale); }
 
 std::vector<uint8_t> random_codes(Rng& rng, int64_t n) {
   std::uniform_int_distribution<int> s(-14, 0), g(-1, 1);
@@ -40,10 +35,6 @@ std::vector<uint8_t> random_codes(Rng& rng, int64_t n) {
   return c;
 }
 
-struct SimdGuard {
-  std::string name = cpu::simd_name();
-  ~SimdGuard() { cpu::set_simd(name.c_str()); }
-};
 const char* const kPaths[] = {"avx512vnni", "avx512", "avx2", "scalar"};
 
 // ----- packing -------------------------------------------------------------------------------
@@ -221,7 +212,7 @@ bool written(const ShiftLinearArgs& a, int64_t i) {
 }
 
 TEST(ShiftLinear, FastMatchesRefBitForBit) {
-  SimdGuard guard;
+  test::SimdGuard guard;
   for (const char* path : kPaths) {
     if (!cpu::set_simd(path)) continue;
     for (int threads : {1, 2}) {
@@ -252,7 +243,7 @@ TEST(ShiftLinear, FastMatchesRefBitForBit) {
 // GELU runs through each path's erf approximation: within 2e-6 of ref's std::erf relative to
 // the layer's largest output (as the dense GELU harness in test_kernels.cpp).
 TEST(ShiftLinear, FastWithGeluMatchesRef) {
-  SimdGuard guard;
+  test::SimdGuard guard;
   for (const char* path : kPaths) {
     if (!cpu::set_simd(path)) continue;
     ThreadPool pool(2);
@@ -280,7 +271,7 @@ TEST(ShiftLinear, FastWithGeluMatchesRef) {
 // exact value rounded once. They differ by fp32 accumulation only: at most K * 2^-24 of the sum
 // of |terms| (a blocked sum does far better), plus the epilogue's roundings.
 TEST(ShiftLinear, ExactWithinFp32AccumulationOfRef) {
-  SimdGuard guard;
+  test::SimdGuard guard;
   for (const char* path : kPaths) {
     if (!cpu::set_simd(path)) continue;
     for (int threads : {1, 2}) {
@@ -462,7 +453,7 @@ void make_ksh(const KshShape& s, Rng& rng, std::vector<float>& qk, std::vector<f
 }
 
 TEST(KshHash, MatchesRef) {
-  SimdGuard guard;
+  test::SimdGuard guard;
   for (const char* path : kPaths) {
     if (!cpu::set_simd(path)) continue;
     for (int threads : {1, 2}) {
@@ -531,7 +522,7 @@ TEST(KshHash, MatchesRef) {
 // ----- additive attention --------------------------------------------------------------------
 
 TEST(AdditiveAttention, MatchesRef) {
-  SimdGuard guard;
+  test::SimdGuard guard;
   struct S {
     int64_t B, H, N, d, nbits;
   };
@@ -599,7 +590,7 @@ TEST(AdditiveAttention, MatchesRef) {
 // shift layer (the shift expert's); LogExp within a few ulps of libm's log(exp(y) + eps) with
 // its -36.04 floor and +inf above 88.72, Limits bit for bit, NaN kept.
 TEST(MoeCombine, EveryPathInBothExpertEpilogues) {
-  SimdGuard guard;
+  test::SimdGuard guard;
   std::vector<float> y;
   for (int i = -20000; i <= 20000; ++i) y.push_back(i * 5e-3f);
   for (float v : {-1e30f, -100.f, -88.f, -36.05f, -36.f, 80.f, 80.01f, 88.7228f, 88.72284f, 88.8f, 1e30f,
@@ -660,7 +651,7 @@ TEST(MoeCombine, EveryPathInBothExpertEpilogues) {
 }
 
 TEST(MoeRouting, RouterPlanGather) {
-  SimdGuard guard;
+  test::SimdGuard guard;
   for (const char* path : kPaths)
   for (int threads : {1, 2}) {
     if (!cpu::set_simd(path)) continue;

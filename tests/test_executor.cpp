@@ -103,14 +103,7 @@ void expect_matches_reference_without_allocations(
     for (size_t i = 0; i < batches.size(); ++i) cpu.run(batches[i], x[i].data(), got[i].data());
   g_counting = false;
   EXPECT_EQ(g_allocs.load(), 0) << "heap allocations during planned runs";
-  for (size_t b = 0; b < batches.size(); ++b) {
-    double diff = 0, mx = 0;
-    for (size_t i = 0; i < want[b].size(); ++i) {
-      diff = std::max(diff, static_cast<double>(std::abs(got[b][i] - want[b][i])));
-      mx = std::max(mx, static_cast<double>(std::abs(want[b][i])));
-    }
-    EXPECT_LE(diff / mx, 1e-5) << "batch " << batches[b];
-  }
+  for (size_t b = 0; b < batches.size(); ++b) EXPECT_LE(rel_error(got[b], want[b]), 1e-5) << "batch " << batches[b];
 }
 
 TEST(Executor, CpuMatchesReferenceAndAllocatesNothingPerRun) {

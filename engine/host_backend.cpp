@@ -53,10 +53,6 @@ struct CpuKernels {
   void additive_attention(const AdditiveAttentionArgs& a) { cpu::additive_attention(a, pool); }
   void moe_router(const RouterArgs& a) { cpu::moe_router(a, pool); }
   void moe_plan(int64_t M, const uint8_t* e, int32_t* perm, int64_t c[2]) { cpu::moe_plan(M, e, perm, c); }
-  void moe_gather(int64_t begin, int64_t end, int64_t cols, const int32_t* perm, const float* src, int64_t lds,
-                  float* dst, int64_t ldd) {
-    cpu::moe_gather(begin, end, cols, perm, src, lds, dst, ldd, pool);
-  }
 };
 
 struct RefKernels {
@@ -83,10 +79,6 @@ struct RefKernels {
   void additive_attention(const AdditiveAttentionArgs& a) { ref::additive_attention(a); }
   void moe_router(const RouterArgs& a) { ref::moe_router(a); }
   void moe_plan(int64_t M, const uint8_t* e, int32_t* perm, int64_t c[2]) { ref::moe_plan(M, e, perm, c); }
-  void moe_gather(int64_t begin, int64_t end, int64_t cols, const int32_t* perm, const float* src, int64_t lds,
-                  float* dst, int64_t ldd) {
-    ref::moe_gather(begin, end, cols, perm, src, lds, dst, ldd);
-  }
 };
 
 // ----- per-run work layouts ------------------------------------------------------------------
@@ -108,7 +100,7 @@ ShiftWork shift_work(HostCarver& c, const Graph& g, const Node& n, int64_t batch
 struct MoeWork {
   uint8_t* expert;  // [M] the router's choice per row
   int32_t* perm;    // [M] the plan: expert 0's rows, then expert 1's
-  std::byte* rows;  // expert 0's gathered input [rows, K], then expert 1's exact-mode work
+  std::byte* shift;  // expert 1's exact-mode work
 };
 MoeWork moe_work(HostCarver& c, const Graph& g, const Node& n, int64_t batch, ShiftMode mode) {
   NodeBuffers b;
@@ -117,7 +109,7 @@ MoeWork moe_work(HostCarver& c, const Graph& g, const Node& n, int64_t batch, Sh
   MoeWork w;
   w.expert = c.take<uint8_t>(s.M);
   w.perm = c.take<int32_t>(s.M);
-  w.rows = c.take<std::byte>(std::max(sizeof(float) * s.M * s.K, cpu::shift_linear_work_bytes(s)));
+  w.shift = c.take<std::byte>(cpu::shift_linear_work_bytes(s));
   return w;
 }
 
@@ -229,7 +221,7 @@ class HostBackend final : public Backend {
 
  private:
   // Router -> plan -> each expert over its rows, writing them in place in token order: the
-  // dense expert as a GEMM of its gathered rows whose epilogue scatters, the shift expert
+  // dense expert as a GEMM reading its rows in place whose epilogue scatters, the shift expert
   // reading and writing its rows through the plan (gather and scatter fused). The combine and
   // GELU (and the residual) are the experts' epilogue.
   void run_moe(const Graph& g, const Node& n, const NodeBuffers& b) {
@@ -250,15 +242,12 @@ class HostBackend final : public Backend {
     if (idx < expert_tokens_.size()) expert_tokens_[idx] = {counts[0], counts[1]};
     if (counts[0] > 0) {
       GemmArgs a = moe_dense_args(g, n, b, mode_);
-      auto* gx = reinterpret_cast<float*>(w.rows);
-      k_.moe_gather(0, counts[0], a.K, w.perm, b.in[0], a.lda, gx, a.K);
       a.M = counts[0];
-      a.A = gx;
-      a.c_rows = w.perm;
+      a.a_rows = a.c_rows = w.perm;
       k_.gemm(a);
     }
     if (counts[1] > 0) {
-      ShiftLinearArgs a = shift_args(g, n, b, mode_, w.rows);
+      ShiftLinearArgs a = shift_args(g, n, b, mode_, w.shift);
       a.M = counts[1];
       a.rows = w.perm + counts[0];
       k_.shift_linear(a);

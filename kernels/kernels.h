@@ -46,6 +46,7 @@ struct Epilogue {
 // B_codes: instead of B, 5-bit shift codes [N,K] (core/shift_codes.h, b_is_nk, row stride ldb)
 // decoded to their exact fp32 powers of two while B is packed (shift layers' exact mode).
 // c_rows: row m of C (and of the residual) is row c_rows[m] (the MoE scatter); null: row m.
+// a_rows: row m of A is row a_rows[m] (the MoE dense expert reads its tokens in place); null: row m.
 struct GemmArgs {
   int64_t M = 0, N = 0, K = 0;
   const float* A = nullptr;
@@ -57,6 +58,7 @@ struct GemmArgs {
   float* C = nullptr;
   int64_t ldc = 0;
   const int32_t* c_rows = nullptr;
+  const int32_t* a_rows = nullptr;
   float alpha = 1.0f;
   Epilogue epi;
 };

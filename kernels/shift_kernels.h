@@ -157,8 +157,6 @@ void ksh_hash(const KshArgs& a);
 void additive_attention(const AdditiveAttentionArgs& a);
 void moe_router(const RouterArgs& a);
 void moe_plan(int64_t M, const uint8_t* expert, int32_t* perm, int64_t counts[2]);
-void moe_gather(int64_t begin, int64_t end, int64_t cols, const int32_t* perm, const float* src,
-                int64_t lds, float* dst, int64_t ldd);
 }  // namespace ref
 
 namespace cpu {
@@ -186,8 +184,6 @@ void ksh_hash(const KshArgs& a, ThreadPool& pool);
 void additive_attention(const AdditiveAttentionArgs& a, ThreadPool& pool);
 void moe_router(const RouterArgs& a, ThreadPool& pool);
 void moe_plan(int64_t M, const uint8_t* expert, int32_t* perm, int64_t counts[2]);
-void moe_gather(int64_t begin, int64_t end, int64_t cols, const int32_t* perm, const float* src,
-                int64_t lds, float* dst, int64_t ldd, ThreadPool& pool);
 }  // namespace cpu
 
 }  // namespace kernels

@@ -135,7 +135,7 @@ struct GemmShape {
   Residual residual = Residual::None;
   bool codes = false;    // B as shift codes (shift layers' exact mode)
   bool scale = false;    // per-column output scale
-  bool rows = false;     // C rows scattered through c_rows (into a 2M-row C, odd rows, reversed)
+  bool rows = false;     // A rows read and C rows written through a_rows = c_rows (odd rows of 2M, reversed)
 };
 
 OpCase gemm_case(GemmShape s) {
@@ -147,12 +147,12 @@ OpCase gemm_case(GemmShape s) {
                 s.residual == Residual::Separate  ? " +residual"
                 : s.residual == Residual::InPlace ? " +=C"
                                                   : "",
-                s.rows ? " c_rows" : "");
+                s.rows ? " a_rows=c_rows" : "");
   return {"gemm", shape, [s](const Backend& be, ThreadPool& pool, Rng& rng) {
             const int64_t lda = s.K + s.pad, ldb = (s.b_is_nk ? s.K : s.N) + s.pad;
             const int64_t ldc = s.N + s.pad, ldr = s.N + s.pad + 1;
             const int64_t crows = s.rows ? 2 * s.M : s.M;  // rows of the C buffer
-            const std::vector<float> A = random_vec(rng, s.M * lda);
+            const std::vector<float> A = random_vec(rng, crows * lda);
             const std::vector<float> B = random_vec(rng, (s.b_is_nk ? s.N : s.K) * ldb);
             std::vector<uint8_t> codes(static_cast<size_t>(s.N * ldb));
             std::uniform_int_distribution<int> code(0, 31);
@@ -174,7 +174,7 @@ OpCase gemm_case(GemmShape s) {
             g.B = s.codes ? nullptr : B.data(), g.ldb = ldb, g.b_is_nk = s.b_is_nk;
             g.B_codes = s.codes ? codes.data() : nullptr;
             g.ldc = ldc;
-            g.c_rows = s.rows ? c_rows.data() : nullptr;
+            g.a_rows = g.c_rows = s.rows ? c_rows.data() : nullptr;
             g.alpha = s.alpha;
             g.epi.scale = s.scale ? scale.data() : nullptr;
             g.epi.bias = s.bias ? bias.data() : nullptr;
@@ -406,7 +406,8 @@ std::vector<OpCase> case_table() {
     t.push_back(gemm_case({197, 192, 768, nk, 0, 1.0f, true, false, Residual::InPlace}));
   }
   t.push_back(gemm_case({3136, 64, 64, true, 0, 1.0f, true, true, Residual::Separate}));
-  // Shift layers' exact mode (B decoded from codes, output scale) and the MoE scatter (c_rows).
+  // Shift layers' exact mode (B decoded from codes, output scale) and the MoE dense expert's rows
+  // read and written in place (a_rows, c_rows).
   for (bool rows : {false, true}) {
     t.push_back(gemm_case({197, 192, 768, true, 0, 1.0f, true, false, Residual::None, true, true, rows}));
     t.push_back(gemm_case({33, 70, 300, true, 3, 1.0f, true, true, Residual::None, true, false, rows}));

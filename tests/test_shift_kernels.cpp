@@ -687,13 +687,6 @@ TEST(MoeRouting, RouterPlanGather) {
         ASSERT_EQ(cnt[0] + cnt[1], M);
         for (int64_t i = 1; i < cnt[0]; ++i) ASSERT_LT(perm[i - 1], perm[i]);
         for (int64_t i = 0; i < M; ++i) ASSERT_EQ(er[perm[i]], i < cnt[0] ? 0 : 1);
-        std::vector<float> g(M * K, kNaN), gr = g;
-        for (int ex = 0; ex < 2; ++ex) {
-          const int64_t b = ex ? cnt[0] : 0, en = ex ? M : cnt[0];
-          ref::moe_gather(b, en, K, perm.data(), x.data(), ldx, gr.data() + b * K, K);
-          cpu::moe_gather(b, en, K, perm.data(), x.data(), ldx, g.data() + b * K, K, pool);
-        }
-        ASSERT_EQ(std::memcmp(g.data(), gr.data(), g.size() * 4), 0);
       }
   }
   // Ties go to expert 0.

@@ -22,6 +22,7 @@ constexpr int64_t kKc = 192;  // K block depth: an MR x KC strip of A (10.5 KiB)
 constexpr int64_t kNc = 768;  // N block width: the packed KC x NC block of B (576 KiB) in L2
 // Rows per residual copy, only for a GELU epilogue whose residual is C itself with K > KC.
 constexpr int64_t kMcResidual = 64;
+constexpr int64_t kMaxMr = 14;  // the most rows a microkernel takes (AVX-512: kMr512)
 // Below this much work per extra thread (~35 us on one Zen 4 core), waking a pool worker
 // (tens of us through a condition variable on a busy machine) costs more than it saves.
 constexpr double kMinFlopsPerThread = 4e6;
@@ -227,6 +228,7 @@ void pack_b_avx2(const GemmArgs& a, int64_t k0, int64_t kc, int64_t n0, int64_t 
 // ----- AVX-512 microkernel: 14 x 32 (28 zmm accumulators, 2 for B, broadcasts from memory) --
 
 constexpr int kMr512 = 14, kNr512 = 32;
+static_assert(kMr512 <= kMaxMr);
 
 SHIFTADD_AVX512 inline void store512(float* c, const float* scale, const float* bias, const float* res,
                                      __m512 acc, __mmask16 m, const Tile& t) {
@@ -384,7 +386,7 @@ const Arch& current_arch() {
 // res_rows[i]; without, of row m0, rows contiguous with stride ldr.
 void macro_kernel(const GemmArgs& a, const Arch& arch, int64_t m0, int64_t m1, int64_t jc,
                   int64_t nc, int64_t k0, int64_t kc, const float* Bp, bool accumulate, bool last,
-                  const float* res, const int32_t* res_rows, int64_t ldr) {
+                  const float* res, const int32_t* res_rows, int64_t ldr, float* a_strip) {
   Tile t;
   t.ldc = a.ldc;
   t.alpha = a.alpha;
@@ -398,13 +400,19 @@ void macro_kernel(const GemmArgs& a, const Arch& arch, int64_t m0, int64_t m1, i
     t.rrow = res_rows ? res_rows + i : nullptr;
     const Microkernel kernel = arch.kernels[t.rows - 1];
     const float* A = a.A + i * a.lda + k0;
+    int64_t lda = a.lda;
+    if (a.a_rows) {  // the strip's rows gathered into L1, once for all its column tiles
+      for (int64_t r = 0; r < t.rows; ++r)
+        std::memcpy(a_strip + r * kc, a.A + a.a_rows[i + r] * a.lda + k0, sizeof(float) * kc);
+      A = a_strip, lda = kc;
+    }
     for (int64_t j = 0; j < nc; j += arch.nr) {
       t.C = a.C + (a.c_rows ? 0 : i * a.ldc) + jc + j;
       t.cols = std::min(arch.nr, nc - j);
       t.scale = a.epi.scale ? a.epi.scale + jc + j : nullptr;
       t.bias = last && a.epi.bias ? a.epi.bias + jc + j : nullptr;
       t.residual = !last || !res ? nullptr : res_rows ? res + j : res + (i - m0) * ldr + j;
-      kernel(kc, A, a.lda, Bp + j * kc, t);
+      kernel(kc, A, lda, Bp + j * kc, t);
     }
   }
 }
@@ -414,6 +422,7 @@ void gemm_rect(const GemmArgs& a, const Arch& arch, int64_t m0, int64_t m1, int6
                float* scratch) {
   float* Bp = scratch;
   float* res_copy = scratch + kKc * kNc;
+  float* a_strip = res_copy + kMcResidual * kNc;
   // Equal K blocks (e.g. 768 -> 3 x 256, 300 -> 2 x 152) rather than a short tail block.
   const int64_t nkb = std::max<int64_t>(1, (a.K + kKc - 1) / kKc);
   const int64_t kstep = (a.K + nkb - 1) / nkb;
@@ -434,7 +443,7 @@ void gemm_rect(const GemmArgs& a, const Arch& arch, int64_t m0, int64_t m1, int6
         arch.pack_b(a, k0, kc, jc, nc, Bp);
         const float* res = !residual ? nullptr : a.c_rows ? residual + jc : residual + m0 * a.epi.ldr + jc;
         macro_kernel(a, arch, m0, m1, jc, nc, k0, kc, Bp, kb > 0 || accumulate_onto_c, kb == nkb - 1,
-                     res, a.c_rows, a.epi.ldr);
+                     res, a.c_rows, a.epi.ldr, a_strip);
       }
       continue;
     }
@@ -447,7 +456,8 @@ void gemm_rect(const GemmArgs& a, const Arch& arch, int64_t m0, int64_t m1, int6
       for (int64_t kb = 0; kb < nkb; ++kb) {
         const int64_t k0 = kb * kstep, kc = std::min(kstep, a.K - k0);
         arch.pack_b(a, k0, kc, jc, nc, Bp);
-        macro_kernel(a, arch, ic, ic + mc, jc, nc, k0, kc, Bp, kb > 0, kb == nkb - 1, res_copy, nullptr, nc);
+        macro_kernel(a, arch, ic, ic + mc, jc, nc, k0, kc, Bp, kb > 0, kb == nkb - 1, res_copy, nullptr, nc,
+                     a_strip);
       }
     }
   }
@@ -463,7 +473,7 @@ void check(const GemmArgs& a) {
 }  // namespace
 
 size_t gemm_scratch_bytes() {
-  return static_cast<size_t>(kKc * kNc + kMcResidual * kNc) * sizeof(float);
+  return static_cast<size_t>(kKc * kNc + kMcResidual * kNc + kMaxMr * kKc) * sizeof(float);
 }
 
 void gemm_serial(const GemmArgs& a, float* scratch) {

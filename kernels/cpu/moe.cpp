@@ -1,5 +1,5 @@
 // MoE routing helpers (spec section 4) on the CPU: router logits and top-1 choice, the O(M)
-// per-expert plan and the dense expert's row gather.
+// per-expert plan (the experts read and write their rows through it).
 #include <algorithm>
 #include <cstring>
 
@@ -77,14 +77,6 @@ void moe_plan(int64_t M, const uint8_t* expert, int32_t* perm, int64_t counts[2]
       perm[i1++] = static_cast<int32_t>(m);
   }
   counts[0] = n0, counts[1] = M - n0;
-}
-
-void moe_gather(int64_t begin, int64_t end, int64_t cols, const int32_t* perm, const float* src,
-                int64_t lds, float* dst, int64_t ldd, ThreadPool& pool) {
-  parallel_chunks(pool, end - begin, cols, 65536, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = begin + i0; i < begin + i1; ++i)
-      std::memcpy(dst + (i - begin) * ldd, src + perm[i] * lds, sizeof(float) * cols);
-  });
 }
 
 }  // namespace shiftadd::kernels::cpu

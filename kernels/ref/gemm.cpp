@@ -8,14 +8,14 @@ namespace shiftadd::kernels::ref {
 
 void gemm(const GemmArgs& a) {
   for (int64_t m = 0; m < a.M; ++m) {
-    const int64_t row = a.c_rows ? a.c_rows[m] : m;
+    const int64_t row = a.c_rows ? a.c_rows[m] : m, arow = a.a_rows ? a.a_rows[m] : m;
     for (int64_t n = 0; n < a.N; ++n) {
       double acc = 0.0;
       for (int64_t k = 0; k < a.K; ++k) {
         const float b = a.B_codes            ? decode_shift_weight(a.B_codes[n * a.ldb + k])
                         : a.b_is_nk          ? a.B[n * a.ldb + k]
                                              : a.B[k * a.ldb + n];
-        acc += static_cast<double>(a.A[m * a.lda + k]) * b;
+        acc += static_cast<double>(a.A[arow * a.lda + k]) * b;
       }
       double c = a.alpha * acc;
       if (a.epi.scale) c *= a.epi.scale[n];

@@ -28,10 +28,4 @@ void moe_plan(int64_t M, const uint8_t* expert, int32_t* perm, int64_t counts[2]
   counts[0] = n0, counts[1] = M - n0;
 }
 
-void moe_gather(int64_t begin, int64_t end, int64_t cols, const int32_t* perm, const float* src,
-                int64_t lds, float* dst, int64_t ldd) {
-  for (int64_t i = begin; i < end; ++i)
-    for (int64_t c = 0; c < cols; ++c) dst[(i - begin) * ldd + c] = src[perm[i] * lds + c];
-}
-
 }  // namespace shiftadd::kernels::ref

@@ -365,12 +365,14 @@ SHIFTADD_AVX512 void hash_avx512(const KshArgs& a, const KshWork& w, int64_t b, 
 
 int64_t groups(int64_t nbits) { return (nbits + 3) / 4; }
 // Bucket copies a pass-1 task alternates between, token by token: consecutive tokens often share
-// a nibble, and adding to the row the previous token just stored waits on that store.
-constexpr int64_t kSets = 2;
+// a nibble, and adding to the row the previous token just stored waits on that store. A part of
+// few tokens uses one copy: zeroing and summing a second would cost more than the waits.
+constexpr int64_t kSets = 2, kTokensForSets = 256;
 
 struct Additive {
   const AdditiveAttentionArgs* a;
   int64_t G, parts;  // nibble groups; token parts per (image, head) in pass 1
+  int64_t sets;      // bucket copies used per part (1 or kSets)
   float* buckets;    // [B, H, parts * kSets, G, 16, d]
   // Bits at or above nbits (which a hash never sets) are ignored, as ref:: does.
   SA_INLINE uint64_t code_in(const void* codes, int64_t b, int64_t h, int64_t n) const {
@@ -395,14 +397,14 @@ SA_INLINE void add_row(float* dst, const float* src, int64_t d) {
 SA_INLINE void bucket_body(const Additive& ad, int64_t b, int64_t h, int64_t p, int64_t n0, int64_t n1) {
   const int64_t d = ad.a->d;
   float* sets[kSets];
-  for (int64_t s = 0; s < kSets; ++s) {
+  for (int64_t s = 0; s < ad.sets; ++s) {
     sets[s] = ad.bucket(b, h, p * kSets + s);
     std::fill_n(sets[s], ad.G * kNibbles * d, 0.0f);
   }
   for (int64_t n = n0; n < n1; ++n) {
     const uint64_t code = ad.code_in(ad.a->codes, b, h, n);
     const float* v = ad.vrow(b, h, n);
-    float* bk = sets[n % kSets];
+    float* bk = sets[n % ad.sets];
     for (int64_t g = 0; g < ad.G; ++g) add_row(bk + (g * kNibbles + ((code >> (4 * g)) & 15)) * d, v, d);
   }
 }
@@ -413,7 +415,8 @@ SA_INLINE void tables_body(const Additive& ad, int64_t b, int64_t h, float* T) {
   const float inv_pi = static_cast<float>(1.0 / M_PI);
   // Buckets of all parts summed into T (as scratch), then KV rows, then subset sums.
   std::fill_n(T, ad.G * kNibbles * d, 0.0f);
-  for (int64_t p = 0; p < ad.parts * kSets; ++p) add_row(T, ad.bucket(b, h, p), ad.G * kNibbles * d);
+  for (int64_t p = 0; p < ad.parts; ++p)
+    for (int64_t s = 0; s < ad.sets; ++s) add_row(T, ad.bucket(b, h, p * kSets + s), ad.G * kNibbles * d);
   for (int64_t g = 0; g < ad.G; ++g) {
     float* Tg = T + g * kNibbles * d;
     float kv[4][256];
@@ -670,15 +673,24 @@ void additive_attention(const AdditiveAttentionArgs& a, ThreadPool& pool) {
   if (a.d > 256 || a.nbits > 64) throw Error("additive_attention: at most 64 bits and head dim 256");
   const Fns f = fns(a.d, 0);
   const int64_t BH = a.B * a.H;
-  Additive ad{&a, groups(a.nbits), std::max<int64_t>(1, (pool.size() + BH - 1) / BH), static_cast<float*>(a.work)};
+  const int64_t parts = std::max<int64_t>(1, (pool.size() + BH - 1) / BH);
+  Additive ad{&a, groups(a.nbits), parts, a.N / parts >= kTokensForSets ? kSets : 1, static_cast<float*>(a.work)};
   const double work = static_cast<double>(BH) * a.N * a.d * ad.G;
+  // Output tasks: enough token chunks per (image, head) to feed every thread, each at least
+  // 64 tokens (each task rebuilds its tables: 16 * G rows).
+  const int64_t chunks = std::clamp<int64_t>(a.N / 64, 1, (pool.size() + BH - 1) / BH * 2);
+  if (ad.parts == 1 && chunks == 1) {  // both passes have one task per (image, head): one region
+    run_tasks(pool, BH, work * 5, [&](int tid, int64_t bh) {
+      float* T = pool.scratch(tid);
+      f.bucket(ad, bh / a.H, bh % a.H, 0, 0, a.N);
+      f.out(ad, bh / a.H, bh % a.H, 0, a.N, T, T + ad.G * kNibbles * a.d);
+    });
+    return;
+  }
   run_tasks(pool, BH * ad.parts, work, [&](int, int64_t t) {
     const int64_t bh = t / ad.parts, p = t % ad.parts;
     f.bucket(ad, bh / a.H, bh % a.H, p, a.N * p / ad.parts, a.N * (p + 1) / ad.parts);
   });
-  // Output tasks: enough token chunks per (image, head) to feed every thread, each at least
-  // 64 tokens (each task rebuilds its tables: 16 * G rows).
-  const int64_t chunks = std::clamp<int64_t>(a.N / 64, 1, (pool.size() + BH - 1) / BH * 2);
   run_tasks(pool, BH * chunks, work * 4, [&](int tid, int64_t t) {
     const int64_t bh = t / chunks, c = t % chunks;
     float* T = pool.scratch(tid);

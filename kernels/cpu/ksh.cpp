@@ -11,13 +11,16 @@
 //     (a vector compare is the packed code).
 // Additive attention, linear in tokens and branch-free ("four Russians" over nibbles of the
 // codes): pass 1 adds each token's V row into one of 16 buckets per 4-bit group of its key
-// code (nbits/4 row additions per token, whatever its popcount); pass 2 turns the buckets into
+// code (nbits/4 row additions per token, whatever its popcount; tokens sorted by nibble, so a
+// bucket's additions run in registers); pass 2 turns the buckets into
 // KV (KV[4g+i] = sum of the buckets whose nibble has bit i) and KV into per-group subset-sum
 // tables (T_g[s] = sum of KV rows of the bits in s), so each token's Y is nbits/4 table rows
 // added (additions only); then 0.5 V + Y / pi, the row norm and the 9-tap dconv.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
+#include <utility>
 
 #include "kernels/cpu/simd.h"
 #include "kernels/cpu/thread_pool.h"
@@ -259,7 +262,8 @@ SHIFTADD_AVX512 inline void transpose16(__m512 r[16]) {
 // J broadcasts of a coordinate.
 template <int J>
 SHIFTADD_AVX512 void kernel_features16(const float* qt, int64_t d, const float* anc, int64_t mp, const float* a2,
-                                       const float* mv, __m512 qq, __m512 ninv, float* kf) {
+                                       const float* mv, const float* qqs, float ninv_s, float* kf) {
+  const __m512 qq = _mm512_load_ps(qqs), ninv = _mm512_set1_ps(ninv_s);
   __m512 acc[J];
 #pragma GCC unroll 32
   for (int j = 0; j < J; ++j) acc[j] = _mm512_setzero_ps();
@@ -277,6 +281,15 @@ SHIFTADD_AVX512 void kernel_features16(const float* qt, int64_t d, const float* 
   }
 }
 
+constexpr int kMaxJ = 28;  // accumulators + the token vector + a broadcast stay within 32 zmm
+using Features16 = void (*)(const float*, int64_t, const float*, int64_t, const float*, const float*, const float*,
+                            float, float*);
+template <int... J>
+constexpr std::array<Features16, sizeof...(J)> features16_table(std::integer_sequence<int, J...>) {
+  return {kernel_features16<J + 1>...};
+}
+constexpr auto kFeatures16 = features16_table(std::make_integer_sequence<int, kMaxJ>{});
+
 // Pass 2 on AVX-512: 16 tokens at a time, one per lane, so every anchor coordinate is one
 // broadcast FMA for 16 tokens and a bit's 16 compares are one mask.
 SHIFTADD_AVX512 void hash_block16(const KshArgs& a, const KshWork& w, int64_t b, int64_t s, int64_t h, int64_t n0,
@@ -291,27 +304,21 @@ SHIFTADD_AVX512 void hash_block16(const KshArgs& a, const KshWork& w, int64_t b,
       r[t] = t < rows ? _mm512_maskz_loadu_ps(m, w.qn + ((b * a.N + n0 + t) * w.SH + sh) * d + c0)
                       : _mm512_setzero_ps();
     transpose16(r);
-    for (int64_t c = 0; c < std::min<int64_t>(16, d - c0); ++c) _mm512_store_ps(qt + 16 * (c0 + c), r[c]);
+    // Stored register by register: a variable-count loop over r[] compiles to a rep movs copy.
+#pragma GCC unroll 16
+    for (int c = 0; c < 16; ++c)
+      if (c0 + c < d) _mm512_store_ps(qt + 16 * (c0 + c), r[c]);
   }
   for (int t = 0; t < 16; ++t) qqs[t] = t < rows ? w.qsq[(b * a.N + n0 + t) * w.SH + sh] : 0.0f;
-  const __m512 qq = _mm512_load_ps(qqs);
-  const __m512 ninv = _mm512_set1_ps(w.ninv[(s * a.B + b) * a.H + h]);
+  const float ninv = w.ninv[(s * a.B + b) * a.H + h];
   const float* anc = w.k.aT + h * d * mp;
   const float* a2 = w.k.a2 + h * mp;
   const float* mv = w.k.mv + h * mp;
+  // Anchors in as few blocks as fit the registers (<= kMaxJ accumulators), sized evenly: a small
+  // tail block would be one long dependent FMA chain (m = 25 as 24 + 1 cost 17% more).
   for (int64_t j = 0; j < a.m;) {
-    const int64_t left = a.m - j;
-    const int64_t jn = left >= 24 ? 24 : left >= 16 ? 16 : left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
-    const float* aj = anc + j;
-    float* kj = kf + 16 * j;
-    switch (jn) {
-      case 24: kernel_features16<24>(qt, d, aj, mp, a2 + j, mv + j, qq, ninv, kj); break;
-      case 16: kernel_features16<16>(qt, d, aj, mp, a2 + j, mv + j, qq, ninv, kj); break;
-      case 8: kernel_features16<8>(qt, d, aj, mp, a2 + j, mv + j, qq, ninv, kj); break;
-      case 4: kernel_features16<4>(qt, d, aj, mp, a2 + j, mv + j, qq, ninv, kj); break;
-      case 2: kernel_features16<2>(qt, d, aj, mp, a2 + j, mv + j, qq, ninv, kj); break;
-      default: kernel_features16<1>(qt, d, aj, mp, a2 + j, mv + j, qq, ninv, kj); break;
-    }
+    const int64_t left = a.m - j, blocks = (left + kMaxJ - 1) / kMaxJ, jn = (left + blocks - 1) / blocks;
+    kFeatures16[jn - 1](qt, d, anc + j, mp, a2 + j, mv + j, qqs, ninv, kf + 16 * j);
     j += jn;
   }
   // Bit k of the 16 codes: y_k = sum_j A[k, j] kf[j] > 0, OR-ed in as 1 << k per lane; four
@@ -364,16 +371,13 @@ SHIFTADD_AVX512 void hash_avx512(const KshArgs& a, const KshWork& w, int64_t b, 
 // ----- additive attention ------------------------------------------------------------------
 
 int64_t groups(int64_t nbits) { return (nbits + 3) / 4; }
-// Bucket copies a pass-1 task alternates between, token by token: consecutive tokens often share
-// a nibble, and adding to the row the previous token just stored waits on that store. A part of
-// few tokens uses one copy: zeroing and summing a second would cost more than the waits.
-constexpr int64_t kSets = 2, kTokensForSets = 256;
+// Tokens pass 1 sorts by nibble at a time (offsets fit a uint8_t).
+constexpr int64_t kBucketBlock = 256;
 
 struct Additive {
   const AdditiveAttentionArgs* a;
   int64_t G, parts;  // nibble groups; token parts per (image, head) in pass 1
-  int64_t sets;      // bucket copies used per part (1 or kSets)
-  float* buckets;    // [B, H, parts * kSets, G, 16, d]
+  float* buckets;    // [B, H, parts, G, 16, d]
   // Bits at or above nbits (which a hash never sets) are ignored, as ref:: does.
   SA_INLINE uint64_t code_in(const void* codes, int64_t b, int64_t h, int64_t n) const {
     const int64_t i = (b * a->H + h) * a->N + n;
@@ -384,8 +388,8 @@ struct Additive {
   SA_INLINE const float* vrow(int64_t b, int64_t h, int64_t n) const {
     return a->v + b * a->v_bstride + n * a->v_ld + h * a->d;
   }
-  float* bucket(int64_t b, int64_t h, int64_t set) const {
-    return buckets + ((b * a->H + h) * parts * kSets + set) * G * kNibbles * a->d;
+  float* bucket(int64_t b, int64_t h, int64_t part) const {
+    return buckets + ((b * a->H + h) * parts + part) * G * kNibbles * a->d;
   }
 };
 
@@ -393,19 +397,48 @@ SA_INLINE void add_row(float* dst, const float* src, int64_t d) {
   for (int64_t c = 0; c < d; ++c) dst[c] += src[c];
 }
 
-// Pass 1: tokens [n0, n1) of (b, h) into the bucket sets of part p.
-SA_INLINE void bucket_body(const Additive& ad, int64_t b, int64_t h, int64_t p, int64_t n0, int64_t n1) {
-  const int64_t d = ad.a->d;
-  float* sets[kSets];
-  for (int64_t s = 0; s < ad.sets; ++s) {
-    sets[s] = ad.bucket(b, h, p * kSets + s);
-    std::fill_n(sets[s], ad.G * kNibbles * d, 0.0f);
+// Sums the V rows of a block's tokens order[0..count) (offsets from token n) into row: added to
+// it, or (first) replacing it. Portable: an accumulator row.
+struct SumRun {
+  SA_INLINE void operator()(const Additive& ad, int64_t b, int64_t h, int64_t n, const uint8_t* order, int count,
+                            bool first, float* row) const {
+    const int64_t d = ad.a->d;
+    float acc[256];
+    if (first)
+      std::fill_n(acc, d, 0.0f);
+    else
+      std::copy_n(row, d, acc);
+    for (int i = 0; i < count; ++i) add_row(acc, ad.vrow(b, h, n + order[i]), d);
+    std::copy_n(acc, d, row);
   }
-  for (int64_t n = n0; n < n1; ++n) {
-    const uint64_t code = ad.code_in(ad.a->codes, b, h, n);
-    const float* v = ad.vrow(b, h, n);
-    float* bk = sets[n % ad.sets];
-    for (int64_t g = 0; g < ad.G; ++g) add_row(bk + (g * kNibbles + ((code >> (4 * g)) & 15)) * d, v, d);
+};
+
+// Pass 1: tokens [n0, n1) of (b, h) into the buckets of part p. Per block of tokens and nibble
+// group, the tokens are counting-sorted by nibble, so each bucket is one run of additions into
+// an accumulator and one store: adding token by token into the bucket rows in memory makes a
+// token whose nibble repeats the previous one's wait on that store.
+template <class Sum>
+SA_INLINE void bucket_blocks(const Additive& ad, int64_t b, int64_t h, int64_t p, int64_t n0, int64_t n1, Sum sum) {
+  const int64_t d = ad.a->d;
+  float* bk = ad.bucket(b, h, p);
+  uint8_t nib[kBucketBlock], order[kBucketBlock];
+  uint64_t codes[kBucketBlock];
+  for (int64_t blk = n0; blk == n0 || blk < n1; blk += kBucketBlock) {  // one pass when empty: zeros
+    const int count = static_cast<int>(std::clamp<int64_t>(n1 - blk, 0, kBucketBlock));
+    for (int t = 0; t < count; ++t) codes[t] = ad.code_in(ad.a->codes, b, h, blk + t);
+    for (int64_t g = 0; g < ad.G; ++g) {
+      int start[kNibbles + 1] = {};
+      for (int t = 0; t < count; ++t) {
+        nib[t] = static_cast<uint8_t>((codes[t] >> (4 * g)) & 15);
+        ++start[nib[t] + 1];
+      }
+      for (int k = 0; k < kNibbles; ++k) start[k + 1] += start[k];
+      int pos[kNibbles];
+      std::copy_n(start, kNibbles, pos);
+      for (int t = 0; t < count; ++t) order[pos[nib[t]]++] = static_cast<uint8_t>(t);
+      for (int k = 0; k < kNibbles; ++k)
+        sum(ad, b, h, blk, order + start[k], start[k + 1] - start[k], blk == n0, bk + (g * kNibbles + k) * d);
+    }
   }
 }
 
@@ -413,17 +446,23 @@ SA_INLINE void bucket_body(const Additive& ad, int64_t b, int64_t h, int64_t p, 
 SA_INLINE void tables_body(const Additive& ad, int64_t b, int64_t h, float* T) {
   const int64_t d = ad.a->d;
   const float inv_pi = static_cast<float>(1.0 / M_PI);
-  // Buckets of all parts summed into T (as scratch), then KV rows, then subset sums.
-  std::fill_n(T, ad.G * kNibbles * d, 0.0f);
-  for (int64_t p = 0; p < ad.parts; ++p)
-    for (int64_t s = 0; s < ad.sets; ++s) add_row(T, ad.bucket(b, h, p * kSets + s), ad.G * kNibbles * d);
+  // Buckets of all parts summed into T (as scratch; a single bucket set is read in place), then
+  // KV rows, then subset sums.
+  const int64_t rows = ad.G * kNibbles * d;
+  const float* sum = ad.bucket(b, h, 0);
+  if (ad.parts > 1) {
+    std::copy_n(sum, rows, T);
+    for (int64_t p = 1; p < ad.parts; ++p) add_row(T, ad.bucket(b, h, p), rows);
+    sum = T;
+  }
   for (int64_t g = 0; g < ad.G; ++g) {
+    const float* Sg = sum + g * kNibbles * d;
     float* Tg = T + g * kNibbles * d;
     float kv[4][256];
     for (int i = 0; i < 4; ++i) {
       std::fill_n(kv[i], d, 0.0f);
       for (int64_t nib = 1; nib < kNibbles; ++nib)
-        if (nib >> i & 1) add_row(kv[i], Tg + nib * d, d);
+        if (nib >> i & 1) add_row(kv[i], Sg + nib * d, d);
     }
     std::fill_n(Tg, d, 0.0f);
     for (int64_t sub = 1; sub < kNibbles; ++sub) {
@@ -471,39 +510,61 @@ SHIFTADD_AVX512 inline float rsqrt_nr(float x) {
 }
 
 // AVX-512 passes for head dims of 16, 32, 48 or 64 (NV vectors), each row held in registers.
+// Normalise: 16 tokens of one (stream, head) at a time, so their 16 squared norms come out of one
+// transpose as a vector (no per-row horizontal sum) and the 1/sqrt is one vector op.
 template <int NV>
 SHIFTADD_AVX512 void normalise_nv(const KshArgs& a, const KshWork& w, int64_t b, int64_t chunk, int64_t n0,
                                   int64_t n1, int64_t h0, int64_t h1) {
   constexpr int64_t d = 16 * NV;
   float* ps = w.psum + (b * w.chunks + chunk) * w.SH * (d + 1);
-  for (int64_t s = 0; s < w.S; ++s) std::fill_n(ps + (s * a.H + h0) * (d + 1), (h1 - h0) * (d + 1), 0.0f);
-  for (int64_t n = n0; n < n1; ++n) {
-    const int64_t t = b * a.N + n;
-    for (int64_t s = 0; s < w.S; ++s)
-      for (int64_t h = h0; h < h1; ++h) {
-        const int64_t sh = s * a.H + h;
-        const float* x = a.qk + s * a.stream_offset + b * a.qk_bstride + n * a.qk_ld + h * d;
-        __m512 q[NV], ss = _mm512_setzero_ps();
-        for (int v = 0; v < NV; ++v) {
-          q[v] = _mm512_loadu_ps(x + 16 * v);
-          ss = _mm512_fmadd_ps(q[v], q[v], ss);
+  for (int64_t s = 0; s < w.S; ++s)
+    for (int64_t h = h0; h < h1; ++h) {
+      const int64_t sh = s * a.H + h;
+      __m512 acc[NV];
+      for (int v = 0; v < NV; ++v) acc[v] = _mm512_setzero_ps();
+      float qq_sum = 0.0f;
+      for (int64_t nb = n0; nb < n1; nb += 16) {
+        const int rows = static_cast<int>(std::min<int64_t>(16, n1 - nb));
+        const float* x0 = a.qk + s * a.stream_offset + b * a.qk_bstride + nb * a.qk_ld + h * d;
+        __m512 ss[16];
+        for (int t = 0; t < 16; ++t) {
+          ss[t] = _mm512_setzero_ps();
+          if (t < rows)
+            for (int v = 0; v < NV; ++v) {
+              const __m512 x = _mm512_loadu_ps(x0 + t * a.qk_ld + 16 * v);
+              ss[t] = _mm512_fmadd_ps(x, x, ss[t]);
+            }
         }
-        const float sum = _mm512_reduce_add_ps(ss);
-        const __m512 inv = _mm512_set1_ps(sum > 0.0f ? rsqrt_nr(sum) : 0.0f);
-        float* qn = w.qn + (t * w.SH + sh) * d;
-        float* acc = ps + sh * (d + 1);
-        __m512 qq = _mm512_setzero_ps();
-        for (int v = 0; v < NV; ++v) {
-          q[v] = _mm512_mul_ps(q[v], inv);
-          _mm512_storeu_ps(qn + 16 * v, q[v]);
-          _mm512_storeu_ps(acc + 16 * v, _mm512_add_ps(_mm512_loadu_ps(acc + 16 * v), q[v]));
-          qq = _mm512_fmadd_ps(q[v], q[v], qq);
+        transpose16(ss);  // ss[c] lane t: partial sum c of token t
+        for (int half = 8; half > 0; half /= 2)
+          for (int i = 0; i < half; ++i) ss[i] = _mm512_add_ps(ss[i], ss[i + half]);
+        const __m512 sum = ss[0];
+        const __mmask16 pos = _mm512_cmp_ps_mask(sum, _mm512_setzero_ps(), _CMP_GT_OQ);
+        // 1 / sqrt: the 14-bit estimate and one Newton step (~1 ulp), 0 for a zero row.
+        const __m512 r = _mm512_maskz_rsqrt14_ps(pos, sum);
+        const __m512 inv = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), r),
+                                         _mm512_fnmadd_ps(_mm512_mul_ps(r, r), sum, _mm512_set1_ps(3.0f)));
+        const __m512 qq = _mm512_mul_ps(_mm512_mul_ps(sum, inv), inv);  // |q / |q||^2
+        alignas(64) float invs[16], qqs[16];
+        _mm512_store_ps(invs, inv);
+        _mm512_store_ps(qqs, qq);
+        qq_sum += _mm512_mask_reduce_add_ps(mask16(rows), qq);
+        for (int t = 0; t < rows; ++t) {
+          const int64_t tok = b * a.N + nb + t;
+          const __m512 it = _mm512_set1_ps(invs[t]);
+          float* qn = w.qn + (tok * w.SH + sh) * d;
+          for (int v = 0; v < NV; ++v) {
+            const __m512 q = _mm512_mul_ps(_mm512_loadu_ps(x0 + t * a.qk_ld + 16 * v), it);
+            _mm512_storeu_ps(qn + 16 * v, q);
+            acc[v] = _mm512_add_ps(acc[v], q);
+          }
+          w.qsq[tok * w.SH + sh] = qqs[t];
         }
-        const float qqs = _mm512_reduce_add_ps(qq);
-        acc[d] += qqs;
-        w.qsq[t * w.SH + sh] = qqs;
       }
-  }
+      float* out = ps + sh * (d + 1);
+      for (int v = 0; v < NV; ++v) _mm512_storeu_ps(out + 16 * v, acc[v]);
+      out[d] = qq_sum;
+    }
 }
 
 template <int NV>
@@ -551,7 +612,7 @@ SHIFTADD_AVX512 void out_tokens_nv(const Additive& ad, int64_t b, int64_t h, int
     hash_body(a, w, b, n0, n1, h0, h1);                                                                  \
   }                                                                                                      \
   ATTR void bucket_##SUFFIX(const Additive& ad, int64_t b, int64_t h, int64_t p, int64_t n0, int64_t n1) { \
-    bucket_body(ad, b, h, p, n0, n1);                                                                    \
+    bucket_blocks(ad, b, h, p, n0, n1, SumRun{});                                                                    \
   }                                                                                                      \
   ATTR void out_##SUFFIX(const Additive& ad, int64_t b, int64_t h, int64_t n0, int64_t n1, float* T,     \
                          float* Z) {                                                                     \
@@ -567,6 +628,26 @@ SA_DEFINE(avx512, SHIFTADD_AVX512)
 #endif
 
 #if SHIFTADD_X86
+// A bucket's run of V rows summed in NV registers.
+template <int NV>
+struct SumRunNv {
+  SHIFTADD_AVX512 void operator()(const Additive& ad, int64_t b, int64_t h, int64_t n, const uint8_t* order, int count,
+                                  bool first, float* row) const {
+    __m512 acc[NV];
+    for (int v = 0; v < NV; ++v) acc[v] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(row + 16 * v);
+    for (int i = 0; i < count; ++i) {
+      const float* x = ad.vrow(b, h, n + order[i]);
+      for (int v = 0; v < NV; ++v) acc[v] = _mm512_add_ps(acc[v], _mm512_loadu_ps(x + 16 * v));
+    }
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(row + 16 * v, acc[v]);
+  }
+};
+
+template <int NV>
+SHIFTADD_AVX512 void bucket_nv(const Additive& ad, int64_t b, int64_t h, int64_t p, int64_t n0, int64_t n1) {
+  bucket_blocks(ad, b, h, p, n0, n1, SumRunNv<NV>{});
+}
+
 template <int NV>
 SHIFTADD_AVX512 void out_nv(const Additive& ad, int64_t b, int64_t h, int64_t n0, int64_t n1, float* T, float*) {
   tables_body(ad, b, h, T);
@@ -589,10 +670,10 @@ Fns fns(int64_t d, int64_t m) {
       // Head dims 16..64 in registers; the blocked hash keeps a block's features for <= 64 anchors.
       Fns f{normalise_avx512, m > 64 ? hash_generic_avx512 : hash_avx512, bucket_avx512, out_avx512};
       switch (d) {
-        case 16: f.normalise = normalise_nv<1>, f.out = out_nv<1>; break;
-        case 32: f.normalise = normalise_nv<2>, f.out = out_nv<2>; break;
-        case 48: f.normalise = normalise_nv<3>, f.out = out_nv<3>; break;
-        case 64: f.normalise = normalise_nv<4>, f.out = out_nv<4>; break;
+        case 16: f.normalise = normalise_nv<1>, f.bucket = bucket_nv<1>, f.out = out_nv<1>; break;
+        case 32: f.normalise = normalise_nv<2>, f.bucket = bucket_nv<2>, f.out = out_nv<2>; break;
+        case 48: f.normalise = normalise_nv<3>, f.bucket = bucket_nv<3>, f.out = out_nv<3>; break;
+        case 64: f.normalise = normalise_nv<4>, f.bucket = bucket_nv<4>, f.out = out_nv<4>; break;
         default: break;
       }
       return f;
@@ -664,7 +745,7 @@ size_t additive_attention_scratch_bytes(const AdditiveAttentionArgs& a) {
 size_t additive_attention_work_bytes(const AdditiveAttentionArgs& a, int threads) {
   const int64_t BH = std::max<int64_t>(1, a.B * a.H);
   const int64_t parts = std::max<int64_t>(1, (threads + BH - 1) / BH);
-  return sizeof(float) * static_cast<size_t>(a.B * a.H * parts * kSets * groups(a.nbits) * kNibbles * a.d);
+  return sizeof(float) * static_cast<size_t>(a.B * a.H * parts * groups(a.nbits) * kNibbles * a.d);
 }
 
 void additive_attention(const AdditiveAttentionArgs& a, ThreadPool& pool) {
@@ -674,7 +755,7 @@ void additive_attention(const AdditiveAttentionArgs& a, ThreadPool& pool) {
   const Fns f = fns(a.d, 0);
   const int64_t BH = a.B * a.H;
   const int64_t parts = std::max<int64_t>(1, (pool.size() + BH - 1) / BH);
-  Additive ad{&a, groups(a.nbits), parts, a.N / parts >= kTokensForSets ? kSets : 1, static_cast<float*>(a.work)};
+  Additive ad{&a, groups(a.nbits), parts, static_cast<float*>(a.work)};
   const double work = static_cast<double>(BH) * a.N * a.d * ad.G;
   // Output tasks: enough token chunks per (image, head) to feed every thread, each at least
   // 64 tokens (each task rebuilds its tables: 16 * G rows).

@@ -443,26 +443,32 @@ SA_INLINE void bucket_blocks(const Additive& ad, int64_t b, int64_t h, int64_t p
 }
 
 // Pass 2: the subset-sum tables of (b, h), already divided by pi, into T [G, 16, d].
+// The buckets of all parts of (b, h) summed into T, or a single part's read in place.
+SA_INLINE const float* summed_buckets(const Additive& ad, int64_t b, int64_t h, float* T) {
+  const float* sum = ad.bucket(b, h, 0);
+  if (ad.parts == 1) return sum;
+  const int64_t rows = ad.G * kNibbles * ad.a->d;
+  std::copy_n(sum, rows, T);
+  for (int64_t p = 1; p < ad.parts; ++p) add_row(T, ad.bucket(b, h, p), rows);
+  return T;
+}
+
 SA_INLINE void tables_body(const Additive& ad, int64_t b, int64_t h, float* T) {
   const int64_t d = ad.a->d;
   const float inv_pi = static_cast<float>(1.0 / M_PI);
-  // Buckets of all parts summed into T (as scratch; a single bucket set is read in place), then
-  // KV rows, then subset sums.
-  const int64_t rows = ad.G * kNibbles * d;
-  const float* sum = ad.bucket(b, h, 0);
-  if (ad.parts > 1) {
-    std::copy_n(sum, rows, T);
-    for (int64_t p = 1; p < ad.parts; ++p) add_row(T, ad.bucket(b, h, p), rows);
-    sum = T;
-  }
+  const float* sum = summed_buckets(ad, b, h, T);  // then KV rows, then subset sums
   for (int64_t g = 0; g < ad.G; ++g) {
     const float* Sg = sum + g * kNibbles * d;
     float* Tg = T + g * kNibbles * d;
+    // KV row i: the 8 buckets whose nibble has bit i, summed column by column (adding them
+    // row by row into kv[i] would chain every addition through a store).
     float kv[4][256];
     for (int i = 0; i < 4; ++i) {
-      std::fill_n(kv[i], d, 0.0f);
-      for (int64_t nib = 1; nib < kNibbles; ++nib)
-        if (nib >> i & 1) add_row(kv[i], Sg + nib * d, d);
+      const float* r[8];
+      for (int64_t nib = 1, k = 0; nib < kNibbles; ++nib)
+        if (nib >> i & 1) r[k++] = Sg + nib * d;
+      for (int64_t c = 0; c < d; ++c)
+        kv[i][c] = ((((((r[0][c] + r[1][c]) + r[2][c]) + r[3][c]) + r[4][c]) + r[5][c]) + r[6][c]) + r[7][c];
     }
     std::fill_n(Tg, d, 0.0f);
     for (int64_t sub = 1; sub < kNibbles; ++sub) {
@@ -648,9 +654,39 @@ SHIFTADD_AVX512 void bucket_nv(const Additive& ad, int64_t b, int64_t h, int64_t
   bucket_blocks(ad, b, h, p, n0, n1, SumRunNv<NV>{});
 }
 
+// Pass 2's tables, one 16-column slice at a time: the slice's 4 KV vectors and 16 subset sums
+// stay in registers.
+template <int NV>
+SHIFTADD_AVX512 void tables_nv(const Additive& ad, int64_t b, int64_t h, float* T) {
+  constexpr int64_t d = 16 * NV;
+  const __m512 inv_pi = _mm512_set1_ps(static_cast<float>(1.0 / M_PI));
+  const float* sum = summed_buckets(ad, b, h, T);
+  for (int64_t g = 0; g < ad.G; ++g) {
+    const float* Sg = sum + g * kNibbles * d;
+    float* Tg = T + g * kNibbles * d;
+    for (int v = 0; v < NV; ++v) {
+      __m512 kv[4];
+      for (int i = 0; i < 4; ++i) {
+        kv[i] = _mm512_setzero_ps();
+#pragma GCC unroll 16
+        for (int nib = 1; nib < kNibbles; ++nib)
+          if (nib >> i & 1) kv[i] = _mm512_add_ps(kv[i], _mm512_loadu_ps(Sg + nib * d + 16 * v));
+      }
+      __m512 t[kNibbles];
+      t[0] = _mm512_setzero_ps();
+      _mm512_storeu_ps(Tg + 16 * v, t[0]);
+#pragma GCC unroll 16
+      for (int sub = 1; sub < kNibbles; ++sub) {
+        t[sub] = _mm512_fmadd_ps(kv[__builtin_ctz(sub)], inv_pi, t[sub & (sub - 1)]);
+        _mm512_storeu_ps(Tg + sub * d + 16 * v, t[sub]);
+      }
+    }
+  }
+}
+
 template <int NV>
 SHIFTADD_AVX512 void out_nv(const Additive& ad, int64_t b, int64_t h, int64_t n0, int64_t n1, float* T, float*) {
-  tables_body(ad, b, h, T);
+  tables_nv<NV>(ad, b, h, T);
   out_tokens_nv<NV>(ad, b, h, n0, n1, T);
 }
 #endif

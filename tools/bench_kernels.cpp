@@ -2,6 +2,7 @@
 // process on the same data, printing median times and ratios (docs/benchmarks.md).
 //
 //   shiftadd_bench_kernels [--threads N] [--runs R] [--only linear|attention|moe] [--tokens N] [--batch B]
+//                          [--layer TEXT]
 //
 // - linear: the fp32 GEMM of a dense Linear vs the shift linear in exact mode (fp32 GEMM of q(x)
 //   against the decoded codes) and fast mode (int8 on the integer dot-product units), at the
@@ -37,6 +38,7 @@ using namespace shiftadd::kernels;
 int g_runs = 30;
 int64_t g_tokens = 0;  // attention: only this token count (0: all)
 int64_t g_batch = 1;   // attention: images per run
+std::string g_layer;   // linear, moe: only layers whose name contains this
 
 double median_ms(const std::function<void()>& fn) {
   for (int i = 0; i < 3; ++i) fn();
@@ -74,6 +76,7 @@ void bench_linear(int threads) {
   ThreadPool pool(threads);
   std::mt19937 rng(1);
   for (const L& l : layers) {
+    if (std::string(l.name).find(g_layer) == std::string::npos) continue;
     const std::vector<float> x = normal(rng, l.M * l.K, 1.0f), w = normal(rng, l.N * l.K, 1.0f / std::sqrt(float(l.K)));
     const std::vector<float> bias = normal(rng, l.N, 0.1f);
     std::vector<uint8_t> codes(w.size());
@@ -181,6 +184,7 @@ void bench_moe(int threads) {
     return t;
   };
   for (const L& l : layers) {
+    if (std::string(l.name).find(g_layer) == std::string::npos) continue;
     const std::vector<float> x = normal(rng, l.M * l.K, 1.0f), w = normal(rng, l.N * l.K, 1.0f / std::sqrt(float(l.K)));
     const std::vector<float> b = normal(rng, l.N, 0.1f);
     std::vector<float> wg = normal(rng, 2 * l.K, 1.0f), bg = {0.0f, 0.0f};
@@ -220,8 +224,12 @@ int main(int argc, char** argv) {
     else if (a == "--only" && i + 1 < argc) only = argv[++i];
     else if (a == "--tokens" && i + 1 < argc) g_tokens = std::atoll(argv[++i]);
     else if (a == "--batch" && i + 1 < argc) g_batch = std::max<int64_t>(1, std::atoll(argv[++i]));
+    else if (a == "--layer" && i + 1 < argc) g_layer = argv[++i];
     else {
-      std::fprintf(stderr, "usage: %s [--threads N] [--runs R] [--only linear|attention|moe] [--tokens N] [--batch B]\n", argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--threads N] [--runs R] [--only linear|attention|moe] [--tokens N] [--batch B] "
+                   "[--layer TEXT]\n",
+                   argv[0]);
       return a == "-h" || a == "--help" ? 0 : 2;
     }
   }

@@ -35,6 +35,28 @@ void router_rows_scalar(const RouterArgs& a, int64_t m0, int64_t m1) {
 }
 
 #if SHIFTADD_X86
+// The 8 sums of acc (row r, gate g) in one tree over all of them, not 8 horizontal reductions:
+// lane 4r + g of the result holds row r's logit g (lanes 4r + 2, 4r + 3 are unused).
+SHIFTADD_AVX512 inline __m512 sum8(const __m512 acc[4][2]) {
+  // 512 -> 256 bits per vector, two vectors per register: z[r] = row r's gate 0 | gate 1.
+  __m512 z[4];
+  for (int r = 0; r < 4; ++r)
+    z[r] = _mm512_add_ps(_mm512_shuffle_f32x4(acc[r][0], acc[r][1], 0x44),   // 128-bit blocks 0, 1 of each
+                         _mm512_shuffle_f32x4(acc[r][0], acc[r][1], 0xEE));  // blocks 2, 3 of each
+  // 256 -> 128 bits: w[i] blocks = rows 2i g0, 2i g1, 2i+1 g0, 2i+1 g1.
+  __m512 w[2];
+  for (int i = 0; i < 2; ++i)
+    w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(z[2 * i], z[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(z[2 * i], z[2 * i + 1], 0xDD));
+  // 4 lanes -> 1 within each 128-bit block (w[0] rows 0, 1; w[1] rows 2, 3).
+  const __m512 u = _mm512_add_ps(_mm512_unpacklo_ps(w[0], w[1]), _mm512_unpackhi_ps(w[0], w[1]));
+  const __m512 v = _mm512_add_ps(u, _mm512_permute_ps(u, 0x4E));
+  // v block b: lane 0 = sum of w[0] block b, lane 1 = sum of w[1] block b. Blocks of w[0]: row 0
+  // g0, row 0 g1, row 1 g0, row 1 g1; of w[1]: the same for rows 2 and 3.
+  const __m512i order = _mm512_set_epi32(0, 0, 13, 9, 0, 0, 5, 1, 0, 0, 12, 8, 0, 0, 4, 0);
+  return _mm512_permutexvar_ps(order, v);
+}
+
 // Four rows at a time: both gate rows are loaded once per 16 columns for all four.
 SHIFTADD_AVX512 void router_rows_avx512(const RouterArgs& a, int64_t m0, int64_t m1) {
   for (int64_t m = m0; m < m1; m += 4) {
@@ -50,9 +72,34 @@ SHIFTADD_AVX512 void router_rows_avx512(const RouterArgs& a, int64_t m0, int64_t
         acc[r][1] = _mm512_fmadd_ps(x, w1, acc[r][1]);
       }
     }
-    for (int r = 0; r < rows; ++r)
-      route(a, m + r, _mm512_reduce_add_ps(acc[r][0]), _mm512_reduce_add_ps(acc[r][1]));
+    alignas(64) float sums[16];
+    _mm512_store_ps(sums, sum8(acc));
+    for (int r = 0; r < rows; ++r) route(a, m + r, sums[4 * r], sums[4 * r + 1]);
   }
+}
+
+// The plan on AVX-512: 16 rows at a time, each expert's row indices compressed out of one vector
+// (a branch per row mispredicts on about every other row of a balanced router).
+SHIFTADD_AVX512 void plan_avx512(int64_t M, const uint8_t* expert, int32_t* perm, int64_t counts[2]) {
+  int64_t n0 = 0;
+  for (int64_t m = 0; m < M; m += 16) {
+    const __mmask16 valid = mask16(M - m);
+    const __m128i e = _mm_maskz_loadu_epi8(valid, expert + m);
+    n0 += _mm_popcnt_u32(_mm_mask_cmpeq_epi8_mask(valid, e, _mm_setzero_si128()));
+  }
+  int64_t i0 = 0, i1 = n0;
+  const __m512i step = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  for (int64_t m = 0; m < M; m += 16) {
+    const __mmask16 valid = mask16(M - m);
+    const __m128i e = _mm_maskz_loadu_epi8(valid, expert + m);
+    const __mmask16 zero = _mm_mask_cmpeq_epi8_mask(valid, e, _mm_setzero_si128()), one = valid & ~zero;
+    const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(m)), step);
+    const int c0 = _mm_popcnt_u32(zero), c1 = _mm_popcnt_u32(one);
+    _mm512_mask_storeu_epi32(perm + i0, mask16(c0), _mm512_maskz_compress_epi32(zero, idx));
+    _mm512_mask_storeu_epi32(perm + i1, mask16(c1), _mm512_maskz_compress_epi32(one, idx));
+    i0 += c0, i1 += c1;
+  }
+  counts[0] = n0, counts[1] = M - n0;
 }
 #endif
 
@@ -67,6 +114,9 @@ void moe_router(const RouterArgs& a, ThreadPool& pool) {
 }
 
 void moe_plan(int64_t M, const uint8_t* expert, int32_t* perm, int64_t counts[2]) {
+#if SHIFTADD_X86
+  if (isa() == Isa::Avx512) return plan_avx512(M, expert, perm, counts);
+#endif
   int64_t n0 = 0;
   for (int64_t m = 0; m < M; ++m) n0 += expert[m] == 0;
   int64_t i0 = 0, i1 = n0;

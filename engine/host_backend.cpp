@@ -53,6 +53,12 @@ struct CpuKernels {
   void additive_attention(const AdditiveAttentionArgs& a) { cpu::additive_attention(a, pool); }
   void moe_router(const RouterArgs& a) { cpu::moe_router(a, pool); }
   void moe_plan(int64_t M, const uint8_t* e, int32_t* perm, int64_t c[2]) { cpu::moe_plan(M, e, perm, c); }
+  // The fused MoE linear where it pays off (else false: route, plan and experts one by one).
+  bool moe_fused(const MoeFusedArgs& a, int64_t c[2]) {
+    if (!cpu::moe_fused_suits(a, pool.size())) return false;
+    cpu::moe_linear_fused(a, c, pool);
+    return true;
+  }
 };
 
 struct RefKernels {
@@ -79,6 +85,7 @@ struct RefKernels {
   void additive_attention(const AdditiveAttentionArgs& a) { ref::additive_attention(a); }
   void moe_router(const RouterArgs& a) { ref::moe_router(a); }
   void moe_plan(int64_t M, const uint8_t* e, int32_t* perm, int64_t c[2]) { ref::moe_plan(M, e, perm, c); }
+  bool moe_fused(const MoeFusedArgs&, int64_t[2]) { return false; }
 };
 
 // ----- per-run work layouts ------------------------------------------------------------------
@@ -230,6 +237,14 @@ class HostBackend final : public Backend {
     RouterArgs r = moe_router_args(g, n, b);
     r.expert = w.expert;
     const size_t idx = node_index(g, n);
+    int64_t counts[2];
+    if (!probe_) {  // a probe reads the logits and may force decisions between router and plan
+      MoeFusedArgs f{r, moe_dense_args(g, n, b, mode_), shift_args(g, n, b, mode_, w.shift), w.perm};
+      if (k_.moe_fused(f, counts)) {
+        if (idx < expert_tokens_.size()) expert_tokens_[idx] = {counts[0], counts[1]};
+        return;
+      }
+    }
     if (probe_) {
       auto& logits = probe_->router_logits[idx];
       logits.assign(static_cast<size_t>(2 * r.M), 0.0f);
@@ -237,7 +252,6 @@ class HostBackend final : public Backend {
     }
     k_.moe_router(r);
     if (probe_) force_decisions(probe_->force_experts, idx, w.expert, r.M, n, "decisions");
-    int64_t counts[2];
     k_.moe_plan(r.M, w.expert, w.perm, counts);
     if (idx < expert_tokens_.size()) expert_tokens_[idx] = {counts[0], counts[1]};
     if (counts[0] > 0) {

@@ -143,6 +143,19 @@ struct RouterArgs {
   uint8_t* expert = nullptr;  // [M]
 };
 
+// The whole MoE linear (cpu:: fast mode), fused: the rows in blocks, one parallel task per block
+// routing its rows, planning them and running both experts on them while the block is in L2
+// (one pass over the input and one parallel region instead of three). Each task packs the
+// dense weight for itself, so it suits many rows and a small dense weight
+// (moe_fused_suits). router.expert and perm ([M]) are work buffers; dense and shift are the
+// experts' arguments for all M rows, without row lists (dense.M and shift.M are ignored).
+struct MoeFusedArgs {
+  RouterArgs router;
+  GemmArgs dense;
+  ShiftLinearArgs shift;
+  int32_t* perm = nullptr;
+};
+
 // Per-expert index lists in one caller buffer `perm` of M entries: perm[0, counts[0]) are the
 // rows routed to expert 0 in ascending order, perm[counts[0], M) those of expert 1, ascending.
 // O(M), allocates nothing.
@@ -184,6 +197,12 @@ void ksh_hash(const KshArgs& a, ThreadPool& pool);
 void additive_attention(const AdditiveAttentionArgs& a, ThreadPool& pool);
 void moe_router(const RouterArgs& a, ThreadPool& pool);
 void moe_plan(int64_t M, const uint8_t* expert, int32_t* perm, int64_t counts[2]);
+// Whether moe_linear_fused pays off for this layer on `threads` threads (fast mode, a dense
+// weight small enough to pack per block, rows enough for blocks on every thread).
+bool moe_fused_suits(const MoeFusedArgs& a, int threads);
+// Needs per-thread scratch of max(gemm_scratch_bytes(), shift_linear_scratch_bytes(a.shift));
+// counts[e] = rows routed to expert e.
+void moe_linear_fused(const MoeFusedArgs& a, int64_t counts[2], ThreadPool& pool);
 }  // namespace cpu
 
 }  // namespace kernels

@@ -267,13 +267,16 @@ std::vector<OpCase> op_cases() {
         1e-5);
 
   // MoeLinear: upstream (log-exp combine), ViT form (scaled shift expert, plain combine, GELU),
-  // residual; token counts that leave an expert with few rows.
+  // residual; token counts that leave an expert with few rows, and enough rows (>= 512, small
+  // weights) for the CPU's fused path in fast mode.
   struct MoeShape {
     int64_t n, c, out;
     bool log_exp, gelu, residual;
   };
   for (MoeShape s : {MoeShape{64, 32, 32, true, false, false}, MoeShape{5, 40, 24, true, false, false},
-                     MoeShape{50, 48, 96, false, true, false}, MoeShape{33, 64, 64, false, false, true}})
+                     MoeShape{50, 48, 96, false, true, false}, MoeShape{33, 64, 64, false, false, true},
+                     MoeShape{784, 32, 32, true, false, false}, MoeShape{600, 64, 64, false, true, true},
+                     MoeShape{1100, 40, 40, false, false, true}, MoeShape{530, 48, 160, false, true, false}})
     add(OpKind::MoeLinear, "moe_linear " + std::to_string(s.n) + "x" + std::to_string(s.c) + "->" +
                                std::to_string(s.out) + (s.log_exp ? " log-exp" : "") + (s.gelu ? " gelu" : "") +
                                (s.residual ? " residual" : ""),

@@ -1,6 +1,7 @@
 // MoE routing helpers (spec section 4) on the CPU: router logits and top-1 choice, the O(M)
 // per-expert plan (the experts read and write their rows through it).
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 
 #include "kernels/cpu/parallel.h"
@@ -103,14 +104,60 @@ SHIFTADD_AVX512 void plan_avx512(int64_t M, const uint8_t* expert, int32_t* perm
 }
 #endif
 
+using RouterRows = void (*)(const RouterArgs&, int64_t, int64_t);
+RouterRows router_rows() {
+#if SHIFTADD_X86
+  if (isa() == Isa::Avx512) return router_rows_avx512;
+#endif
+  return router_rows_scalar;
+}
+
+// Fused MoE blocks: rows per block about this many (the input block stays in L2), and at most
+// this large a dense weight (floats), which every block packs again.
+constexpr int64_t kFusedRows = 256, kFusedMaxWeight = 32 * 1024;
+
 }  // namespace
 
 void moe_router(const RouterArgs& a, ThreadPool& pool) {
-  auto rows = router_rows_scalar;
-#if SHIFTADD_X86
-  if (isa() == Isa::Avx512) rows = router_rows_avx512;
-#endif
+  const RouterRows rows = router_rows();
   parallel_chunks(pool, a.M, 2 * a.K, 65536, [&](int64_t m0, int64_t m1) { rows(a, m0, m1); });
+}
+
+bool moe_fused_suits(const MoeFusedArgs& a, int threads) {
+  return a.shift.mode == ShiftMode::Fast && a.dense.N * a.dense.K <= kFusedMaxWeight &&
+         a.router.M >= kFusedRows * std::max(threads, 2);
+}
+
+void moe_linear_fused(const MoeFusedArgs& a, int64_t counts[2], ThreadPool& pool) {
+  const int64_t M = a.router.M;
+  const int threads = pool.size();
+  // Blocks of about kFusedRows, a whole number per thread.
+  const int64_t blocks = std::max<int64_t>(1, (M / kFusedRows + threads - 1) / threads * threads);
+  const RouterRows route_rows = router_rows();
+  std::atomic<int64_t> to_dense{0};
+  pool.parallel_tasks(blocks, [&](int tid, int64_t blk) {
+    const int64_t m0 = M * blk / blocks, m1 = M * (blk + 1) / blocks;
+    route_rows(a.router, m0, m1);
+    int64_t c[2];
+    moe_plan(m1 - m0, a.router.expert + m0, a.perm + m0, c);
+    for (int64_t i = m0; i < m1; ++i) a.perm[i] += static_cast<int32_t>(m0);
+    void* scratch = pool.scratch(tid);
+    if (c[0] > 0) {
+      GemmArgs d = a.dense;
+      d.M = c[0];
+      d.a_rows = d.c_rows = a.perm + m0;
+      gemm_serial(d, static_cast<float*>(scratch));
+    }
+    if (c[1] > 0) {
+      ShiftLinearArgs s = a.shift;
+      s.M = c[1];
+      s.rows = a.perm + m0 + c[0];
+      shift_linear_fast_serial(s, static_cast<std::byte*>(scratch));
+    }
+    to_dense.fetch_add(c[0], std::memory_order_relaxed);
+  });
+  counts[0] = to_dense.load();
+  counts[1] = M - counts[0];
 }
 
 void moe_plan(int64_t M, const uint8_t* expert, int32_t* perm, int64_t counts[2]) {

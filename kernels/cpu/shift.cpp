@@ -388,6 +388,16 @@ void fast_block(const ShiftLinearArgs& a, const I8Arch& arch, int64_t m0, int64_
   }
 }
 
+}  // namespace
+
+void shift_linear_fast_serial(const ShiftLinearArgs& a, std::byte* scratch) {
+  const I8Arch& arch = i8_arch();
+  const int64_t panels = (a.N + kCols - 1) / kCols, rows = block_rows(a.K);
+  for (int64_t m = 0; m < a.M; m += rows) fast_block(a, arch, m, std::min(a.M, m + rows), 0, panels, scratch);
+}
+
+namespace {
+
 void shift_linear_fast(const ShiftLinearArgs& a, ThreadPool& pool) {
   if (!a.panel.w) throw Error("shift_linear: fast mode needs the layer's prepared panel");
   if (pool.scratch_bytes() < shift_linear_scratch_bytes(a))

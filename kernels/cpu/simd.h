@@ -5,6 +5,7 @@
 // code is compiled per function with target attributes and chosen at run time.
 #include <array>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <utility>
 
@@ -24,6 +25,10 @@
 #else
 #define SHIFTADD_X86 0
 #endif
+
+namespace shiftadd::kernels {
+struct ShiftLinearArgs;
+}
 
 namespace shiftadd::kernels::cpu {
 
@@ -274,5 +279,8 @@ constexpr std::array<Kernel, MR> row_kernels(F f) {
 // Single-threaded GEMM on one thread's scratch (gemm_scratch_bytes() of it), for kernels
 // that run GEMMs inside their own parallel tasks (attention, conv2d).
 void gemm_serial(const GemmArgs& a, float* scratch);
+// Fast-mode shift linear over all of a.M rows on one thread's scratch
+// (shift_linear_scratch_bytes(a) of it), for the fused MoE linear's tasks.
+void shift_linear_fast_serial(const ShiftLinearArgs& a, std::byte* scratch);
 
 }  // namespace shiftadd::kernels::cpu

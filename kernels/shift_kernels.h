@@ -143,10 +143,11 @@ struct RouterArgs {
   uint8_t* expert = nullptr;  // [M]
 };
 
-// The whole MoE linear (cpu:: fast mode), fused: the rows in blocks, one parallel task per block
-// routing its rows, planning them and running both experts on them while the block is in L2
-// (one pass over the input and one parallel region instead of three). Each task packs the
-// dense weight for itself, so it suits many rows and a small dense weight
+// The whole MoE linear (cpu:: fast mode), fused: with many rows, one parallel task per block of
+// rows routes them, plans them and runs both experts on them while the block is in L2 (one
+// pass over the input and one parallel region instead of three); with few, all rows are routed
+// and planned first and one task per slice of output columns runs both experts. Each task packs
+// the dense weight (or its slice) for itself, so it suits small dense weights
 // (moe_fused_suits). router.expert and perm ([M]) are work buffers; dense and shift are the
 // experts' arguments for all M rows, without row lists (dense.M and shift.M are ignored).
 struct MoeFusedArgs {
@@ -197,8 +198,9 @@ void ksh_hash(const KshArgs& a, ThreadPool& pool);
 void additive_attention(const AdditiveAttentionArgs& a, ThreadPool& pool);
 void moe_router(const RouterArgs& a, ThreadPool& pool);
 void moe_plan(int64_t M, const uint8_t* expert, int32_t* perm, int64_t counts[2]);
-// Whether moe_linear_fused pays off for this layer on `threads` threads (fast mode, a dense
-// weight small enough to pack per block, rows enough for blocks on every thread).
+// Whether moe_linear_fused pays off for this layer on `threads` threads (fast mode and a dense
+// weight of at most 32k values). It splits the rows into blocks where there are ~256 per thread,
+// else the output columns.
 bool moe_fused_suits(const MoeFusedArgs& a, int threads);
 // Needs per-thread scratch of max(gemm_scratch_bytes(), shift_linear_scratch_bytes(a.shift));
 // counts[e] = rows routed to expert e.

@@ -112,9 +112,45 @@ RouterRows router_rows() {
   return router_rows_scalar;
 }
 
-// Fused MoE blocks: rows per block about this many (the input block stays in L2), and at most
-// this large a dense weight (floats), which every block packs again.
+// Fused MoE: at most this large a dense weight (floats; every row block packs it again, and
+// column slices make each thread quantize every shift row: larger layers run the experts as
+// separate parallel kernels); rows per block about kFusedRows (the input block stays in L2).
 constexpr int64_t kFusedRows = 256, kFusedMaxWeight = 32 * 1024;
+// Columns per task in the column split: the shift panel width (and a multiple of every GEMM NR).
+constexpr int64_t kFusedCols = 32;
+// Multiply-accumulates per extra thread below which a column split stays on one thread.
+constexpr double kFusedMinMacsPerThread = 1 << 18;
+
+bool row_blocks(const MoeFusedArgs& a, int threads) { return a.router.M >= kFusedRows * std::max(threads, 2); }
+
+// The dense expert's arguments restricted to output columns [n0, n1).
+GemmArgs columns(GemmArgs d, int64_t n0, int64_t n1) {
+  d.N = n1 - n0;
+  if (d.B) d.B += d.b_is_nk ? n0 * d.ldb : n0;
+  if (d.B_codes) d.B_codes += n0 * d.ldb;
+  d.C += n0;
+  if (d.epi.scale) d.epi.scale += n0;
+  if (d.epi.bias) d.epi.bias += n0;
+  if (d.epi.residual) d.epi.residual += n0;
+  return d;
+}
+
+// Both experts over rows perm[0, c[0]) (dense) and perm[c[0], c[0] + c[1]) (shift), columns
+// [n0, n1), on one thread's scratch.
+void experts(const MoeFusedArgs& a, const int32_t* perm, const int64_t c[2], int64_t n0, int64_t n1, void* scratch) {
+  if (c[0] > 0) {
+    GemmArgs d = columns(a.dense, n0, n1);
+    d.M = c[0];
+    d.a_rows = d.c_rows = perm;
+    gemm_serial(d, static_cast<float*>(scratch));
+  }
+  if (c[1] > 0) {
+    ShiftLinearArgs s = a.shift;
+    s.M = c[1];
+    s.rows = perm + c[0];
+    shift_linear_fast_serial(s, static_cast<std::byte*>(scratch), n0, n1);
+  }
+}
 
 }  // namespace
 
@@ -123,14 +159,32 @@ void moe_router(const RouterArgs& a, ThreadPool& pool) {
   parallel_chunks(pool, a.M, 2 * a.K, 65536, [&](int64_t m0, int64_t m1) { rows(a, m0, m1); });
 }
 
-bool moe_fused_suits(const MoeFusedArgs& a, int threads) {
-  return a.shift.mode == ShiftMode::Fast && a.dense.N * a.dense.K <= kFusedMaxWeight &&
-         a.router.M >= kFusedRows * std::max(threads, 2);
+bool moe_fused_suits(const MoeFusedArgs& a, int) {
+  return a.shift.mode == ShiftMode::Fast && a.dense.N * a.dense.K <= kFusedMaxWeight;
 }
 
 void moe_linear_fused(const MoeFusedArgs& a, int64_t counts[2], ThreadPool& pool) {
-  const int64_t M = a.router.M;
+  const int64_t M = a.router.M, N = a.dense.N;
   const int threads = pool.size();
+  if (!row_blocks(a, threads)) {
+    // Few rows: route and plan them all, then one task per slice of columns runs both experts
+    // on every row (each quantizes the shift expert's rows again: cheap next to the GEMMs).
+    moe_router(a.router, pool);
+    moe_plan(M, a.router.expert, a.perm, counts);
+    const double macs = static_cast<double>(M) * N * std::max<int64_t>(a.dense.K, 1);
+    const int64_t slices = std::clamp<int64_t>(static_cast<int64_t>(macs / kFusedMinMacsPerThread), 1,
+                                               std::min<int64_t>(threads, (N + kFusedCols - 1) / kFusedCols));
+    auto task = [&](int tid, int64_t t) {
+      const int64_t panels = (N + kFusedCols - 1) / kFusedCols;
+      experts(a, a.perm, counts, std::min(N, panels * t / slices * kFusedCols),
+              std::min(N, panels * (t + 1) / slices * kFusedCols), pool.scratch(tid));
+    };
+    if (slices == 1)
+      task(0, 0);
+    else
+      pool.parallel_tasks(slices, task);
+    return;
+  }
   // Blocks of about kFusedRows, a whole number per thread.
   const int64_t blocks = std::max<int64_t>(1, (M / kFusedRows + threads - 1) / threads * threads);
   const RouterRows route_rows = router_rows();
@@ -141,19 +195,7 @@ void moe_linear_fused(const MoeFusedArgs& a, int64_t counts[2], ThreadPool& pool
     int64_t c[2];
     moe_plan(m1 - m0, a.router.expert + m0, a.perm + m0, c);
     for (int64_t i = m0; i < m1; ++i) a.perm[i] += static_cast<int32_t>(m0);
-    void* scratch = pool.scratch(tid);
-    if (c[0] > 0) {
-      GemmArgs d = a.dense;
-      d.M = c[0];
-      d.a_rows = d.c_rows = a.perm + m0;
-      gemm_serial(d, static_cast<float*>(scratch));
-    }
-    if (c[1] > 0) {
-      ShiftLinearArgs s = a.shift;
-      s.M = c[1];
-      s.rows = a.perm + m0 + c[0];
-      shift_linear_fast_serial(s, static_cast<std::byte*>(scratch));
-    }
+    experts(a, a.perm + m0, c, 0, N, pool.scratch(tid));
     to_dense.fetch_add(c[0], std::memory_order_relaxed);
   });
   counts[0] = to_dense.load();

@@ -390,10 +390,12 @@ void fast_block(const ShiftLinearArgs& a, const I8Arch& arch, int64_t m0, int64_
 
 }  // namespace
 
-void shift_linear_fast_serial(const ShiftLinearArgs& a, std::byte* scratch) {
+void shift_linear_fast_serial(const ShiftLinearArgs& a, std::byte* scratch, int64_t n0, int64_t n1) {
+  if (n0 % kCols != 0 || (n1 % kCols != 0 && n1 != a.N))
+    throw Error("shift_linear_fast_serial: columns must start and end on a 32-column panel");
   const I8Arch& arch = i8_arch();
-  const int64_t panels = (a.N + kCols - 1) / kCols, rows = block_rows(a.K);
-  for (int64_t m = 0; m < a.M; m += rows) fast_block(a, arch, m, std::min(a.M, m + rows), 0, panels, scratch);
+  const int64_t p0 = n0 / kCols, p1 = (n1 + kCols - 1) / kCols, rows = block_rows(a.K);
+  for (int64_t m = 0; m < a.M; m += rows) fast_block(a, arch, m, std::min(a.M, m + rows), p0, p1, scratch);
 }
 
 namespace {

@@ -279,8 +279,9 @@ constexpr std::array<Kernel, MR> row_kernels(F f) {
 // Single-threaded GEMM on one thread's scratch (gemm_scratch_bytes() of it), for kernels
 // that run GEMMs inside their own parallel tasks (attention, conv2d).
 void gemm_serial(const GemmArgs& a, float* scratch);
-// Fast-mode shift linear over all of a.M rows on one thread's scratch
-// (shift_linear_scratch_bytes(a) of it), for the fused MoE linear's tasks.
-void shift_linear_fast_serial(const ShiftLinearArgs& a, std::byte* scratch);
+// Fast-mode shift linear over all of a.M rows and columns [n0, n1) (on 32-column panel
+// boundaries; n1 may be N) on one thread's scratch (shift_linear_scratch_bytes(a) of it), for
+// the fused MoE linear's tasks.
+void shift_linear_fast_serial(const ShiftLinearArgs& a, std::byte* scratch, int64_t n0, int64_t n1);
 
 }  // namespace shiftadd::kernels::cpu

@@ -55,7 +55,7 @@ struct CpuKernels {
   void moe_plan(int64_t M, const uint8_t* e, int32_t* perm, int64_t c[2]) { cpu::moe_plan(M, e, perm, c); }
   // The fused MoE linear where it pays off (else false: route, plan and experts one by one).
   bool moe_fused(const MoeFusedArgs& a, int64_t c[2]) {
-    if (!cpu::moe_fused_suits(a, pool.size())) return false;
+    if (!cpu::moe_fused_suits(a)) return false;
     cpu::moe_linear_fused(a, c, pool);
     return true;
   }

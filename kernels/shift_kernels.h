@@ -198,10 +198,10 @@ void ksh_hash(const KshArgs& a, ThreadPool& pool);
 void additive_attention(const AdditiveAttentionArgs& a, ThreadPool& pool);
 void moe_router(const RouterArgs& a, ThreadPool& pool);
 void moe_plan(int64_t M, const uint8_t* expert, int32_t* perm, int64_t counts[2]);
-// Whether moe_linear_fused pays off for this layer on `threads` threads (fast mode and a dense
-// weight of at most 32k values). It splits the rows into blocks where there are ~256 per thread,
-// else the output columns.
-bool moe_fused_suits(const MoeFusedArgs& a, int threads);
+// Whether moe_linear_fused pays off for this layer (fast mode and a dense weight of at most 32k
+// values). It splits the rows into blocks where there are ~256 per thread, else the output
+// columns.
+bool moe_fused_suits(const MoeFusedArgs& a);
 // Needs per-thread scratch of max(gemm_scratch_bytes(), shift_linear_scratch_bytes(a.shift));
 // counts[e] = rows routed to expert e.
 void moe_linear_fused(const MoeFusedArgs& a, int64_t counts[2], ThreadPool& pool);

@@ -159,7 +159,7 @@ void moe_router(const RouterArgs& a, ThreadPool& pool) {
   parallel_chunks(pool, a.M, 2 * a.K, 65536, [&](int64_t m0, int64_t m1) { rows(a, m0, m1); });
 }
 
-bool moe_fused_suits(const MoeFusedArgs& a, int) {
+bool moe_fused_suits(const MoeFusedArgs& a) {
   return a.shift.mode == ShiftMode::Fast && a.dense.N * a.dense.K <= kFusedMaxWeight;
 }
 

@@ -14,8 +14,7 @@ in alternating rounds on the same machine:
   - onnxruntime fp32  the dense model's ONNX export (same weights), CPU provider;
   - onnxruntime int8  that export through onnxruntime.quantization.quantize_dynamic (QInt8).
 Each configuration runs --runs times after warm-up per round; the table shows the best round's
-median, and as ratios the median over rounds of each round's ratio (its two sides timed minutes
-apart at most, so a phase when the machine's other core is busy slows both). The models are written once into --work (by Debian's Python with
+median and the ratios. The models are written once into --work (by Debian's Python with
 PyTorch, /usr/bin/python3 scripts/gen_bench_models.py). --write-docs replaces the section
 between the bench_shiftadd markers of docs/benchmarks.md with the table.
 """
@@ -97,11 +96,6 @@ def ort_session(path, threads):
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
-# The table's ratio columns: (name, numerator, denominator), in column order.
-RATIOS = [("fast/dense", "fast", "dense"), ("exact/dense", "exact", "dense"), ("fast/ort_int8", "fast", "ort_int8"),
-          ("dense/ort_fp32", "dense", "ort_fp32")]
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -133,9 +127,8 @@ def main():
                 rounds["fast"].append(engine_ms(args.cli, sa_path, b, args.threads, args.runs, "fast"))
                 for c in ("ort_fp32", "ort_int8"):
                     rounds[c].append(ort_ms(sessions[c], b, args.runs))
-            results[(m, b)] = r = {c: min(v) for c, v in rounds.items()}
-            for name, num, den in RATIOS:
-                r[name] = statistics.median(x / y for x, y in zip(rounds[num], rounds[den]))
+            results[(m, b)] = {c: min(v) for c, v in rounds.items()}
+            r = results[(m, b)]
             print("%s batch %d: %s" % (m, b, ", ".join("%s %.2f ms" % (c, r[c]) for c in configs)), flush=True)
 
     cpu = platform.processor() or platform.machine()
@@ -152,7 +145,8 @@ def main():
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (m, b), r in results.items():
         lines.append("| %s | %d | %.2f | %.2f | %.2f | %.2f | %.2f | **%.2fx** | %.2fx | **%.2fx** | %.2fx |" % (
-            m, b, r["dense"], r["exact"], r["fast"], r["ort_fp32"], r["ort_int8"], *(r[name] for name, _, _ in RATIOS)))
+            m, b, r["dense"], r["exact"], r["fast"], r["ort_fp32"], r["ort_int8"], r["fast"] / r["dense"],
+            r["exact"] / r["dense"], r["fast"] / r["ort_int8"], r["dense"] / r["ort_fp32"]))
     sizes = []
     for m in args.models:
         dense, shiftadd, how = MODELS[m]
@@ -163,9 +157,8 @@ def main():
             sizes.append("%s file: fp32 %.2f MB; shift MLP + shift qkv/proj (4-bit codes) %.2f MB, %.2fx smaller; "
                          "with KSH attention too (the timed model) %.2f MB, %.2fx" % (m, d / 1e6, s / 1e6, d / s,
                                                                                       k / 1e6, d / k))
-    header = ("Median ms, best of %d alternating rounds of %d runs; ratios: median over the rounds of each round's "
-              "ratio. %d threads, %s (`%s` kernels), onnxruntime %s, %s." % (
-                  args.rounds, args.runs, args.threads, cpu, simd, ort.__version__, time.strftime("%Y-%m-%d")))
+    header = ("Median ms, best of %d alternating rounds of %d runs, %d threads, %s (`%s` kernels), onnxruntime %s, "
+              "%s." % (args.rounds, args.runs, args.threads, cpu, simd, ort.__version__, time.strftime("%Y-%m-%d")))
     table = "\n".join([header, ""] + lines + [""] + ["- " + s for s in sizes])
     print("\n" + table)
     if args.write_docs:

@@ -238,17 +238,16 @@ class HostBackend final : public Backend {
     r.expert = w.expert;
     const size_t idx = node_index(g, n);
     int64_t counts[2];
-    if (!probe_) {  // a probe reads the logits and may force decisions between router and plan
+    if (probe_) {  // a probe reads the logits and may force decisions between router and plan
+      auto& logits = probe_->router_logits[idx];
+      logits.assign(static_cast<size_t>(2 * r.M), 0.0f);
+      r.logits = logits.data();
+    } else {
       MoeFusedArgs f{r, moe_dense_args(g, n, b, mode_), shift_args(g, n, b, mode_, w.shift), w.perm};
       if (k_.moe_fused(f, counts)) {
         if (idx < expert_tokens_.size()) expert_tokens_[idx] = {counts[0], counts[1]};
         return;
       }
-    }
-    if (probe_) {
-      auto& logits = probe_->router_logits[idx];
-      logits.assign(static_cast<size_t>(2 * r.M), 0.0f);
-      r.logits = logits.data();
     }
     k_.moe_router(r);
     if (probe_) force_decisions(probe_->force_experts, idx, w.expert, r.M, n, "decisions");

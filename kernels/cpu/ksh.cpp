@@ -17,10 +17,8 @@
 // tables (T_g[s] = sum of KV rows of the bits in s), so each token's Y is nbits/4 table rows
 // added (additions only); then 0.5 V + Y / pi, the row norm and the 9-tap dconv.
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <cstring>
-#include <utility>
 
 #include "kernels/cpu/simd.h"
 #include "kernels/cpu/thread_pool.h"
@@ -284,11 +282,7 @@ SHIFTADD_AVX512 void kernel_features16(const float* qt, int64_t d, const float* 
 constexpr int kMaxJ = 28;  // accumulators + the token vector + a broadcast stay within 32 zmm
 using Features16 = void (*)(const float*, int64_t, const float*, int64_t, const float*, const float*, const float*,
                             float, float*);
-template <int... J>
-constexpr std::array<Features16, sizeof...(J)> features16_table(std::integer_sequence<int, J...>) {
-  return {kernel_features16<J + 1>...};
-}
-constexpr auto kFeatures16 = features16_table(std::make_integer_sequence<int, kMaxJ>{});
+constexpr auto kFeatures16 = row_kernels<Features16, kMaxJ>([]<int J>() { return &kernel_features16<J>; });
 
 // Pass 2 on AVX-512: 16 tokens at a time, one per lane, so every anchor coordinate is one
 // broadcast FMA for 16 tokens and a bit's 16 compares are one mask.
@@ -371,6 +365,8 @@ SHIFTADD_AVX512 void hash_avx512(const KshArgs& a, const KshWork& w, int64_t b, 
 // ----- additive attention ------------------------------------------------------------------
 
 int64_t groups(int64_t nbits) { return (nbits + 3) / 4; }
+// Token parts per (image, head) in pass 1: enough tasks for every thread.
+int64_t bucket_parts(int64_t BH, int threads) { return std::max<int64_t>(1, (threads + BH - 1) / BH); }
 // Tokens pass 1 sorts by nibble at a time (offsets fit a uint8_t).
 constexpr int64_t kBucketBlock = 256;
 
@@ -442,7 +438,6 @@ SA_INLINE void bucket_blocks(const Additive& ad, int64_t b, int64_t h, int64_t p
   }
 }
 
-// Pass 2: the subset-sum tables of (b, h), already divided by pi, into T [G, 16, d].
 // The buckets of all parts of (b, h) summed into T, or a single part's read in place.
 SA_INLINE const float* summed_buckets(const Additive& ad, int64_t b, int64_t h, float* T) {
   const float* sum = ad.bucket(b, h, 0);
@@ -453,6 +448,7 @@ SA_INLINE const float* summed_buckets(const Additive& ad, int64_t b, int64_t h, 
   return T;
 }
 
+// Pass 2: the subset-sum tables of (b, h), already divided by pi, into T [G, 16, d].
 SA_INLINE void tables_body(const Additive& ad, int64_t b, int64_t h, float* T) {
   const int64_t d = ad.a->d;
   const float inv_pi = static_cast<float>(1.0 / M_PI);
@@ -618,7 +614,7 @@ SHIFTADD_AVX512 void out_tokens_nv(const Additive& ad, int64_t b, int64_t h, int
     hash_body(a, w, b, n0, n1, h0, h1);                                                                  \
   }                                                                                                      \
   ATTR void bucket_##SUFFIX(const Additive& ad, int64_t b, int64_t h, int64_t p, int64_t n0, int64_t n1) { \
-    bucket_blocks(ad, b, h, p, n0, n1, SumRun{});                                                                    \
+    bucket_blocks(ad, b, h, p, n0, n1, SumRun{});                                                        \
   }                                                                                                      \
   ATTR void out_##SUFFIX(const Additive& ad, int64_t b, int64_t h, int64_t n0, int64_t n1, float* T,     \
                          float* Z) {                                                                     \
@@ -779,8 +775,7 @@ size_t additive_attention_scratch_bytes(const AdditiveAttentionArgs& a) {
 }
 
 size_t additive_attention_work_bytes(const AdditiveAttentionArgs& a, int threads) {
-  const int64_t BH = std::max<int64_t>(1, a.B * a.H);
-  const int64_t parts = std::max<int64_t>(1, (threads + BH - 1) / BH);
+  const int64_t parts = bucket_parts(std::max<int64_t>(1, a.B * a.H), threads);
   return sizeof(float) * static_cast<size_t>(a.B * a.H * parts * groups(a.nbits) * kNibbles * a.d);
 }
 
@@ -790,8 +785,7 @@ void additive_attention(const AdditiveAttentionArgs& a, ThreadPool& pool) {
   if (a.d > 256 || a.nbits > 64) throw Error("additive_attention: at most 64 bits and head dim 256");
   const Fns f = fns(a.d, 0);
   const int64_t BH = a.B * a.H;
-  const int64_t parts = std::max<int64_t>(1, (pool.size() + BH - 1) / BH);
-  Additive ad{&a, groups(a.nbits), parts, static_cast<float*>(a.work)};
+  Additive ad{&a, groups(a.nbits), bucket_parts(BH, pool.size()), static_cast<float*>(a.work)};
   const double work = static_cast<double>(BH) * a.N * a.d * ad.G;
   // Output tasks: enough token chunks per (image, head) to feed every thread, each at least
   // 64 tokens (each task rebuilds its tables: 16 * G rows).

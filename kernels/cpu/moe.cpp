@@ -172,10 +172,10 @@ void moe_linear_fused(const MoeFusedArgs& a, int64_t counts[2], ThreadPool& pool
     moe_router(a.router, pool);
     moe_plan(M, a.router.expert, a.perm, counts);
     const double macs = static_cast<double>(M) * N * std::max<int64_t>(a.dense.K, 1);
+    const int64_t panels = (N + kFusedCols - 1) / kFusedCols;
     const int64_t slices = std::clamp<int64_t>(static_cast<int64_t>(macs / kFusedMinMacsPerThread), 1,
-                                               std::min<int64_t>(threads, (N + kFusedCols - 1) / kFusedCols));
+                                               std::min<int64_t>(threads, panels));
     auto task = [&](int tid, int64_t t) {
-      const int64_t panels = (N + kFusedCols - 1) / kFusedCols;
       experts(a, a.perm, counts, std::min(N, panels * t / slices * kFusedCols),
               std::min(N, panels * (t + 1) / slices * kFusedCols), pool.scratch(tid));
     };

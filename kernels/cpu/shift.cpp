@@ -339,6 +339,10 @@ Q16Rows q16_rows() {
 
 int64_t row_of(const ShiftLinearArgs& a, int64_t m) { return a.rows ? a.rows[m] : m; }
 
+void require_panel(const ShiftLinearArgs& a) {
+  if (!a.panel.w) throw Error("shift_linear: fast mode needs the layer's prepared panel");
+}
+
 // Rows [m0, m1) x panels [p0, p1) of the fast mode, on one thread's scratch.
 void fast_block(const ShiftLinearArgs& a, const I8Arch& arch, int64_t m0, int64_t m1, int64_t p0,
                 int64_t p1, std::byte* scratch) {
@@ -391,6 +395,7 @@ void fast_block(const ShiftLinearArgs& a, const I8Arch& arch, int64_t m0, int64_
 }  // namespace
 
 void shift_linear_fast_serial(const ShiftLinearArgs& a, std::byte* scratch, int64_t n0, int64_t n1) {
+  require_panel(a);
   if (n0 % kCols != 0 || (n1 % kCols != 0 && n1 != a.N))
     throw Error("shift_linear_fast_serial: columns must start and end on a 32-column panel");
   const I8Arch& arch = i8_arch();
@@ -401,7 +406,7 @@ void shift_linear_fast_serial(const ShiftLinearArgs& a, std::byte* scratch, int6
 namespace {
 
 void shift_linear_fast(const ShiftLinearArgs& a, ThreadPool& pool) {
-  if (!a.panel.w) throw Error("shift_linear: fast mode needs the layer's prepared panel");
+  require_panel(a);
   if (pool.scratch_bytes() < shift_linear_scratch_bytes(a))
     throw Error("shift_linear: thread pool scratch not reserved (need shift_linear_scratch_bytes())");
   const I8Arch& arch = i8_arch();

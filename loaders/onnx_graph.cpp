@@ -625,9 +625,10 @@ std::optional<PartialInts> OnnxGraph::partial(int i, const std::vector<const Val
   };
   if (op == "Shape") {
     std::optional<PartialInts> shape;
-    if (in[0] && in[0]->constant) shape = PartialInts{dims_of(in[0]->constant->dims), false};
-    else if (in[0] && in[0]->ints) shape = PartialInts{in[0]->ints->scalar ? Dims{} : Dims{static_cast<int64_t>(in[0]->ints->v.size())}, false};
-    else if (in[0]) shape = in[0]->shape;
+    const Value* src = in.empty() ? nullptr : in[0];  // a Shape node may come with no input
+    if (src && src->constant) shape = PartialInts{dims_of(src->constant->dims), false};
+    else if (src && src->ints) shape = PartialInts{src->ints->scalar ? Dims{} : Dims{static_cast<int64_t>(src->ints->v.size())}, false};
+    else if (src) shape = src->shape;
     if (!shape) return std::nullopt;
     const int64_t rank = static_cast<int64_t>(shape->v.size());
     int64_t start = onnx_attr_int(n, "start", 0), end = onnx_attr_int(n, "end", rank);

@@ -147,8 +147,12 @@ def test_threads_run_in_parallel_and_agree(bundled):
 
 def test_run_releases_the_gil(bundled):
     s = bundled.session(threads=1)
-    x = np.zeros((512, *bundled.input_shape), np.float32)
-    s.run(x[:1])
+    # A batch big enough that one run takes ~0.3 s on this machine, however fast it is.
+    n = 64
+    t0 = time.perf_counter()
+    s.run(np.zeros((n, *bundled.input_shape), np.float32))
+    per_image = max((time.perf_counter() - t0) / n, 1e-6)
+    x = np.zeros((min(int(0.3 / per_image) + 1, 65536), *bundled.input_shape), np.float32)
     span = {}
 
     def run():

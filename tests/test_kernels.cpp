@@ -466,6 +466,7 @@ std::vector<OpCase> case_table() {
   t.push_back(dwconv_case(1, 1, 1, 7, true, false));
   t.push_back(dwconv_case(2, 1, 9, 33, true, true));
   t.push_back(dwconv_case(1, 8, 1, 8, false, false));
+  t.push_back(dwconv_case(2, 9, 19, 33, true, true));  // rows of several 8-token sweeps, a 1-lane tail
 
   for (int64_t B : {1, 3})
     for (int64_t N : {1, 7, 49, 3136})

@@ -1,13 +1,14 @@
 // shiftadd_bench_kernels: the ShiftAdd kernels against the dense ones they replace, in one
 // process on the same data, printing median times and ratios (docs/benchmarks.md).
 //
-//   shiftadd_bench_kernels [--threads N] [--runs R] [--only linear|attention|moe] [--tokens N] [--batch B]
+//   shiftadd_bench_kernels [--threads N] [--runs R] [--only linear|attention|moe|dwconv] [--tokens N] [--batch B]
 //                          [--layer TEXT]
 //
 // - linear: the fp32 GEMM of a dense Linear vs the shift linear in exact mode (fp32 GEMM of q(x)
 //   against the decoded codes) and fast mode (int8 on the integer dot-product units), at the
 //   DeiT-Tiny / DeiT-Small / PVTv2-b0 layer shapes, batch 1 and 8.
 // - moe: an MoE linear (router, both experts, about half the tokens each) vs the dense linear.
+// - dwconv: the PVTv2 MLP's depthwise 3x3 conv + GELU against a copy of its input.
 // - attention: softmax attention vs KSH attention (normalise, hash q and k, additive attention,
 //   dconv) on the same packed q|k|v, DeiT-Tiny heads (3 x 64), at token counts 64 .. 3136.
 // Timings only; correctness is the tests' job (tests/test_shift_kernels.cpp).
@@ -164,7 +165,7 @@ void bench_attention(int threads) {
 }
 
 // One MoeLinear node (router sending about half the tokens to each expert) against one Linear
-// node of the same shape, run by the CPU backend in fast mode.
+// node of the same shape, run by the CPU backend in fast mode; --batch multiplies the tokens.
 void bench_moe(int threads) {
   struct L {
     const char* name;
@@ -186,13 +187,14 @@ void bench_moe(int threads) {
   };
   for (const L& l : layers) {
     if (std::string(l.name).find(g_layer) == std::string::npos) continue;
-    const std::vector<float> x = normal(rng, l.M * l.K, 1.0f), w = normal(rng, l.N * l.K, 1.0f / std::sqrt(float(l.K)));
+    const int64_t M = l.M * g_batch;
+    const std::vector<float> x = normal(rng, M * l.K, 1.0f), w = normal(rng, l.N * l.K, 1.0f / std::sqrt(float(l.K)));
     const std::vector<float> b = normal(rng, l.N, 0.1f);
     std::vector<float> wg = normal(rng, 2 * l.K, 1.0f), bg = {0.0f, 0.0f};
     Tensor codes = Tensor::empty(DType::U8, {l.N, l.K});
     for (int64_t i = 0; i < l.N * l.K; ++i)
       codes.data<uint8_t>()[i] = pack_shift_weight(std::log2(std::fabs(w[i])), w[i] > 0 ? 1.0f : -1.0f);
-    std::vector<float> y(l.M * l.N);
+    std::vector<float> y(M * l.N);
     double ms[2];
     for (int moe = 0; moe < 2; ++moe) {
       Graph g;
@@ -206,10 +208,43 @@ void bench_moe(int threads) {
       }
       auto backend = make_cpu_backend(threads, ShiftMode::Fast);
       Executor ex(g, *backend);
-      ms[moe] = median_ms([&] { ex.run(l.M, x.data(), y.data()); });
+      ms[moe] = median_ms([&] { ex.run(M, x.data(), y.data()); });
     }
-    std::printf("| %s (%lld, %lld -> %lld) | %.3f | %.3f | %.2fx |\n", l.name, (long long)l.M, (long long)l.K,
+    std::printf("| %s (%lld, %lld -> %lld) | %.3f | %.3f | %.2fx |\n", l.name, (long long)M, (long long)l.K,
                 (long long)l.N, ms[0], ms[1], ms[1] / ms[0]);
+  }
+}
+
+// The PVTv2 MLP's depthwise 3x3 conv + GELU at the PVTv2-b0 stage shapes (--batch images), and
+// a plain copy of the same bytes for scale: the kernel is near its memory floor when close to it.
+void bench_dwconv(int threads) {
+  struct S {
+    const char* name;
+    int64_t H, C;
+  };
+  const S stages[] = {{"PVTv2-b0 s1", 56, 256}, {"PVTv2-b0 s2", 28, 512}, {"PVTv2-b0 s3", 14, 640}, {"PVTv2-b0 s4", 7, 1024}};
+  std::printf("\n## depthwise 3x3 conv + GELU (%d threads, batch %lld, median of %d runs)\n\n", threads,
+              (long long)g_batch, g_runs);
+  std::printf("| stage (H x W, C) | dwconv+GELU ms | copy of x ms | dwconv / copy |\n|---|---|---|---|\n");
+  ThreadPool pool(threads);
+  std::mt19937 rng(1);
+  for (const S& s : stages) {
+    if (std::string(s.name).find(g_layer) == std::string::npos) continue;
+    const int64_t n = g_batch * s.H * s.H * s.C;
+    const std::vector<float> x = normal(rng, n, 1.0f), w = normal(rng, 9 * s.C, 0.3f), b = normal(rng, s.C, 0.1f);
+    std::vector<float> y(n);
+    DwConv3x3Args a;
+    a.B = g_batch, a.H = a.W = s.H, a.C = s.C, a.x = x.data(), a.w = w.data(), a.bias = b.data(), a.gelu = true;
+    a.out = y.data();
+    const double conv = median_ms([&] { cpu::dwconv3x3(a, pool); });
+    const double copy = median_ms([&] {
+      pool.parallel_for(n / 4096 + 1, [&](int, int64_t b0, int64_t b1) {
+        const int64_t e0 = std::min(n, b0 * 4096), e1 = std::min(n, b1 * 4096);
+        std::memcpy(y.data() + e0, x.data() + e0, sizeof(float) * (e1 - e0));
+      });
+    });
+    std::printf("| %s (%lld x %lld, %lld) | %.3f | %.3f | %.2fx |\n", s.name, (long long)s.H, (long long)s.H,
+                (long long)s.C, conv, copy, conv / copy);
   }
 }
 
@@ -228,7 +263,7 @@ int main(int argc, char** argv) {
     else if (a == "--layer" && i + 1 < argc) g_layer = argv[++i];
     else {
       std::fprintf(stderr,
-                   "usage: %s [--threads N] [--runs R] [--only linear|attention|moe] [--tokens N] [--batch B] "
+                   "usage: %s [--threads N] [--runs R] [--only linear|attention|moe|dwconv] [--tokens N] [--batch B] "
                    "[--layer TEXT]\n",
                    argv[0]);
       return a == "-h" || a == "--help" ? 0 : 2;
@@ -238,5 +273,6 @@ int main(int argc, char** argv) {
   if (only.empty() || only == "linear") bench_linear(threads);
   if (only.empty() || only == "attention") bench_attention(threads);
   if (only.empty() || only == "moe") bench_moe(threads);
+  if (only.empty() || only == "dwconv") bench_dwconv(threads);
   return 0;
 }

@@ -174,7 +174,9 @@ void bench_moe(int threads) {
   };
   const L layers[] = {{"PVTv2-b0 s1 to_qk", 3136, 32, 32, false}, {"PVTv2-b0 s1 fc1", 3136, 32, 256, false},
                       {"PVTv2-b0 s1 fc2", 3136, 256, 32, false},  {"PVTv2-b0 s2 fc1", 784, 64, 512, false},
-                      {"PVTv2-b0 s3 fc2", 196, 640, 160, false},  {"PVTv2-b0 s3 proj", 196, 160, 160, false},
+                      {"PVTv2-b0 s3 fc1", 196, 160, 640, false},  {"PVTv2-b0 s3 fc2", 196, 640, 160, false},
+                      {"PVTv2-b0 s3 proj", 196, 160, 160, false}, {"PVTv2-b0 s4 fc1", 49, 256, 1024, false},
+                      {"PVTv2-b0 s4 fc2", 49, 1024, 256, false},
                       {"DeiT-Tiny fc1 b1", 197, 192, 768, true}};
   std::printf("\n## MoE linear (half the tokens to each expert) vs dense linear (%d threads, fast mode, median of %d runs)\n\n",
               threads, g_runs);

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """ShiftAdd against dense, and against onnxruntime fp32 and dynamic int8, in one run.
 
-    python3 -m pip install onnxruntime numpy      # the peer (PyPI Python)
+    python3 -m pip install onnxruntime onnx numpy   # the peer (PyPI Python; onnx for its int8 quantizer)
     python3 tools/bench_shiftadd.py [--threads 2] [--batches 1 8] [--write-docs]
 
 For DeiT-Tiny / DeiT-Small / PVTv2-b0 / PVTv2-b1 shapes (random fp32 weights, 224x224) times,

@@ -120,22 +120,26 @@ void q16_rows_scalar(const float* const* x, int64_t rows, int64_t K, float* dst)
 // A tile half's per-column epilogue constants, loaded once for all its rows.
 struct Cols512 {
   __mmask16 m;
-  __m512i comp;  // 128 * colsum (the u8 offset)
   __m512 ws, bq;
 };
 
 SHIFTADD_AVX512 inline Cols512 cols512(const I8Tile& t, int64_t c0) {
   Cols512 c;
   c.m = mask16(t.cols - c0);
-  c.comp = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(c.m, t.colsum + c0), 7);
   c.ws = _mm512_maskz_loadu_ps(c.m, t.ws + c0);
   c.bq = _mm512_maskz_loadu_ps(c.m, t.bq + c0);
   return c;
 }
 
+// The accumulators' initial value for columns c0..c0+15: -128 * colsum removes the u8 offset.
+SHIFTADD_AVX512 inline __m512i neg_comp512(const I8Tile& t, int64_t c0) {
+  const __m512i colsum = _mm512_maskz_loadu_epi32(mask16(t.cols - c0), t.colsum + c0);
+  return _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(colsum, 7));
+}
+
 SHIFTADD_AVX512 inline void i8_store512(__m512i acc, int r, int64_t c0, const Cols512& c, const I8Tile& t) {
   if (!c.m) return;
-  const __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, c.comp));
+  const __m512 v = _mm512_cvtepi32_ps(acc);  // acc started at -128 colsum
   __m512 y = _mm512_fmadd_ps(v, _mm512_mul_ps(_mm512_set1_ps(t.step[r]), c.ws), c.bq);
   if (t.combine != Combine::None) y = combine512(y, t.combine);
   if (t.gelu) y = gelu512(y);
@@ -151,9 +155,10 @@ SHIFTADD_AVX512 inline __m512i broadcast4(const uint8_t* p) {
 
 template <int R>
 SHIFTADD_VNNI void i8_kernel_vnni(const I8Tile& t) {
+  const __m512i init0 = neg_comp512(t, 0), init1 = neg_comp512(t, 16);
   __m512i c0[R], c1[R];
 #pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) c0[r] = c1[r] = _mm512_setzero_si512();
+  for (int r = 0; r < R; ++r) c0[r] = init0, c1[r] = init1;
   const int8_t* B = t.B;
   for (int64_t g = 0; g < t.kg; ++g, B += kGroupBytes) {
     const __m512i b0 = _mm512_loadu_si512(B), b1 = _mm512_loadu_si512(B + 64);
@@ -175,9 +180,10 @@ SHIFTADD_VNNI void i8_kernel_vnni(const I8Tile& t) {
 template <int R>
 SHIFTADD_AVX512 void i8_kernel_avx512bw(const I8Tile& t) {
   const __m512i ones = _mm512_set1_epi16(1);
+  const __m512i init0 = neg_comp512(t, 0), init1 = neg_comp512(t, 16);
   __m512i c0[R], c1[R];
 #pragma GCC unroll 16
-  for (int r = 0; r < R; ++r) c0[r] = c1[r] = _mm512_setzero_si512();
+  for (int r = 0; r < R; ++r) c0[r] = init0, c1[r] = init1;
   const int8_t* B = t.B;
   for (int64_t g = 0; g < t.kg; ++g, B += kGroupBytes) {
     const __m512i b0 = _mm512_loadu_si512(B), b1 = _mm512_loadu_si512(B + 64);

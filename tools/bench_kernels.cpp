@@ -218,7 +218,7 @@ void bench_moe(int threads) {
 }
 
 // The PVTv2 MLP's depthwise 3x3 conv + GELU at the PVTv2-b0 stage shapes (--batch images), and
-// a plain copy of the same bytes for scale: the kernel is near its memory floor when close to it.
+// a copy of the same tensor for scale: a ratio near 1 would mean the conv runs at memory speed.
 void bench_dwconv(int threads) {
   struct S {
     const char* name;
@@ -239,7 +239,7 @@ void bench_dwconv(int threads) {
     a.B = g_batch, a.H = a.W = s.H, a.C = s.C, a.x = x.data(), a.w = w.data(), a.bias = b.data(), a.gelu = true;
     a.out = y.data();
     const double conv = median_ms([&] { cpu::dwconv3x3(a, pool); });
-    const double copy = median_ms([&] {
+    const double copy = median_ms([&] {  // over all threads (take_tokens splits by image only)
       pool.parallel_for(n / 4096 + 1, [&](int, int64_t b0, int64_t b1) {
         const int64_t e0 = std::min(n, b0 * 4096), e1 = std::min(n, b1 * 4096);
         std::memcpy(y.data() + e0, x.data() + e0, sizeof(float) * (e1 - e0));

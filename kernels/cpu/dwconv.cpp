@@ -121,11 +121,20 @@ SHIFTADD_AVX2 void token_avx2(const DwConv3x3Args& a, const Taps& t, float* out)
 }
 #endif
 
-Token token_fn() {
+// Output row y of image img, token by token over the valid taps (the AVX2 and scalar paths).
+template <Token token>
+void row_taps(const DwConv3x3Args& a, const float* img, int64_t y, float* out) {
+  for (int64_t x = 0; x < a.W; ++x) token(a, taps_at(a, img, y, x), out + x * a.C);
+}
+
+using Row = void (*)(const DwConv3x3Args& a, const float* img, int64_t y, float* out);
+
+Row row_fn() {
 #if SHIFTADD_X86
-  if (isa() == Isa::Avx2) return token_avx2;
+  if (isa() == Isa::Avx512) return row_avx512;
+  if (isa() == Isa::Avx2) return row_taps<token_avx2>;
 #endif
-  return token_scalar;
+  return row_taps<token_scalar>;
 }
 
 }  // namespace
@@ -133,24 +142,11 @@ Token token_fn() {
 void dwconv3x3(const DwConv3x3Args& a, ThreadPool& pool) {
   if (a.B <= 0 || a.H <= 0 || a.W <= 0 || a.C <= 0) return;
   if (a.x == a.out) throw Error("dwconv3x3: output must not alias the input");
-  const Token token = token_fn();
-#if SHIFTADD_X86
-  const bool row_kernel = isa() == Isa::Avx512;
-#else
-  const bool row_kernel = false;
-#endif
+  const Row row = row_fn();
   parallel_chunks(pool, a.B * a.H, a.W * a.C * 9, kMinElemsPerThread, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / a.H, y = r % a.H;
-      const float* img = a.x + b * a.H * a.W * a.C;
-      float* out = a.out + r * a.W * a.C;
-#if SHIFTADD_X86
-      if (row_kernel) {
-        row_avx512(a, img, y, out);
-        continue;
-      }
-#endif
-      for (int64_t x = 0; x < a.W; ++x) token(a, taps_at(a, img, y, x), out + x * a.C);
+      row(a, a.x + b * a.H * a.W * a.C, y, a.out + r * a.W * a.C);
     }
   });
 }

@@ -22,6 +22,7 @@ import numpy as np
 import shiftadd
 
 MODEL_NAME = "shiftadd"
+START_ATTEMPTS = 3  # see start(): PyTriton's handshake race
 
 
 def _python_library_path() -> None:
@@ -61,22 +62,32 @@ def start(model_path: str | None = None, *, host: str = "127.0.0.1", http_port: 
     model = shiftadd.Model(model_path)
     config = TritonConfig(http_address=host, http_port=http_port, grpc_address=host, grpc_port=grpc_port,
                           metrics_address=host, metrics_port=metrics_port, log_verbose=log_verbose)
-    triton = Triton(config=config)
-    try:
-        triton.bind(
-            model_name=MODEL_NAME,
-            infer_func=make_infer_funcs(model, instances, threads, device, mode),
-            inputs=[Tensor(name="pixels", dtype=np.float32, shape=model.input_shape)],
-            outputs=[Tensor(name="logits", dtype=np.float32, shape=(model.num_classes,))],
-            config=ModelConfig(max_batch_size=max_batch,
-                               batcher=DynamicBatcher(max_queue_delay_microseconds=delay_us)),
-            strict=True,
-        )
-        triton.run()
-    except BaseException:
-        triton.stop()
-        raise
-    return triton
+    for attempt in range(1, START_ATTEMPTS + 1):
+        triton = Triton(config=config)
+        try:
+            triton.bind(
+                model_name=MODEL_NAME,
+                infer_func=make_infer_funcs(model, instances, threads, device, mode),
+                inputs=[Tensor(name="pixels", dtype=np.float32, shape=model.input_shape)],
+                outputs=[Tensor(name="logits", dtype=np.float32, shape=(model.num_classes,))],
+                config=ModelConfig(max_batch_size=max_batch,
+                                   batcher=DynamicBatcher(max_queue_delay_microseconds=delay_us)),
+                strict=True,
+            )
+            triton.run()
+            return triton
+        except Exception as e:
+            triton.stop()
+            # PyTriton's model load can lose the race between Triton's Python stub and its own
+            # proxy's handshake socket ("Connection refused" in get_config_from_handshake_server):
+            # a fresh server then loads normally. Any other error, or the last attempt, is final.
+            if attempt == START_ATTEMPTS or "handshake" not in str(e):
+                raise
+            print(f"server: model load lost PyTriton's handshake race (attempt {attempt} of {START_ATTEMPTS}); "
+                  "starting again", file=sys.stderr)
+        except BaseException:
+            triton.stop()
+            raise
 
 
 def main(argv=None) -> int:

@@ -70,3 +70,43 @@ def test_bench_and_bad_request(triton):
     assert r["requests"] > 0 and not r["errors"]
     with http.InferenceServerClient(triton) as c, pytest.raises(Exception, match="pixels"):
         client.infer(c, np.zeros((1, 3, 28, 28), np.float32))  # wrong channels: refused by Triton
+
+
+def test_start_retries_a_lost_handshake(monkeypatch):
+    # PyTriton's model load can lose the race with its proxy's handshake socket; start() then
+    # starts a fresh server. Simulated here: the first run() fails with that error.
+    from pytriton.triton import Triton
+
+    real_run, calls = Triton.run, []
+
+    def flaky_run(self):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("get_config_from_handshake_server: [Errno 111] Connection refused")
+        return real_run(self)
+
+    monkeypatch.setattr(Triton, "run", flaky_run)
+    h, g, m = free_ports(3)
+    t = server.start(None, host="127.0.0.1", http_port=h, grpc_port=g, metrics_port=m, instances=1)
+    try:
+        assert len(calls) == 2
+        with http.InferenceServerClient(f"127.0.0.1:{h}") as c:
+            assert c.is_model_ready(server.MODEL_NAME)
+    finally:
+        t.stop()
+
+
+def test_start_does_not_retry_other_errors(monkeypatch):
+    from pytriton.triton import Triton
+
+    calls = []
+
+    def failing_run(self):
+        calls.append(1)
+        raise RuntimeError("model failed for another reason")
+
+    monkeypatch.setattr(Triton, "run", failing_run)
+    h, g, m = free_ports(3)
+    with pytest.raises(RuntimeError, match="another reason"):
+        server.start(None, host="127.0.0.1", http_port=h, grpc_port=g, metrics_port=m, instances=1)
+    assert len(calls) == 1

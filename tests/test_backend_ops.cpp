@@ -267,8 +267,9 @@ std::vector<OpCase> op_cases() {
         1e-5);
 
   // MoeLinear: upstream (log-exp combine), ViT form (scaled shift expert, plain combine, GELU),
-  // residual; token counts that leave an expert with few rows, and enough rows (>= 512, small
-  // weights) for the CPU's fused path in fast mode.
+  // residual; token counts that leave an expert with few rows, and enough rows for the CPU's
+  // fused path in fast mode (small weights): one task per column slice below 2 row blocks, else
+  // row blocks (512 rows at K <= 256, fewer at larger K), several per thread.
   struct MoeShape {
     int64_t n, c, out;
     bool log_exp, gelu, residual;
@@ -276,7 +277,8 @@ std::vector<OpCase> op_cases() {
   for (MoeShape s : {MoeShape{64, 32, 32, true, false, false}, MoeShape{5, 40, 24, true, false, false},
                      MoeShape{50, 48, 96, false, true, false}, MoeShape{33, 64, 64, false, false, true},
                      MoeShape{784, 32, 32, true, false, false}, MoeShape{600, 64, 64, false, true, true},
-                     MoeShape{1100, 40, 40, false, false, true}, MoeShape{530, 48, 160, false, true, false}})
+                     MoeShape{1100, 40, 40, false, false, true}, MoeShape{530, 48, 160, false, true, false},
+                     MoeShape{2300, 32, 64, true, false, false}, MoeShape{700, 512, 48, false, true, false}})
     add(OpKind::MoeLinear, "moe_linear " + std::to_string(s.n) + "x" + std::to_string(s.c) + "->" +
                                std::to_string(s.out) + (s.log_exp ? " log-exp" : "") + (s.gelu ? " gelu" : "") +
                                (s.residual ? " residual" : ""),

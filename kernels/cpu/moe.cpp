@@ -58,10 +58,13 @@ SHIFTADD_AVX512 inline __m512 sum8(const __m512 acc[4][2]) {
   return _mm512_permutexvar_ps(order, v);
 }
 
-constexpr int64_t kRouterPrefetchRows = 8;
+// Prefetch distance: at least this many rows and this many bytes ahead (a DRAM miss outlasts
+// eight short rows), and on past the end of the chunk into the next one.
+constexpr int64_t kRouterPrefetchRows = 8, kRouterPrefetchBytes = 4096;
 
 // Four rows at a time: both gate rows are loaded once per 16 columns for all four.
 SHIFTADD_AVX512 void router_rows_avx512(const RouterArgs& a, int64_t m0, int64_t m1) {
+  const int64_t ahead = std::max<int64_t>(kRouterPrefetchRows, kRouterPrefetchBytes / std::max<int64_t>(4 * a.ldx, 1));
   for (int64_t m = m0; m < m1; m += 4) {
     const int rows = static_cast<int>(std::min<int64_t>(4, m1 - m));
     __m512 acc[4][2];
@@ -72,8 +75,8 @@ SHIFTADD_AVX512 void router_rows_avx512(const RouterArgs& a, int64_t m0, int64_t
       for (int r = 0; r < 4; ++r) {
         // The router is the first to read x (often straight from DRAM): fetch the rows a few
         // groups ahead, which the hardware prefetcher does not do for four interleaved streams.
-        if (m + r + kRouterPrefetchRows < m1)
-          _mm_prefetch(reinterpret_cast<const char*>(a.x + (m + r + kRouterPrefetchRows) * a.ldx + k), _MM_HINT_T0);
+        if (m + r + ahead < a.M)
+          _mm_prefetch(reinterpret_cast<const char*>(a.x + (m + r + ahead) * a.ldx + k), _MM_HINT_T0);
         const __m512 x = _mm512_maskz_loadu_ps(mk, a.x + (m + std::min(r, rows - 1)) * a.ldx + k);
         acc[r][0] = _mm512_fmadd_ps(x, w0, acc[r][0]);
         acc[r][1] = _mm512_fmadd_ps(x, w1, acc[r][1]);
@@ -120,14 +123,19 @@ RouterRows router_rows() {
 
 // Fused MoE: at most this large a dense weight (floats; every row block packs it again, and
 // column slices make each thread quantize every shift row: larger layers run the experts as
-// separate parallel kernels); rows per block about kFusedRows (the input block stays in L2).
-constexpr int64_t kFusedRows = 256, kFusedMaxWeight = 32 * 1024;
+// separate parallel kernels, measured as fast or faster); rows per block about fused_rows: up to kFusedRows, as long as the
+// input block stays within kFusedBlockBytes of L2 (longer blocks: fewer stalls between a block's
+// memory-bound router and its compute-bound experts).
+constexpr int64_t kFusedRows = 512, kFusedBlockBytes = 512 * 1024, kFusedMaxWeight = 32 * 1024;
 // Columns per task in the column split: the shift panel width (and a multiple of every GEMM NR).
 constexpr int64_t kFusedCols = 32;
 // Multiply-accumulates per extra thread below which a column split stays on one thread.
 constexpr double kFusedMinMacsPerThread = 1 << 18;
 
-bool row_blocks(const MoeFusedArgs& a, int threads) { return a.router.M >= kFusedRows * std::max(threads, 2); }
+int64_t fused_rows(const MoeFusedArgs& a) {
+  return std::clamp<int64_t>(kFusedBlockBytes / std::max<int64_t>(4 * a.router.K, 1), 64, kFusedRows);
+}
+bool row_blocks(const MoeFusedArgs& a, int threads) { return a.router.M >= fused_rows(a) * std::max(threads, 2); }
 
 // The dense expert's arguments restricted to output columns [n0, n1).
 GemmArgs columns(GemmArgs d, int64_t n0, int64_t n1) {
@@ -191,8 +199,8 @@ void moe_linear_fused(const MoeFusedArgs& a, int64_t counts[2], ThreadPool& pool
       pool.parallel_tasks(slices, task);
     return;
   }
-  // Blocks of about kFusedRows, a whole number per thread.
-  const int64_t blocks = std::max<int64_t>(1, (M / kFusedRows + threads - 1) / threads * threads);
+  // Blocks of about fused_rows, a whole number per thread.
+  const int64_t blocks = std::max<int64_t>(1, (M / fused_rows(a) + threads - 1) / threads * threads);
   const RouterRows route_rows = router_rows();
   std::atomic<int64_t> to_dense{0};
   pool.parallel_tasks(blocks, [&](int tid, int64_t blk) {

@@ -59,6 +59,35 @@ struct CpuKernels {
     cpu::moe_linear_fused(a, c, pool);
     return true;
   }
+
+  // A layer's GEMM weights packed once, at planning (cpu::gemm_pack_b), per node and slot
+  // (0: the fp32 weight; 1: exact mode's decoded shift codes). Per session: about the size of
+  // the model's fp32 linear weights again.
+  void prepack(size_t node, int slot, const GemmArgs& a) {
+    if (packed.size() <= node) packed.resize(node + 1);
+    PackedB& p = packed[node][static_cast<size_t>(slot)];
+    const void* src = a.B_codes ? static_cast<const void*>(a.B_codes) : a.B;
+    if (p.src == src && p.N == a.N && p.K == a.K && p.panels.defined() && p.nr == cpu::gemm_panel_width()) return;
+    p.panels = Tensor::empty(DType::F32, {cpu::gemm_packed_b_floats(a)});
+    p.nr = cpu::gemm_pack_b(a, p.panels.data<float>());
+    p.src = src, p.N = a.N, p.K = a.K;
+  }
+  // The packed weights of (node, slot) when they were packed from this very weight, else none.
+  const float* prepacked(size_t node, int slot, const void* src, int64_t* nr) const {
+    if (node >= packed.size()) return nullptr;
+    const PackedB& p = packed[node][static_cast<size_t>(slot)];
+    if (p.src != src || !p.panels.defined()) return nullptr;
+    *nr = p.nr;
+    return p.panels.data<float>();
+  }
+
+ private:
+  struct PackedB {
+    const void* src = nullptr;
+    int64_t N = 0, K = 0, nr = 0;
+    Tensor panels;
+  };
+  std::vector<std::array<PackedB, 2>> packed;
 };
 
 struct RefKernels {
@@ -86,6 +115,8 @@ struct RefKernels {
   void moe_router(const RouterArgs& a) { ref::moe_router(a); }
   void moe_plan(int64_t M, const uint8_t* e, int32_t* perm, int64_t c[2]) { ref::moe_plan(M, e, perm, c); }
   bool moe_fused(const MoeFusedArgs&, int64_t[2]) { return false; }
+  void prepack(size_t, int, const GemmArgs&) {}  // the references read B as it is
+  const float* prepacked(size_t, int, const void*, int64_t*) const { return nullptr; }
 };
 
 // ----- per-run work layouts ------------------------------------------------------------------
@@ -151,6 +182,17 @@ void force_decisions(const std::map<size_t, std::vector<F>>& forced, size_t idx,
 
 size_t node_index(const Graph& g, const Node& n) { return static_cast<size_t>(&n - g.nodes().data()); }
 
+// The B side of exact mode's GEMM (decoded shift codes), for packing it once.
+GemmArgs shift_gemm_b(const ShiftLinearArgs& s) {
+  GemmArgs g;
+  g.N = s.N, g.K = s.K;
+  g.B_codes = s.codes, g.ldb = s.ldw, g.b_is_nk = true;
+  return g;
+}
+
+// Slots of a node's packed GEMM weights (kernel sets' prepack / prepacked).
+enum PackedSlot : int { kDenseB = 0, kCodesB = 1 };
+
 // ----- the dispatch --------------------------------------------------------------------------
 
 template <class K>
@@ -172,17 +214,24 @@ class HostBackend final : public Backend {
     b.batch = batch;
     size_t scratch = 0;
     HostCarver work;
+    const size_t idx = node_index(g, n);
     switch (n.op) {
-      case OpKind::Linear: scratch = k_.scratch(linear_args(g, n, b)); break;
+      case OpKind::Linear:
+        scratch = k_.scratch(linear_args(g, n, b));
+        k_.prepack(idx, kDenseB, linear_args(g, n, b));
+        break;
       case OpKind::Attention: scratch = k_.scratch(attention_args(g, n, b)); break;
       case OpKind::Conv2d: scratch = k_.scratch(conv_args(g, n, b)); break;
       case OpKind::ShiftLinear:
         scratch = std::max(k_.scratch(GemmArgs()), k_.scratch(shift_args(g, n, b, mode_)));
         shift_work(work, g, n, batch, mode_);
+        if (mode_ == ShiftMode::Exact) k_.prepack(idx, kCodesB, shift_gemm_b(shift_args(g, n, b, mode_)));
         break;
       case OpKind::MoeLinear:
         scratch = std::max(k_.scratch(moe_dense_args(g, n, b, mode_)), k_.scratch(shift_args(g, n, b, mode_)));
         moe_work(work, g, n, batch, mode_);
+        k_.prepack(idx, kDenseB, moe_dense_args(g, n, b, mode_));
+        if (mode_ == ShiftMode::Exact) k_.prepack(idx, kCodesB, shift_gemm_b(shift_args(g, n, b, mode_)));
         break;
       case OpKind::KshAttention:
         scratch = k_.scratch(additive_args(g, n, b, nullptr));
@@ -201,7 +250,7 @@ class HostBackend final : public Backend {
       case OpKind::Conv2d: k_.conv2d(conv_args(g, n, b)); break;
       case OpKind::EmbedTokens: k_.embed_tokens(embed_args(g, n, b)); break;
       case OpKind::LayerNorm: k_.layernorm(layernorm_args(g, n, b)); break;
-      case OpKind::Linear: k_.gemm(linear_args(g, n, b)); break;
+      case OpKind::Linear: k_.gemm(packed(g, n, linear_args(g, n, b))); break;
       case OpKind::Attention: k_.attention(attention_args(g, n, b)); break;
       case OpKind::Add: k_.add(out_numel(g, n, b.batch), b.in[0], b.in[1], n.p.alpha, b.out); break;
       case OpKind::TakeTokens: k_.take_tokens(take_args(g, n, b)); break;
@@ -209,7 +258,7 @@ class HostBackend final : public Backend {
       case OpKind::MeanTokens: k_.mean_tokens(mean_args(g, n, b)); break;
       case OpKind::ShiftLinear: {
         HostCarver c(work_.data());
-        k_.shift_linear(shift_args(g, n, b, mode_, shift_work(c, g, n, b.batch, mode_).exact));
+        k_.shift_linear(packed(g, n, shift_args(g, n, b, mode_, shift_work(c, g, n, b.batch, mode_).exact)));
         break;
       }
       case OpKind::MoeLinear: run_moe(g, n, b); break;
@@ -227,6 +276,16 @@ class HostBackend final : public Backend {
   }
 
  private:
+  // The node's GEMM weights as packed at planning, when the kernel set packed them.
+  GemmArgs packed(const Graph& g, const Node& n, GemmArgs a) const {
+    a.B_packed = k_.prepacked(node_index(g, n), kDenseB, a.B, &a.B_packed_nr);
+    return a;
+  }
+  ShiftLinearArgs packed(const Graph& g, const Node& n, ShiftLinearArgs a) const {
+    if (a.mode == ShiftMode::Exact) a.w_packed = k_.prepacked(node_index(g, n), kCodesB, a.codes, &a.w_packed_nr);
+    return a;
+  }
+
   // Router -> plan -> each expert over its rows, writing them in place in token order: the
   // dense expert as a GEMM reading its rows in place whose epilogue scatters, the shift expert
   // reading and writing its rows through the plan (gather and scatter fused). The combine and
@@ -243,7 +302,8 @@ class HostBackend final : public Backend {
       logits.assign(static_cast<size_t>(2 * r.M), 0.0f);
       r.logits = logits.data();
     } else {
-      MoeFusedArgs f{r, moe_dense_args(g, n, b, mode_), shift_args(g, n, b, mode_, w.shift), w.perm};
+      MoeFusedArgs f{r, packed(g, n, moe_dense_args(g, n, b, mode_)), packed(g, n, shift_args(g, n, b, mode_, w.shift)),
+                     w.perm};
       if (k_.moe_fused(f, counts)) {
         if (idx < expert_tokens_.size()) expert_tokens_[idx] = {counts[0], counts[1]};
         return;
@@ -254,13 +314,13 @@ class HostBackend final : public Backend {
     k_.moe_plan(r.M, w.expert, w.perm, counts);
     if (idx < expert_tokens_.size()) expert_tokens_[idx] = {counts[0], counts[1]};
     if (counts[0] > 0) {
-      GemmArgs a = moe_dense_args(g, n, b, mode_);
+      GemmArgs a = packed(g, n, moe_dense_args(g, n, b, mode_));
       a.M = counts[0];
       a.a_rows = a.c_rows = w.perm;
       k_.gemm(a);
     }
     if (counts[1] > 0) {
-      ShiftLinearArgs a = shift_args(g, n, b, mode_, w.shift);
+      ShiftLinearArgs a = packed(g, n, shift_args(g, n, b, mode_, w.shift));
       a.M = counts[1];
       a.rows = w.perm + counts[0];
       k_.shift_linear(a);

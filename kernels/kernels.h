@@ -61,6 +61,11 @@ struct GemmArgs {
   const int32_t* a_rows = nullptr;
   float alpha = 1.0f;
   Epilogue epi;
+  // cpu:: only: B (or its decoded codes) packed once by cpu::gemm_pack_b for the kernels with
+  // panels B_packed_nr columns wide; used when the running kernels have that width, else B is
+  // packed per call. Column slices of the GEMM move it by n0 * K (n0 a multiple of the width).
+  const float* B_packed = nullptr;
+  int64_t B_packed_nr = 0;
 };
 
 // LayerNorm over the last dim of `rows` rows of `cols`: y = (x - mean) / sqrt(var + eps) * g + b.
@@ -189,6 +194,12 @@ bool set_simd(const char* name);
 // Per-thread scratch (bytes) the cpu kernels need for these sizes; reserve it on the pool
 // before calling them.
 size_t gemm_scratch_bytes();
+// B of `a` (N, K, B or B_codes, ldb, b_is_nk) packed for this machine's GEMM kernels into dst
+// (gemm_packed_b_floats(a) floats, 64-byte aligned): a layer's weights, once, at planning.
+// Returns the panel width, for GemmArgs::B_packed_nr.
+int64_t gemm_packed_b_floats(const GemmArgs& a);
+int64_t gemm_pack_b(const GemmArgs& a, float* dst);
+int64_t gemm_panel_width();  // of the kernels running now: what gemm_pack_b would return
 size_t attention_scratch_bytes(const AttentionArgs& a);
 size_t conv2d_scratch_bytes(const Conv2dArgs& a);
 

@@ -69,9 +69,12 @@ struct ShiftLinearArgs {
   // reads residual) row rows[m]: gather and scatter fused. Null: row m is row m.
   const int32_t* rows = nullptr;
   // cpu:: only: the prepared weights (fast mode; from pack_shift_panel on these codes) and a
-  // work buffer of shift_linear_work_bytes(*this) bytes (exact mode).
+  // work buffer of shift_linear_work_bytes(*this) bytes (exact mode); exact mode's GEMM reads
+  // the decoded weights packed by cpu::gemm_pack_b when given (GemmArgs::B_packed).
   ShiftPanel panel;
   void* work = nullptr;
+  const float* w_packed = nullptr;
+  int64_t w_packed_nr = 0;
 };
 
 // ----- KSH hash (spec section 2 step 3) ----------------------------------------------------

@@ -113,6 +113,31 @@ TEST(Executor, CpuMatchesReferenceAndAllocatesNothingPerRun) {
   expect_matches_reference_without_allocations(g, *cpub, rng);
 }
 
+// The CPU backend packs GEMM weights when it plans, for the SIMD path of that moment; a run on
+// another path (tests and benchmarks switch) must still be right: the panels are used only
+// when their width matches the running kernels' (AVX-512 32 columns; AVX2 and scalar 16).
+TEST(Executor, WeightsPackedForOneSimdPathRunOnAnother) {
+  test::SimdGuard simd;
+  std::mt19937 rng(3);
+  const Graph g = tiny_vit(rng);
+  const int64_t in = shape_numel(g.sample_shape(g.input_value()));
+  const int64_t out = shape_numel(g.sample_shape(g.output_value()));
+  std::vector<float> x(static_cast<size_t>(2 * in)), want(2 * out), got(2 * out, NAN);
+  std::normal_distribution<float> nd;
+  for (float& v : x) v = nd(rng);
+  auto refb = make_ref_backend();
+  Executor(g, *refb).run(2, x.data(), want.data());
+  for (const char* run_on : {"scalar", "avx2"}) {
+    auto cpub = make_cpu_backend(2);
+    Executor cpu(g, *cpub);
+    cpu.prepare(2);  // packs for the best path here
+    if (!kernels::cpu::set_simd(run_on)) continue;
+    cpu.run(2, x.data(), got.data());
+    EXPECT_LE(rel_error(got, want), 1e-5) << "planned on " << simd.name << ", run on " << run_on;
+    kernels::cpu::set_simd(simd.name.c_str());
+  }
+}
+
 // A one-block LinAngular graph with every ShiftAddViT op: MoE to_qk, shift to_v, KSH
 // attention, MoE proj, built straight from the op builders.
 Graph tiny_shiftadd(std::mt19937& rng) { return shiftadd_graph(rng, 32, 2, 32, 16); }

@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <functional>
 #include <limits>
@@ -136,18 +137,19 @@ struct GemmShape {
   bool codes = false;    // B as shift codes (shift layers' exact mode)
   bool scale = false;    // per-column output scale
   bool rows = false;     // A rows read and C rows written through a_rows = c_rows (odd rows of 2M, reversed)
+  bool prepacked = false;  // B packed beforehand (cpu::gemm_pack_b); B itself then poisoned
 };
 
 OpCase gemm_case(GemmShape s) {
   char shape[200];
-  std::snprintf(shape, sizeof shape, "M=%lld N=%lld K=%lld %s pad=%lld alpha=%g%s%s%s%s%s",
+  std::snprintf(shape, sizeof shape, "M=%lld N=%lld K=%lld %s pad=%lld alpha=%g%s%s%s%s%s%s",
                 (long long)s.M, (long long)s.N, (long long)s.K,
                 s.codes ? "B=codes[N,K]" : s.b_is_nk ? "B[N,K]" : "B[K,N]", (long long)s.pad, s.alpha,
                 s.scale ? " *scale" : "", s.bias ? " +bias" : "", s.gelu ? " gelu" : "",
                 s.residual == Residual::Separate  ? " +residual"
                 : s.residual == Residual::InPlace ? " +=C"
                                                   : "",
-                s.rows ? " a_rows=c_rows" : "");
+                s.rows ? " a_rows=c_rows" : "", s.prepacked ? " prepacked" : "");
   return {"gemm", shape, [s](const Backend& be, ThreadPool& pool, Rng& rng) {
             const int64_t lda = s.K + s.pad, ldb = (s.b_is_nk ? s.K : s.N) + s.pad;
             const int64_t ldc = s.N + s.pad, ldr = s.N + s.pad + 1;
@@ -190,6 +192,20 @@ OpCase gemm_case(GemmShape s) {
             }
             ref::gemm(g_ref);
             pool.reserve_scratch(be.gemm_scratch());
+            // Prepacked: the kernels must read the panels only, so B is swapped for NaNs (or
+            // other codes) once packed.
+            std::vector<float> panels, poisoned_B;
+            std::vector<uint8_t> other_codes;
+            if (s.prepacked) {
+              panels.resize(static_cast<size_t>(cpu::gemm_packed_b_floats(g)) + 16);
+              float* aligned = panels.data() + (16 - reinterpret_cast<uintptr_t>(panels.data()) / 4 % 16) % 16;
+              g.B_packed_nr = cpu::gemm_pack_b(g, aligned);
+              g.B_packed = aligned;
+              poisoned_B = poisoned(static_cast<int64_t>(B.size()));
+              other_codes.assign(codes.size(), 3);
+              if (g.B) g.B = poisoned_B.data();
+              if (g.B_codes) g.B_codes = other_codes.data();
+            }
             be.gemm(g, pool);
             if (!s.rows) return CaseResult{rel_error(C, C_ref, s.M, s.N, ldc), gemm_tolerance(s.K)};
             // Scattered rows: the even rows must be untouched (NaN), the odd ones compared.
@@ -418,6 +434,19 @@ std::vector<OpCase> case_table() {
   t.push_back(gemm_case({3136, 7, 300, true, 9, 0.5f, true, false, Residual::None}));
   t.push_back(gemm_case({1, 1000, 192, true, 0, 1.0f, true, false, Residual::None}));
   t.push_back(gemm_case({7, 1100, 100, false, 1, 1.0f, false, false, Residual::None}));
+  // B packed once per layer (the CPU backend at planning): one and several K blocks, N beyond
+  // one NC block and off the panel width, both B layouts, codes, rows, every epilogue kind.
+  for (GemmShape s : {GemmShape{1, 1000, 192, true, 0, 1.0f, true, false, Residual::None},
+                      GemmShape{70, 530, 530, true, 3, 1.0f, true, true, Residual::InPlace},
+                      GemmShape{70, 530, 530, false, 3, 0.75f, false, false, Residual::Separate},
+                      GemmShape{29, 47, 65, true, 5, 1.0f, true, false, Residual::InPlace},
+                      GemmShape{197, 192, 768, true, 0, 1.0f, true, false, Residual::None, true, true, true},
+                      GemmShape{33, 70, 300, true, 3, 1.0f, true, true, Residual::None, true, false, false},
+                      GemmShape{5, 17, 9, true, 1, 0.5f, false, false, Residual::Separate, false, true, true},
+                      GemmShape{3136, 7, 300, true, 9, 0.5f, true, false, Residual::None}}) {
+    s.prepacked = true;
+    t.push_back(gemm_case(s));
+  }
 
   for (int64_t rows : {1, 7, 197, 3136})
     for (int64_t cols : {1, 7, 17, 192, 768})

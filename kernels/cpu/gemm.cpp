@@ -5,6 +5,10 @@
 // does), so an MR x KC strip of A sits in L1 while the packed B block streams from L2.
 // This avoids a transposing copy of A per call. B is packed because the microkernel needs
 // NR contiguous columns per k, which the [N,K] weight layout only gives after a transpose.
+// A layer's weights can be packed once instead (gemm_pack_b, at planning): whole-K panels,
+// panel p = columns [p NR, p NR + NR) as [K][NR], so the K block at k0 of the columns from jc
+// starts at jc K + k0 NR. Packing per call cost 3-6% of a whole model at batch 1 (DeiT-Tiny,
+// PVTv2-b0, 2 threads).
 #include <algorithm>
 #include <array>
 #include <cstring>
@@ -381,11 +385,12 @@ const Arch& current_arch() {
 
 // ----- the blocked loops ---------------------------------------------------------------------
 
-// Rows [m0, m1) x columns [jc, jc + nc) against one packed K block. `res` (used on the last K
+// Rows [m0, m1) x columns [jc, jc + nc) against one packed K block, the panel of column jc + j
+// at Bp + j * b_col (b_col = kc for a block packed per call, K for prepacked panels). `res` (used on the last K
 // block) is the residual at column jc: with res_rows, of row 0, logical row i being row
 // res_rows[i]; without, of row m0, rows contiguous with stride ldr.
 void macro_kernel(const GemmArgs& a, const Arch& arch, int64_t m0, int64_t m1, int64_t jc,
-                  int64_t nc, int64_t k0, int64_t kc, const float* Bp, bool accumulate, bool last,
+                  int64_t nc, int64_t k0, int64_t kc, const float* Bp, int64_t b_col, bool accumulate, bool last,
                   const float* res, const int32_t* res_rows, int64_t ldr, float* a_strip) {
   Tile t;
   t.ldc = a.ldc;
@@ -412,7 +417,7 @@ void macro_kernel(const GemmArgs& a, const Arch& arch, int64_t m0, int64_t m1, i
       t.scale = a.epi.scale ? a.epi.scale + jc + j : nullptr;
       t.bias = last && a.epi.bias ? a.epi.bias + jc + j : nullptr;
       t.residual = !last || !res ? nullptr : res_rows ? res + j : res + (i - m0) * ldr + j;
-      kernel(kc, A, lda, Bp + j * kc, t);
+      kernel(kc, A, lda, Bp + j * b_col, t);
     }
   }
 }
@@ -434,16 +439,24 @@ void gemm_rect(const GemmArgs& a, const Arch& arch, int64_t m0, int64_t m1, int6
   const bool accumulate_onto_c = in_place && !nonlinear;
   const bool copy_residual = in_place && nonlinear && nkb > 1;
   const float* residual = accumulate_onto_c ? nullptr : a.epi.residual;
+  // B's K block at k0 for columns [jc, jc + nc): the prepacked panels when they were packed for
+  // this arch's panel width, else packed now into scratch.
+  const bool prepacked = a.B_packed && a.B_packed_nr == arch.nr;
+  auto b_block = [&](int64_t k0, int64_t kc, int64_t jc, int64_t nc) -> const float* {
+    if (prepacked) return a.B_packed + jc * a.K + k0 * arch.nr;
+    arch.pack_b(a, k0, kc, jc, nc, Bp);
+    return Bp;
+  };
+  auto b_col = [&](int64_t kc) { return prepacked ? a.K : kc; };
 
   for (int64_t jc = n0; jc < n1; jc += kNc) {
     const int64_t nc = std::min(kNc, n1 - jc);
     if (!copy_residual) {
       for (int64_t kb = 0; kb < nkb; ++kb) {
         const int64_t k0 = kb * kstep, kc = std::min(kstep, a.K - k0);
-        arch.pack_b(a, k0, kc, jc, nc, Bp);
         const float* res = !residual ? nullptr : a.c_rows ? residual + jc : residual + m0 * a.epi.ldr + jc;
-        macro_kernel(a, arch, m0, m1, jc, nc, k0, kc, Bp, kb > 0 || accumulate_onto_c, kb == nkb - 1,
-                     res, a.c_rows, a.epi.ldr, a_strip);
+        macro_kernel(a, arch, m0, m1, jc, nc, k0, kc, b_block(k0, kc, jc, nc), b_col(kc), kb > 0 || accumulate_onto_c,
+                     kb == nkb - 1, res, a.c_rows, a.epi.ldr, a_strip);
       }
       continue;
     }
@@ -455,9 +468,8 @@ void gemm_rect(const GemmArgs& a, const Arch& arch, int64_t m0, int64_t m1, int6
       }
       for (int64_t kb = 0; kb < nkb; ++kb) {
         const int64_t k0 = kb * kstep, kc = std::min(kstep, a.K - k0);
-        arch.pack_b(a, k0, kc, jc, nc, Bp);
-        macro_kernel(a, arch, ic, ic + mc, jc, nc, k0, kc, Bp, kb > 0, kb == nkb - 1, res_copy, nullptr, nc,
-                     a_strip);
+        macro_kernel(a, arch, ic, ic + mc, jc, nc, k0, kc, b_block(k0, kc, jc, nc), b_col(kc), kb > 0,
+                     kb == nkb - 1, res_copy, nullptr, nc, a_strip);
       }
     }
   }
@@ -471,6 +483,25 @@ void check(const GemmArgs& a) {
 }
 
 }  // namespace
+
+int64_t gemm_panel_width() { return current_arch().nr; }
+
+int64_t gemm_packed_b_floats(const GemmArgs& a) {
+  const int64_t nr = gemm_panel_width();
+  return (a.N + nr - 1) / nr * nr * a.K;
+}
+
+int64_t gemm_pack_b(const GemmArgs& a, float* dst) {
+  if (a.N < 0 || a.K < 0) throw Error("gemm_pack_b: negative size");
+  if (a.B_codes && !a.b_is_nk) throw Error("gemm_pack_b: shift-code B must be stored [N, K]");
+  const Arch& arch = current_arch();
+  // One panel and at most kKc of K at a time (the packers' decode buffers hold kKc), each at its
+  // place in the whole-K panel.
+  for (int64_t n0 = 0; n0 < a.N; n0 += arch.nr)
+    for (int64_t k0 = 0; k0 < a.K; k0 += kKc)
+      arch.pack_b(a, k0, std::min(kKc, a.K - k0), n0, std::min(arch.nr, a.N - n0), dst + n0 * a.K + k0 * arch.nr);
+  return arch.nr;
+}
 
 size_t gemm_scratch_bytes() {
   return static_cast<size_t>(kKc * kNc + kMcResidual * kNc + kMaxMr * kKc) * sizeof(float);

@@ -121,7 +121,7 @@ RouterRows router_rows() {
   return router_rows_scalar;
 }
 
-// Fused MoE: at most this large a dense weight (floats; every row block packs it again, and
+// Fused MoE: at most this large a dense weight (floats; every row block streams it again, and
 // column slices make each thread quantize every shift row: larger layers run the experts as
 // separate parallel kernels, measured as fast or faster); rows per block about fused_rows: up to kFusedRows, as long as the
 // input block stays within kFusedBlockBytes of L2 (longer blocks: fewer stalls between a block's
@@ -142,6 +142,7 @@ GemmArgs columns(GemmArgs d, int64_t n0, int64_t n1) {
   d.N = n1 - n0;
   if (d.B) d.B += d.b_is_nk ? n0 * d.ldb : n0;
   if (d.B_codes) d.B_codes += n0 * d.ldb;
+  if (d.B_packed) d.B_packed += n0 * d.K;  // n0: a multiple of kFusedCols, so of the panel width
   d.C += n0;
   if (d.epi.scale) d.epi.scale += n0;
   if (d.epi.bias) d.epi.bias += n0;

@@ -465,6 +465,7 @@ void shift_linear_exact(const ShiftLinearArgs& a, ThreadPool& pool) {
   g.epi.gelu = a.gelu;
   g.epi.residual = a.residual;
   g.epi.ldr = a.ldr;
+  g.B_packed = a.w_packed, g.B_packed_nr = a.w_packed_nr;
   gemm(g, pool);
 }
 

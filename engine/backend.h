@@ -33,8 +33,9 @@ struct NodeBuffers {
   float* out = nullptr;
 };
 
-// A backend instance serves one graph (a session's model): device backends keep per-weight
-// state keyed by the graph's weights, which live as long as the graph.
+// A backend instance serves one graph (a session's model): device backends, and the CPU
+// backend's GEMM weights packed at planning, keep per-weight state keyed by the graph's
+// weights, which live as long as the graph.
 class Backend {
  public:
   virtual ~Backend() = default;

@@ -216,23 +216,30 @@ class HostBackend final : public Backend {
     HostCarver work;
     const size_t idx = node_index(g, n);
     switch (n.op) {
-      case OpKind::Linear:
-        scratch = k_.scratch(linear_args(g, n, b));
-        k_.prepack(idx, kDenseB, linear_args(g, n, b));
+      case OpKind::Linear: {
+        const GemmArgs dense = linear_args(g, n, b);
+        scratch = k_.scratch(dense);
+        k_.prepack(idx, kDenseB, dense);
         break;
+      }
       case OpKind::Attention: scratch = k_.scratch(attention_args(g, n, b)); break;
       case OpKind::Conv2d: scratch = k_.scratch(conv_args(g, n, b)); break;
-      case OpKind::ShiftLinear:
-        scratch = std::max(k_.scratch(GemmArgs()), k_.scratch(shift_args(g, n, b, mode_)));
+      case OpKind::ShiftLinear: {
+        const ShiftLinearArgs shift = shift_args(g, n, b, mode_);
+        scratch = std::max(k_.scratch(GemmArgs()), k_.scratch(shift));
         shift_work(work, g, n, batch, mode_);
-        if (mode_ == ShiftMode::Exact) k_.prepack(idx, kCodesB, shift_gemm_b(shift_args(g, n, b, mode_)));
+        if (mode_ == ShiftMode::Exact) k_.prepack(idx, kCodesB, shift_gemm_b(shift));
         break;
-      case OpKind::MoeLinear:
-        scratch = std::max(k_.scratch(moe_dense_args(g, n, b, mode_)), k_.scratch(shift_args(g, n, b, mode_)));
+      }
+      case OpKind::MoeLinear: {
+        const GemmArgs dense = moe_dense_args(g, n, b, mode_);
+        const ShiftLinearArgs shift = shift_args(g, n, b, mode_);
+        scratch = std::max(k_.scratch(dense), k_.scratch(shift));
         moe_work(work, g, n, batch, mode_);
-        k_.prepack(idx, kDenseB, moe_dense_args(g, n, b, mode_));
-        if (mode_ == ShiftMode::Exact) k_.prepack(idx, kCodesB, shift_gemm_b(shift_args(g, n, b, mode_)));
+        k_.prepack(idx, kDenseB, dense);
+        if (mode_ == ShiftMode::Exact) k_.prepack(idx, kCodesB, shift_gemm_b(shift));
         break;
+      }
       case OpKind::KshAttention:
         scratch = k_.scratch(additive_args(g, n, b, nullptr));
         ksh_work(work, g, n, batch, k_.threads());

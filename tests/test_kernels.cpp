@@ -20,7 +20,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdint>
 #include <cstdio>
 #include <functional>
 #include <limits>
@@ -194,13 +193,13 @@ OpCase gemm_case(GemmShape s) {
             pool.reserve_scratch(be.gemm_scratch());
             // Prepacked: the kernels must read the panels only, so B is swapped for NaNs (or
             // other codes) once packed.
-            std::vector<float> panels, poisoned_B;
+            Tensor panels;  // 64-byte aligned, as the packed kernels read it
+            std::vector<float> poisoned_B;
             std::vector<uint8_t> other_codes;
             if (s.prepacked) {
-              panels.resize(static_cast<size_t>(cpu::gemm_packed_b_floats(g)) + 16);
-              float* aligned = panels.data() + (16 - reinterpret_cast<uintptr_t>(panels.data()) / 4 % 16) % 16;
-              g.B_packed_nr = cpu::gemm_pack_b(g, aligned);
-              g.B_packed = aligned;
+              panels = Tensor::empty(DType::F32, {cpu::gemm_packed_b_floats(g)});
+              g.B_packed_nr = cpu::gemm_pack_b(g, panels.data<float>());
+              g.B_packed = panels.data<float>();
               poisoned_B = poisoned(static_cast<int64_t>(B.size()));
               other_codes.assign(codes.size(), 3);
               if (g.B) g.B = poisoned_B.data();

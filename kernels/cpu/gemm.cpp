@@ -386,9 +386,9 @@ const Arch& current_arch() {
 // ----- the blocked loops ---------------------------------------------------------------------
 
 // Rows [m0, m1) x columns [jc, jc + nc) against one packed K block, the panel of column jc + j
-// at Bp + j * b_col (b_col = kc for a block packed per call, K for prepacked panels). `res` (used on the last K
-// block) is the residual at column jc: with res_rows, of row 0, logical row i being row
-// res_rows[i]; without, of row m0, rows contiguous with stride ldr.
+// at Bp + j * b_col (b_col = kc for a block packed per call, K for prepacked panels). `res`
+// (used on the last K block) is the residual at column jc: with res_rows, of row 0, logical row
+// i being row res_rows[i]; without, of row m0, rows contiguous with stride ldr.
 void macro_kernel(const GemmArgs& a, const Arch& arch, int64_t m0, int64_t m1, int64_t jc,
                   int64_t nc, int64_t k0, int64_t kc, const float* Bp, int64_t b_col, bool accumulate, bool last,
                   const float* res, const int32_t* res_rows, int64_t ldr, float* a_strip) {
@@ -499,7 +499,8 @@ int64_t gemm_pack_b(const GemmArgs& a, float* dst) {
   // place in the whole-K panel.
   for (int64_t n0 = 0; n0 < a.N; n0 += arch.nr)
     for (int64_t k0 = 0; k0 < a.K; k0 += kKc)
-      arch.pack_b(a, k0, std::min(kKc, a.K - k0), n0, std::min(arch.nr, a.N - n0), dst + n0 * a.K + k0 * arch.nr);
+      arch.pack_b(a, k0, std::min(kKc, a.K - k0), n0, std::min(arch.nr, a.N - n0),
+                  dst + n0 * a.K + k0 * arch.nr);
   return arch.nr;
 }
 

@@ -64,7 +64,8 @@ constexpr int64_t kRouterPrefetchRows = 8, kRouterPrefetchBytes = 4096;
 
 // Four rows at a time: both gate rows are loaded once per 16 columns for all four.
 SHIFTADD_AVX512 void router_rows_avx512(const RouterArgs& a, int64_t m0, int64_t m1) {
-  const int64_t ahead = std::max<int64_t>(kRouterPrefetchRows, kRouterPrefetchBytes / std::max<int64_t>(4 * a.ldx, 1));
+  const int64_t ahead =
+      std::max<int64_t>(kRouterPrefetchRows, kRouterPrefetchBytes / std::max<int64_t>(4 * a.ldx, 1));
   for (int64_t m = m0; m < m1; m += 4) {
     const int rows = static_cast<int>(std::min<int64_t>(4, m1 - m));
     __m512 acc[4][2];
@@ -123,9 +124,9 @@ RouterRows router_rows() {
 
 // Fused MoE: at most this large a dense weight (floats; every row block streams it again, and
 // column slices make each thread quantize every shift row: larger layers run the experts as
-// separate parallel kernels, measured as fast or faster); rows per block about fused_rows: up to kFusedRows, as long as the
-// input block stays within kFusedBlockBytes of L2 (longer blocks: fewer stalls between a block's
-// memory-bound router and its compute-bound experts).
+// separate parallel kernels, measured as fast or faster). Rows per block: fused_rows, up to
+// kFusedRows while the block's input stays within kFusedBlockBytes of L2 (longer blocks: fewer
+// stalls between a block's memory-bound router and its compute-bound experts).
 constexpr int64_t kFusedRows = 512, kFusedBlockBytes = 512 * 1024, kFusedMaxWeight = 32 * 1024;
 // Columns per task in the column split: the shift panel width (and a multiple of every GEMM NR).
 constexpr int64_t kFusedCols = 32;

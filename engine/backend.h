@@ -46,8 +46,15 @@ class Backend {
   virtual void reserve(const Graph& g, const Node& n, int64_t batch) = 0;
   virtual void run(const Graph& g, const Node& n, const NodeBuffers& b) = 0;
   // Tokens routed to expert 0 and expert 1 by MoE node `node` (its index in g.nodes()) in the
-  // last run; zeros for other nodes and before any run.
+  // last run (all its passes); zeros for other nodes and before any run.
   virtual std::array<int64_t, 2> expert_tokens(size_t /*node*/) const { return {0, 0}; }
+  // Called once before each run, whose nodes may then run in several passes over slices of the
+  // batch: per-run counters (expert_tokens) start again at zero and sum over the passes.
+  virtual void begin_run() {}
+  // Host backends: the executor may run a batch as consecutive passes of a multiple of this
+  // many samples (the backend's thread count). 0: one pass over the whole batch (device
+  // backends; while a DecisionProbe records whole-batch tensors).
+  virtual int pass_unit() const { return 0; }
   // Installs (or with nullptr removes) a DecisionProbe; false when the backend has none.
   virtual bool set_decision_probe(DecisionProbe* /*probe*/) { return false; }
 

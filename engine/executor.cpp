@@ -102,8 +102,19 @@ Plan make_plan(const Graph& g, int64_t batch) {
   return p;
 }
 
-void Executor::prepare(int64_t batch) {
-  if (plan_ && plan_->batch == batch) return;
+int64_t Executor::pass_batch(int64_t batch) const {
+  const int64_t unit = backend_.pass_unit();
+  if (backend_.device_memory() || unit <= 0 || batch <= unit) return batch;
+  if (sample_arena_floats_ < 0) sample_arena_floats_ = make_plan(g_, 1).arena_floats;
+  const int64_t sample_bytes = std::max<int64_t>(1, sample_arena_floats_ * static_cast<int64_t>(sizeof(float)));
+  int64_t pass = std::max(unit, (min_pass_bytes_ + sample_bytes - 1) / sample_bytes);
+  pass = (pass + unit - 1) / unit * unit;
+  if (pass >= batch) return batch;
+  const int64_t passes = (batch + pass - 1) / pass;
+  return (batch + passes - 1) / passes;  // 8 as 4 + 4, not 6 + 2
+}
+
+const Plan& Executor::plan_for(int64_t batch) {
   auto it = plans_.find(batch);
   if (it == plans_.end()) {
     Plan p = make_plan(g_, batch);
@@ -120,11 +131,18 @@ void Executor::prepare(int64_t batch) {
       arena_ = Tensor::empty(DType::F32, {p.arena_floats});
     }
     logger().debug("planned batch {}: {} nodes, activation arena {:.2f} MiB", batch, g_.nodes().size(),
-                  p.arena_floats * 4.0 / (1 << 20));
+                   p.arena_floats * 4.0 / (1 << 20));
     it = plans_.emplace(batch, std::move(p)).first;
   }
-  plan_ = &it->second;
-  node_ms_.assign(g_.nodes().size(), 0.0);
+  return it->second;
+}
+
+void Executor::prepare(int64_t batch) {
+  if (batch <= 0) throw Error("batch size must be positive, got " + std::to_string(batch));
+  const int64_t pass = pass_batch(batch);
+  plan_for(pass);
+  if (batch % pass) plan_for(batch % pass);
+  if (node_ms_.size() != g_.nodes().size()) node_ms_.assign(g_.nodes().size(), 0.0);
 }
 
 void Executor::run_nodes(int64_t batch, float* base, const float* input) {
@@ -146,7 +164,7 @@ void Executor::run_nodes(int64_t batch, float* base, const float* input) {
     } else if (profiling_) {
       const auto t0 = std::chrono::steady_clock::now();
       backend_.run(g_, n, b);
-      node_ms_[i] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      node_ms_[i] += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     } else {
       backend_.run(g_, n, b);
     }
@@ -156,23 +174,33 @@ void Executor::run_nodes(int64_t batch, float* base, const float* input) {
 
 void Executor::run(int64_t batch, const float* input, float* output) {
   prepare(batch);
+  std::fill(node_ms_.begin(), node_ms_.end(), 0.0);
+  backend_.begin_run();
   const int out = g_.output_value();
-  const int64_t out_numel = batch * shape_numel(g_.sample_shape(out));
+  const int64_t in_sample = shape_numel(g_.sample_shape(g_.input_value()));
+  const int64_t out_sample = shape_numel(g_.sample_shape(out));
   if (!backend_.device_memory()) {
+    // Host: consecutive passes over slices of the batch (pass_batch), times and counters summed.
     float* base = arena_.data<float>();
-    run_nodes(batch, base, input);
-    const float* src = out == g_.input_value() ? input : base + plan_->offset[out];
-    std::memcpy(output, src, sizeof(float) * out_numel);
+    const int64_t pass = pass_batch(batch);
+    for (int64_t s = 0; s < batch; s += pass) {
+      const int64_t n = std::min(pass, batch - s);
+      plan_ = &plan_for(n);
+      run_nodes(n, base, input + s * in_sample);
+      const float* src = out == g_.input_value() ? input + s * in_sample : base + plan_->offset[out];
+      std::memcpy(output + s * out_sample, src, sizeof(float) * n * out_sample);
+    }
     return;
   }
   // Device backend: input into its arena slot, the forward (eager, captured or replayed), output back.
+  plan_ = &plan_for(batch);
   float* base = device_arena_;
   float* dev_input = base + plan_->input_offset;
-  backend_.copy_input(dev_input, input, batch * shape_numel(g_.sample_shape(g_.input_value())));
+  backend_.copy_input(dev_input, input, batch * in_sample);
   const Backend::Forward f = backend_.begin_forward(batch, profiling_);
   if (f != Backend::Forward::Replayed) run_nodes(batch, base, dev_input);
   if (!backend_.end_forward(batch, f)) run_nodes(batch, base, dev_input);
-  backend_.copy_output(output, out == g_.input_value() ? dev_input : base + plan_->offset[out], out_numel);
+  backend_.copy_output(output, out == g_.input_value() ? dev_input : base + plan_->offset[out], batch * out_sample);
   if (profiling_ && backend_.device_timing()) backend_.node_ms(node_ms_);
 }
 

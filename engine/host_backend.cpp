@@ -277,6 +277,8 @@ class HostBackend final : public Backend {
   std::array<int64_t, 2> expert_tokens(size_t node) const override {
     return node < expert_tokens_.size() ? expert_tokens_[node] : std::array<int64_t, 2>{0, 0};
   }
+  void begin_run() override { std::fill(expert_tokens_.begin(), expert_tokens_.end(), std::array<int64_t, 2>{0, 0}); }
+  int pass_unit() const override { return probe_ ? 0 : std::max(1, k_.threads()); }
   bool set_decision_probe(DecisionProbe* probe) override {
     probe_ = probe;
     return true;
@@ -312,14 +314,14 @@ class HostBackend final : public Backend {
       MoeFusedArgs f{r, packed(g, n, moe_dense_args(g, n, b, mode_)), packed(g, n, shift_args(g, n, b, mode_, w.shift)),
                      w.perm};
       if (k_.moe_fused(f, counts)) {
-        if (idx < expert_tokens_.size()) expert_tokens_[idx] = {counts[0], counts[1]};
+        if (idx < expert_tokens_.size()) add_expert_tokens(idx, counts);
         return;
       }
     }
     k_.moe_router(r);
     if (probe_) force_decisions(probe_->force_experts, idx, w.expert, r.M, n, "decisions");
     k_.moe_plan(r.M, w.expert, w.perm, counts);
-    if (idx < expert_tokens_.size()) expert_tokens_[idx] = {counts[0], counts[1]};
+    if (idx < expert_tokens_.size()) add_expert_tokens(idx, counts);
     if (counts[0] > 0) {
       GemmArgs a = packed(g, n, moe_dense_args(g, n, b, mode_));
       a.M = counts[0];
@@ -357,6 +359,11 @@ class HostBackend final : public Backend {
     AdditiveAttentionArgs aa = ksh_from_qkv(n) ? additive_args(g, n, b, keys, w.codes) : additive_args(g, n, b, w.codes);
     aa.work = w.kernels;
     k_.additive_attention(aa);
+  }
+
+  void add_expert_tokens(size_t idx, const int64_t counts[2]) {
+    expert_tokens_[idx][0] += counts[0];
+    expert_tokens_[idx][1] += counts[1];
   }
 
   K k_;

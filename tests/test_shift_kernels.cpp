@@ -240,6 +240,35 @@ TEST(ShiftLinear, FastMatchesRefBitForBit) {
   }
 }
 
+// The per-token int8 quantisation on rows the random data never makes: all zeros, a NaN (does not
+// count towards the abs-max; quantised as 127), an infinity (abs-max inf: scale 0), a subnormal
+// abs-max (scale 127 / amax overflows to inf), values at the clamp; K around the 64-value step.
+TEST(ShiftLinear, FastQuantisesSpecialRowsAsRef) {
+  test::SimdGuard guard;
+  ThreadPool pool(1);
+  for (const char* path : kPaths) {
+    if (!cpu::set_simd(path)) continue;
+    for (int64_t K : {1, 15, 16, 63, 64, 65, 130, 256}) {
+      Rng rng(static_cast<unsigned>(K));
+      Lin l;
+      make_lin({6, 20, K, 0, 1.0f}, ShiftMode::Fast, {}, rng, l);
+      float* x = l.x.data();
+      std::fill(x, x + K, 0.0f);                          // row 0: zeros
+      x[K + K / 2] = kNaN;                                // row 1: a NaN
+      x[2 * K] = -INFINITY;                               // row 2: -inf
+      for (int64_t k = 0; k < K; ++k) x[3 * K + k] = 1e-40f * static_cast<float>(k % 3);  // row 3: subnormal
+      x[3 * K + K - 1] = -1e-40f;
+      for (int64_t k = 0; k < K; ++k) x[4 * K + k] = k % 2 ? 3.0f : -3.0f;  // row 4: |x| = amax everywhere
+      std::vector<float> y, yr;
+      run_both(l, pool, y, yr);
+      for (size_t i = 0; i < y.size(); ++i)
+        ASSERT_TRUE(std::memcmp(&y[i], &yr[i], 4) == 0 || (std::isnan(y[i]) && std::isnan(yr[i])))
+            << path << " K=" << K << " row " << i / l.a.ldy << " col " << i % l.a.ldy << " got " << y[i]
+            << " want " << yr[i];
+    }
+  }
+}
+
 // GELU runs through each path's erf approximation: within 2e-6 of ref's std::erf relative to
 // the layer's largest output (as the dense GELU harness in test_kernels.cpp).
 TEST(ShiftLinear, FastWithGeluMatchesRef) {

@@ -107,11 +107,14 @@ int64_t Executor::pass_batch(int64_t batch) const {
   if (backend_.device_memory() || unit <= 0 || batch <= unit) return batch;
   if (sample_arena_floats_ < 0) sample_arena_floats_ = make_plan(g_, 1).arena_floats;
   const int64_t sample_bytes = std::max<int64_t>(1, sample_arena_floats_ * static_cast<int64_t>(sizeof(float)));
-  int64_t pass = std::max(unit, (min_pass_bytes_ + sample_bytes - 1) / sample_bytes);
-  pass = (pass + unit - 1) / unit * unit;
+  const int64_t samples = min_pass_bytes_ / sample_bytes + (min_pass_bytes_ % sample_bytes != 0);
+  if (samples >= batch) return batch;
+  auto whole_units = [&](int64_t n) { return std::min(batch, (std::max(n, unit) + unit - 1) / unit * unit); };
+  const int64_t pass = whole_units(samples);
   if (pass >= batch) return batch;
+  // Evened out (8 as 4 + 4, not 6 + 2), still whole units of threads but for the last pass.
   const int64_t passes = (batch + pass - 1) / pass;
-  return (batch + passes - 1) / passes;  // 8 as 4 + 4, not 6 + 2
+  return whole_units((batch + passes - 1) / passes);
 }
 
 const Plan& Executor::plan_for(int64_t batch) {

@@ -41,15 +41,20 @@ class Executor {
   void run(int64_t batch, const float* input, float* output);
 
   // Samples per pass when run() is given `batch`. Every op computes a sample from that sample
-  // alone, so passes give the result of one pass over the whole batch. Host backends run
-  // passes of a multiple of their thread count (Backend::pass_unit) holding at least
-  // kMinPassBytes of activations, evened out over the batch: a layer's output is then still in
-  // cache when the next layer reads it (PVTv2-b0 at batch 8 on 2 threads: 25 MB per stage-1
-  // MLP activation, 12% slower than passes of 2 images), while each op still has enough
-  // samples for every thread. Device backends take the whole batch at once.
+  // alone, so passes give the result of one pass over the whole batch, up to float summation
+  // order where a kernel splits its work by batch size and threads (KSH attention sums an
+  // image's V rows in parts when it has fewer (image, head) pairs than threads; as it did for
+  // small batches before passes). Host backends run passes of a multiple of their thread count
+  // (Backend::pass_unit; the last pass may be shorter) holding at least kMinPassBytes of
+  // activations, evened out over the batch: a layer's output is then still in cache when the
+  // next layer reads it (PVTv2-b0 at batch 8 on 2 threads: 25 MB per stage-1 MLP activation,
+  // 12% slower than passes of 2 images), while each op still has enough samples for every
+  // thread. Device backends take the whole batch at once.
   int64_t pass_batch(int64_t batch) const;
   static constexpr int64_t kMinPassBytes = 8 << 20;
-  // Overrides kMinPassBytes (tests; 0 restores it). Takes effect at the next prepare / run.
+  // Overrides kMinPassBytes (tests, kernel benchmarks; kOnePass: never split, 0 restores the
+  // default). Takes effect at the next prepare / run.
+  static constexpr int64_t kOnePass = INT64_MAX;
   void set_min_pass_bytes(int64_t bytes) { min_pass_bytes_ = bytes > 0 ? bytes : kMinPassBytes; }
 
   size_t arena_bytes() const {

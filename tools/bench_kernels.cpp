@@ -137,6 +137,7 @@ void bench_attention(int threads) {
                         : gr.attention(x, H, 1.0f / std::sqrt(float(d)), "attn"));
       auto backend = make_cpu_backend(threads, ShiftMode::Fast);
       Executor ex(gr, *backend);
+      ex.set_min_pass_bytes(Executor::kOnePass);  // the kernel over the whole batch
       ms[ksh] = median_ms([&] { ex.run(g_batch, qkv.data(), out.data()); });
     }
     std::printf("| %lld | %.3f | %.3f | %.2fx |\n", (long long)N, ms[0], ms[1], ms[1] / ms[0]);
@@ -159,6 +160,7 @@ void bench_attention(int threads) {
                                    f32(Ab, {p.H, nbits, m}), f32(dc, {p.H, 1, 9, 1}), "ksh"));
     auto backend = make_cpu_backend(threads, ShiftMode::Fast);
     Executor ex(g2, *backend);
+    ex.set_min_pass_bytes(Executor::kOnePass);
     const double t = median_ms([&] { ex.run(g_batch, qk.data(), out.data()); });
     std::printf("| %s | %lld | %lld x %lld | %.3f |\n", p.name, (long long)p.N, (long long)p.H, (long long)p.d, t);
   }
@@ -210,6 +212,7 @@ void bench_moe(int threads) {
       }
       auto backend = make_cpu_backend(threads, ShiftMode::Fast);
       Executor ex(g, *backend);
+      ex.set_min_pass_bytes(Executor::kOnePass);  // every token in one kernel call
       ms[moe] = median_ms([&] { ex.run(M, x.data(), y.data()); });
     }
     std::printf("| %s (%lld, %lld -> %lld) | %.3f | %.3f | %.2fx |\n", l.name, (long long)M, (long long)l.K,

@@ -447,8 +447,8 @@ std::vector<OpCase> case_table() {
     t.push_back(gemm_case(s));
   }
 
-  for (int64_t rows : {1, 7, 197, 3136})
-    for (int64_t cols : {1, 7, 17, 192, 768})
+  for (int64_t rows : {1, 7, 16, 33, 197, 3136})
+    for (int64_t cols : {1, 7, 17, 32, 64, 128, 129, 192, 768})
       if (rows * cols <= 3136 * 192) t.push_back(layernorm_case(rows, cols, cols % 2 ? 3 : 0));
 
   for (int64_t n : {1, 7, 16, 17, 1000, 197 * 768}) {

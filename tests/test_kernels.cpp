@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <ostream>
@@ -537,6 +538,36 @@ TEST_P(KernelTest, MatchesReference) {
   std::printf("[ %-10s %d thr %-12s ] %3d cases, max rel error %.2e (%.0f%% of bound, at %s)\n",
               backend.name.c_str(), threads, op.c_str(), n, worst, 100 * worst_ratio,
               worst_shape.c_str());
+}
+
+// A row's LayerNorm is the same bits whichever rows run with it (batch, thread split, block of
+// 16 or tail): a model's output for an image must not depend on the batch it came in.
+TEST(LayerNorm, RowResultDoesNotDependOnTheRowsAroundIt) {
+  test::SimdGuard restore;
+  for (const Backend& be : backends()) {
+    if (!be.activate()) continue;
+    for (int64_t cols : {32, 64, 192}) {
+      constexpr int64_t kRows = 41;
+      Rng rng(static_cast<unsigned>(cols));
+      const std::vector<float> x = random_vec(rng, kRows * cols), g = random_vec(rng, cols), b = random_vec(rng, cols);
+      auto run = [&](int64_t r0, int64_t rows, int threads) {
+        ThreadPool pool(threads);
+        std::vector<float> y(static_cast<size_t>(rows * cols));
+        LayerNormArgs a;
+        a.rows = rows, a.cols = cols, a.x = x.data() + r0 * cols, a.ldx = cols;
+        a.gamma = g.data(), a.beta = b.data(), a.eps = 1e-6f, a.y = y.data(), a.ldy = cols;
+        be.layernorm(a, pool);
+        return y;
+      };
+      const std::vector<float> all = run(0, kRows, 1);
+      for (auto [r0, rows, threads] : {std::tuple<int64_t, int64_t, int>{0, kRows, 2}, {1, 3, 1}, {5, 17, 2},
+                                       {16, 16, 1}, {17, 24, 3}, {40, 1, 1}}) {
+        const std::vector<float> part = run(r0, rows, threads);
+        ASSERT_EQ(0, std::memcmp(part.data(), all.data() + r0 * cols, part.size() * sizeof(float)))
+            << be.name << " cols " << cols << " rows [" << r0 << ", " << r0 + rows << ") on " << threads << " threads";
+      }
+    }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(

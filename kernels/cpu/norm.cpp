@@ -70,10 +70,13 @@ SHIFTADD_AVX512 inline __m512 lane(__m512 v, int r) { return _mm512_permutexvar_
 // 16 rows at a time: their means, variances and 1 / std come out as vectors (lane r: row r), so
 // the per-row horizontal sums and the square root are shared; at PVTv2's 32-64 channels those
 // were most of a row's time.
-SHIFTADD_AVX512 void layernorm_rows16_avx512(const LayerNormArgs& a, int64_t r0) {
+// Rows [r0, r0 + count), count <= 16: a short block reads its last row again in the unused
+// slots and stores only its own rows, so every row goes through the same arithmetic wherever
+// it falls (a row's result does not depend on the batch or the thread split).
+SHIFTADD_AVX512 void layernorm_rows16_avx512(const LayerNormArgs& a, int64_t r0, int64_t count) {
   const int64_t n = a.cols;
   const float* x[16];
-  for (int r = 0; r < 16; ++r) x[r] = a.x + (r0 + r) * a.ldx;
+  for (int r = 0; r < 16; ++r) x[r] = a.x + (r0 + std::min<int64_t>(r, count - 1)) * a.ldx;
   __m512 acc[16];
   for (int r = 0; r < 16; ++r) {
     acc[r] = _mm512_setzero_ps();
@@ -92,7 +95,7 @@ SHIFTADD_AVX512 void layernorm_rows16_avx512(const LayerNormArgs& a, int64_t r0)
   }
   const __m512 var = _mm512_add_ps(_mm512_div_ps(sums16(acc), nv), _mm512_set1_ps(a.eps));
   const __m512 rstd = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_sqrt_ps(var));
-  for (int r = 0; r < 16; ++r) {
+  for (int r = 0; r < count; ++r) {
     const __m512 m = lane(mean, r), s = lane(rstd, r);
     float* y = a.y + (r0 + r) * a.ldy;
     for (int64_t c = 0; c < n; c += 16) {
@@ -145,12 +148,13 @@ void layernorm(const LayerNormArgs& a, ThreadPool& pool) {
 #endif
   if (a.rows <= 0 || a.cols <= 0) return;
   parallel_chunks(pool, a.rows, a.cols, kMinElemsPerThread, [&](int64_t begin, int64_t end) {
-    int64_t r = begin;
 #if SHIFTADD_X86
-    if (isa() == Isa::Avx512 && a.cols <= kRows16MaxCols)
-      for (; r + 16 <= end; r += 16) layernorm_rows16_avx512(a, r);
+    if (isa() == Isa::Avx512 && a.cols <= kRows16MaxCols) {
+      for (int64_t r = begin; r < end; r += 16) layernorm_rows16_avx512(a, r, std::min<int64_t>(16, end - r));
+      return;
+    }
 #endif
-    for (; r < end; ++r) row(a.x + r * a.ldx, a.cols, a.gamma, a.beta, a.eps, a.y + r * a.ldy);
+    for (int64_t r = begin; r < end; ++r) row(a.x + r * a.ldx, a.cols, a.gamma, a.beta, a.eps, a.y + r * a.ldy);
   });
 }
 

@@ -108,7 +108,7 @@ int64_t Executor::pass_batch(int64_t batch) const {
   if (sample_arena_floats_ < 0) sample_arena_floats_ = make_plan(g_, 1).arena_floats;
   const int64_t sample_bytes = std::max<int64_t>(1, sample_arena_floats_ * static_cast<int64_t>(sizeof(float)));
   const int64_t samples = min_pass_bytes_ / sample_bytes + (min_pass_bytes_ % sample_bytes != 0);
-  if (samples >= batch) return batch;
+  if (samples >= batch) return batch;  // (also keeps whole_units below clear of overflow)
   auto whole_units = [&](int64_t n) { return std::min(batch, (std::max(n, unit) + unit - 1) / unit * unit); };
   const int64_t pass = whole_units(samples);
   if (pass >= batch) return batch;
@@ -148,9 +148,9 @@ void Executor::prepare(int64_t batch) {
   if (node_ms_.size() != g_.nodes().size()) node_ms_.assign(g_.nodes().size(), 0.0);
 }
 
-void Executor::run_nodes(int64_t batch, float* base, const float* input) {
+void Executor::run_nodes(const Plan& plan, float* base, const float* input) {
   auto ptr = [&](int v) -> float* {
-    return v == g_.input_value() ? const_cast<float*>(input) : base + plan_->offset[v];
+    return v == g_.input_value() ? const_cast<float*>(input) : base + plan.offset[v];
   };
   const auto& nodes = g_.nodes();
   const bool device_timing = profiling_ && backend_.device_timing();
@@ -158,7 +158,7 @@ void Executor::run_nodes(int64_t batch, float* base, const float* input) {
     const Node& n = nodes[i];
     if (n.op == OpKind::Input) continue;
     NodeBuffers b;
-    b.batch = batch;
+    b.batch = plan.batch;
     for (size_t k = 0; k < n.inputs.size() && k < 2; ++k) b.in[k] = ptr(n.inputs[k]);
     b.out = ptr(n.output);
     if (device_timing) {
@@ -188,22 +188,22 @@ void Executor::run(int64_t batch, const float* input, float* output) {
     const int64_t pass = pass_batch(batch);
     for (int64_t s = 0; s < batch; s += pass) {
       const int64_t n = std::min(pass, batch - s);
-      plan_ = &plan_for(n);
-      run_nodes(n, base, input + s * in_sample);
-      const float* src = out == g_.input_value() ? input + s * in_sample : base + plan_->offset[out];
+      const Plan& plan = plan_for(n);
+      run_nodes(plan, base, input + s * in_sample);
+      const float* src = out == g_.input_value() ? input + s * in_sample : base + plan.offset[out];
       std::memcpy(output + s * out_sample, src, sizeof(float) * n * out_sample);
     }
     return;
   }
   // Device backend: input into its arena slot, the forward (eager, captured or replayed), output back.
-  plan_ = &plan_for(batch);
+  const Plan& plan = plan_for(batch);
   float* base = device_arena_;
-  float* dev_input = base + plan_->input_offset;
+  float* dev_input = base + plan.input_offset;
   backend_.copy_input(dev_input, input, batch * in_sample);
   const Backend::Forward f = backend_.begin_forward(batch, profiling_);
-  if (f != Backend::Forward::Replayed) run_nodes(batch, base, dev_input);
-  if (!backend_.end_forward(batch, f)) run_nodes(batch, base, dev_input);
-  backend_.copy_output(output, out == g_.input_value() ? dev_input : base + plan_->offset[out], batch * out_sample);
+  if (f != Backend::Forward::Replayed) run_nodes(plan, base, dev_input);
+  if (!backend_.end_forward(batch, f)) run_nodes(plan, base, dev_input);
+  backend_.copy_output(output, out == g_.input_value() ? dev_input : base + plan.offset[out], batch * out_sample);
   if (profiling_ && backend_.device_timing()) backend_.node_ms(node_ms_);
 }
 

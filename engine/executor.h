@@ -70,12 +70,11 @@ class Executor {
   const Graph& g_;
   Backend& backend_;
   std::map<int64_t, Plan> plans_;
-  const Plan* plan_ = nullptr;
   Tensor arena_;  // 64-byte aligned (host backends)
   float* device_arena_ = nullptr;  // device backends: owned by the backend
   int64_t device_floats_ = 0;
   const Plan& plan_for(int64_t batch);
-  void run_nodes(int64_t batch, float* base, const float* input);
+  void run_nodes(const Plan& plan, float* base, const float* input);
   int64_t min_pass_bytes_ = kMinPassBytes;
   mutable int64_t sample_arena_floats_ = -1;  // one sample's activations (pass sizing), set on first use
   bool profiling_ = false;

@@ -314,14 +314,14 @@ class HostBackend final : public Backend {
       MoeFusedArgs f{r, packed(g, n, moe_dense_args(g, n, b, mode_)), packed(g, n, shift_args(g, n, b, mode_, w.shift)),
                      w.perm};
       if (k_.moe_fused(f, counts)) {
-        if (idx < expert_tokens_.size()) add_expert_tokens(idx, counts);
+        add_expert_tokens(idx, counts);
         return;
       }
     }
     k_.moe_router(r);
     if (probe_) force_decisions(probe_->force_experts, idx, w.expert, r.M, n, "decisions");
     k_.moe_plan(r.M, w.expert, w.perm, counts);
-    if (idx < expert_tokens_.size()) add_expert_tokens(idx, counts);
+    add_expert_tokens(idx, counts);
     if (counts[0] > 0) {
       GemmArgs a = packed(g, n, moe_dense_args(g, n, b, mode_));
       a.M = counts[0];
@@ -362,6 +362,7 @@ class HostBackend final : public Backend {
   }
 
   void add_expert_tokens(size_t idx, const int64_t counts[2]) {
+    if (idx >= expert_tokens_.size()) return;  // a node not planned through reserve()
     expert_tokens_[idx][0] += counts[0];
     expert_tokens_[idx][1] += counts[1];
   }

@@ -67,12 +67,11 @@ SHIFTADD_AVX512 inline __m512 sums16(const __m512 v[16]) {
 
 SHIFTADD_AVX512 inline __m512 lane(__m512 v, int r) { return _mm512_permutexvar_ps(_mm512_set1_epi32(r), v); }
 
-// 16 rows at a time: their means, variances and 1 / std come out as vectors (lane r: row r), so
-// the per-row horizontal sums and the square root are shared; at PVTv2's 32-64 channels those
-// were most of a row's time.
-// Rows [r0, r0 + count), count <= 16: a short block reads its last row again in the unused
-// slots and stores only its own rows, so every row goes through the same arithmetic wherever
-// it falls (a row's result does not depend on the batch or the thread split).
+// Rows [r0, r0 + count), count <= 16, together: their means, variances and 1 / std come out as
+// vectors (lane r: row r), so the per-row horizontal sums and the square root are shared (at
+// PVTv2's 32-64 channels those were most of a row's time). A short block reads its last row
+// again in the unused slots and stores only its own rows, so every row goes through the same
+// arithmetic wherever it falls (a row's result does not depend on the batch or thread split).
 SHIFTADD_AVX512 void layernorm_rows16_avx512(const LayerNormArgs& a, int64_t r0, int64_t count) {
   const int64_t n = a.cols;
   const float* x[16];

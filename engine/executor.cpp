@@ -140,12 +140,13 @@ const Plan& Executor::plan_for(int64_t batch) {
   return it->second;
 }
 
-void Executor::prepare(int64_t batch) {
+int64_t Executor::prepare(int64_t batch) {
   if (batch <= 0) throw Error("batch size must be positive, got " + std::to_string(batch));
   const int64_t pass = pass_batch(batch);
   plan_for(pass);
   if (batch % pass) plan_for(batch % pass);
   if (node_ms_.size() != g_.nodes().size()) node_ms_.assign(g_.nodes().size(), 0.0);
+  return pass;
 }
 
 void Executor::run_nodes(const Plan& plan, float* base, const float* input) {
@@ -176,7 +177,7 @@ void Executor::run_nodes(const Plan& plan, float* base, const float* input) {
 }
 
 void Executor::run(int64_t batch, const float* input, float* output) {
-  prepare(batch);
+  const int64_t pass = prepare(batch);
   std::fill(node_ms_.begin(), node_ms_.end(), 0.0);
   backend_.begin_run();
   const int out = g_.output_value();
@@ -185,7 +186,6 @@ void Executor::run(int64_t batch, const float* input, float* output) {
   if (!backend_.device_memory()) {
     // Host: consecutive passes over slices of the batch (pass_batch), times and counters summed.
     float* base = arena_.data<float>();
-    const int64_t pass = pass_batch(batch);
     for (int64_t s = 0; s < batch; s += pass) {
       const int64_t n = std::min(pass, batch - s);
       const Plan& plan = plan_for(n);

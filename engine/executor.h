@@ -35,8 +35,8 @@ class Executor {
 
   // Plans what run(batch) needs (the pass sizes of this batch) and reserves memory; a no-op
   // when already planned. Plans are kept per size and the arena only grows, so alternating
-  // batch sizes allocate nothing after each has been seen once.
-  void prepare(int64_t batch);
+  // batch sizes allocate nothing after each has been seen once. Returns pass_batch(batch).
+  int64_t prepare(int64_t batch);
   // input: [batch, sample_shape(input)...]; output receives the graph output.
   void run(int64_t batch, const float* input, float* output);
 

@@ -140,15 +140,18 @@ SHIFTADD_AVX2 void layernorm_row_avx2(const float* x, int64_t n, const float* g,
 void layernorm(const LayerNormArgs& a, ThreadPool& pool) {
   auto row = layernorm_row_scalar;
 #if SHIFTADD_X86
-  if (isa() == Isa::Avx512)
+  bool rows16 = false;  // rows of up to kRows16MaxCols, 16 at a time (AVX-512)
+  if (isa() == Isa::Avx512) {
     row = layernorm_row_avx512;
-  else if (isa() == Isa::Avx2)
+    rows16 = a.cols <= kRows16MaxCols;
+  } else if (isa() == Isa::Avx2) {
     row = layernorm_row_avx2;
+  }
 #endif
   if (a.rows <= 0 || a.cols <= 0) return;
   parallel_chunks(pool, a.rows, a.cols, kMinElemsPerThread, [&](int64_t begin, int64_t end) {
 #if SHIFTADD_X86
-    if (isa() == Isa::Avx512 && a.cols <= kRows16MaxCols) {
+    if (rows16) {
       for (int64_t r = begin; r < end; r += 16) layernorm_rows16_avx512(a, r, std::min<int64_t>(16, end - r));
       return;
     }

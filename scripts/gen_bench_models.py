@@ -4,6 +4,10 @@
     gen_bench_models.py write OUT_DIR [--f32] [--onnx]
         writes the models below (safetensors, F16; --f32: F32), and with --onnx each dense model
         also as model.onnx (opset 17, dynamic batch, the same weights) for onnxruntime
+    gen_bench_models.py routed OUT_DIR SHARE [--f32]
+        writes only shiftadd_pvt_v2_b0_share<SHARE> and _b1_: the ShiftAdd PVTv2 models of `write`
+        (same weights) with routers calibrated to send SHARE (0 to 1) of the tokens to the shift
+        expert instead of half (tools/bench_shiftadd.py --shift-shares)
     gen_bench_models.py torch OUT_DIR BATCH... # PyTorch eager fp32/fp16 latency, one JSON line each
 
 Models (224x224, 1000 classes), in the names the engine loads:
@@ -65,25 +69,32 @@ def save(model, d, config, dtype=np.float16, onnx=False):
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
 
 
-def write(out, dtype=np.float16, onnx=False):
+def write(out, dtype=np.float16, onnx=False, shift_share=None):
+    """Every model below into out. shift_share (routed): only the ShiftAdd PVTv2 models, as
+    shiftadd_pvt_v2_<v>_share<P>, the same weights with routers sending that share of the
+    calibration tokens to the shift expert (the generator replays every model to get there)."""
     from gen_shiftadd_goldens import calibrate, init_shiftadd  # noqa: E402
     from shiftadd_pvt import ShiftAddPVTv2  # noqa: E402
     gen = torch.Generator().manual_seed(0)
+    every = shift_share is None
     for name, (dim, heads) in DEIT.items():
         m = nontrivial_init(deit(name).eval(), gen)
-        save(m, os.path.join(out, name), {"num_heads": heads, "num_classes": 1000, "img_size": 224}, dtype, onnx)
-        print("wrote", name, flush=True)
+        if every:
+            save(m, os.path.join(out, name), {"num_heads": heads, "num_classes": 1000, "img_size": 224}, dtype, onnx)
+            print("wrote", name, flush=True)
     for v in PVT:
         m = nontrivial_init(pvt(v).eval(), gen)
-        save(m, os.path.join(out, "pvt_v2_" + v), {"architecture": "pvt_v2_" + v, "img_size": 224, "num_classes": 1000},
-             dtype, onnx)
+        if every:
+            save(m, os.path.join(out, "pvt_v2_" + v),
+                 {"architecture": "pvt_v2_" + v, "img_size": 224, "num_classes": 1000}, dtype, onnx)
         m = ShiftAddPVTv2(PVT[v], PVT_HEADS, PVT_MLP, PVT_DEPTHS, kind="moe", num_classes=1000).eval()
         nontrivial_init(m, gen)
         init_shiftadd(m, gen)
-        calibrate(m, torch.randn(2, 3, 224, 224, generator=gen))
-        save(m, os.path.join(out, "shiftadd_pvt_v2_" + v),
-             {"architecture": "shiftadd_pvt_v2_" + v, "img_size": 224, "num_classes": 1000}, dtype)
-        print("wrote pvt_v2_%s and shiftadd_pvt_v2_%s" % (v, v), flush=True)
+        calibrate(m, torch.randn(2, 3, 224, 224, generator=gen), 0.5 if every else shift_share)
+        name = "shiftadd_pvt_v2_" + v + ("" if every else "_share%g" % shift_share)
+        save(m, os.path.join(out, name), {"architecture": "shiftadd_pvt_v2_" + v, "img_size": 224, "num_classes": 1000},
+             dtype)
+        print("wrote", name if not every else "pvt_v2_%s and %s" % (v, name), flush=True)
 
 
 def time_model(model, batch, dtype, runs=20, warmup=5):
@@ -120,6 +131,11 @@ def torch_bench(out, batches):
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "write":
         write(sys.argv[2], np.float32 if "--f32" in sys.argv[3:] else np.float16, "--onnx" in sys.argv[3:])
+    elif len(sys.argv) >= 4 and sys.argv[1] == "routed":
+        share = float(sys.argv[3])
+        if not 0.0 <= share <= 1.0:
+            sys.exit("routed: SHARE is a fraction of the tokens, 0 to 1 (got %s)" % sys.argv[3])
+        write(sys.argv[2], np.float32 if "--f32" in sys.argv[4:] else np.float16, shift_share=share)
     elif len(sys.argv) >= 4 and sys.argv[1] == "torch":
         torch_bench(sys.argv[2], [int(b) for b in sys.argv[3:]])
     else:
